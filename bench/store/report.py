@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Turns the JSON results of one benchmark run into the markdown comparison table.
+
+Inputs (from bench/store/run.sh): dos.json, basin.json, limits.json, basin_million.json,
+dos_million.json (absent or {"skipped": reason} when disk-objectstore did not run/finish it),
+basin_big.json. Targets are the issue's: every step >= 10x faster than disk-objectstore, except
+durable-write steps where 10x would be faster than the physical limit (dd conv=fdatasync of the
+same bytes): there the target is <= 1.5x that limit; single random reads >= 50x and (packed) no
+slower than `git cat-file --batch`; index <= 80 bytes/object; the big object in < 100 MB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TEN_X = 10.0
+READ_X = 50.0
+LIMIT_SLACK = 1.5
+INDEX_BYTES_MAX = 80.0
+BIG_RSS_MB_MAX = 100.0
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding='utf8')) if path.exists() else None
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return '–'
+    return f'{seconds:.3f}' if seconds >= 0.1 else f'{seconds:.4f}'
+
+
+class Table:
+    def __init__(self, limits: dict) -> None:
+        self.rows: list[str] = []
+        self.misses: list[str] = []
+        self.limits = limits
+        self.payload = limits['payload_bytes']
+
+    def write_limit(self, size_bytes: int, name: str | None = None) -> float:
+        """Seconds dd needs to write size_bytes durably (measured exactly for named sizes, else scaled)."""
+        measured = self.limits['dd_write_s']
+        if name and name in measured:
+            return measured[name]
+        return measured['payload'] * size_bytes / self.payload
+
+    def read_limit(self, size_bytes: int) -> float:
+        return self.limits['warm_read_s'] * size_bytes / self.payload
+
+    def row(self, label: str, dos_s: float | None, basin_s: float | None, target: str, met: bool | None,
+            limit_s: float | None) -> None:
+        ratio = f'{dos_s / basin_s:.1f}×' if dos_s and basin_s else '–'
+        vs_limit = f'{basin_s / limit_s:.2f}×' if basin_s and limit_s else '–'
+        met_text = '–' if met is None else ('yes' if met else '**no**')
+        if met is False:
+            self.misses.append(label)
+        self.rows.append(f'| {label} | {fmt_s(dos_s)} | {fmt_s(basin_s)} | {ratio} | {target} | {met_text} | {vs_limit} |')
+
+    def speed_row(self, label: str, dos_s: float | None, basin_s: float | None, factor: float,
+                  limit_s: float | None, extra: tuple[str, float] | None = None) -> None:
+        """Target: basin at least `factor` times faster than dos (and no slower than `extra`, if given)."""
+        if dos_s is None or basin_s is None:
+            self.row(label, dos_s, basin_s, f'≥{factor:.0f}×', None, limit_s)
+            return
+        met = dos_s / basin_s >= factor
+        target = f'≥{factor:.0f}×'
+        if extra:
+            name, anchor_s = extra
+            target += f' and ≤ {name} ({fmt_s(anchor_s)} s)'
+            met = met and basin_s <= anchor_s
+        self.row(label, dos_s, basin_s, target, met, limit_s)
+
+    def durable_row(self, label: str, dos_s: float | None, basin_s: float | None, limit_s: float) -> None:
+        """Durable writes: >= 10x, unless dos/10 is below the physical limit; then <= 1.5x the limit."""
+        if dos_s is not None and dos_s / TEN_X >= limit_s:
+            self.speed_row(label, dos_s, basin_s, TEN_X, limit_s)
+            return
+        bound = LIMIT_SLACK * limit_s
+        met = None if basin_s is None else basin_s <= bound
+        why = '10× is past the limit' if dos_s is not None else 'no dos figure'
+        self.row(label, dos_s, basin_s, f'≤{LIMIT_SLACK}× limit ({fmt_s(bound)} s; {why})', met, limit_s)
+
+
+def step(result: dict | None, name: str) -> float | None:
+    if not result or 'steps' not in result or name not in result['steps']:
+        return None
+    return result['steps'][name]['seconds']
+
+
+def step_bytes(result: dict, name: str) -> int:
+    return result['steps'][name]['bytes']
+
+
+def build(results: Path) -> str:
+    dos = load(results / 'dos.json')
+    basin = load(results / 'basin.json')
+    limits = load(results / 'limits.json')
+    basin_m = load(results / 'basin_million.json')
+    dos_m = load(results / 'dos_million.json')
+    big = load(results / 'basin_big.json')
+    if not (dos and basin and limits):
+        raise SystemExit(f'{results}: dos.json, basin.json and limits.json are needed')
+    t = Table(limits)
+    n = basin['steps']['a_loose_write']['objects']
+    payload = limits['payload_bytes']
+    payload2 = step_bytes(basin, 'd_write_packed')
+    git = limits.get('git') or {}
+    catfile = git.get('cat_file_batch_s')
+
+    batch = basin.get('batch_objects', n)
+    batch_text = 'one LooseBatch' if batch >= n else f'LooseBatch of {batch}'
+    t.durable_row(f'a. loose writes ×{n} (basin: {batch_text})', step(dos, 'a_loose_write'),
+                  step(basin, 'a_loose_write'), t.write_limit(payload))
+    single = basin.get('single_puts', 0)
+    if single:
+        t.row(f'a1. single durable put ×{single}, **extrapolated** to {n} (info)', step(dos, 'a_loose_write'),
+              step(basin, 'a1_single_put_extrapolated'), 'info', None, t.write_limit(payload))
+    t.speed_row('a2. random single reads, loose', step(dos, 'a2_read_loose'), step(basin, 'a2_read_loose'),
+                READ_X, t.read_limit(payload))
+    dos_b, dos_b2 = step(dos, 'b_pack'), step(dos, 'b2_clean')
+    basin_b, basin_b2 = step(basin, 'b_pack'), step(basin, 'b2_clean')
+    t.row('b. pack loose (dos: pack_all_loose only, keeps loose copies; info)', dos_b, basin_b, 'info', None,
+          t.write_limit(payload))
+    t.row('b2. remove packed loose copies (dos: clean_storage; basin: inside b)', dos_b2, basin_b2, 'info', None,
+          None)
+    basin_pack = basin_b + (basin_b2 or 0.0)
+    t.durable_row('b+b2. pack loose, loose copies gone', dos_b + dos_b2, basin_pack, t.write_limit(payload))
+    t.speed_row('c. random single reads, packed', step(dos, 'c_read_packed'), step(basin, 'c_read_packed'),
+                READ_X, t.read_limit(payload), ('git cat-file --batch', catfile) if catfile else None)
+    t.speed_row('c2. read_many (bulk, shuffled keys)', step(dos, 'c2_read_many'), step(basin, 'c2_read_many'),
+                TEN_X, t.read_limit(payload))
+    t.speed_row(f'c3. has_many ({n} known + {n} unknown)', step(dos, 'c3_has_many'), step(basin, 'c3_has_many'),
+                TEN_X, None)
+    t.speed_row('c4. list', step(dos, 'c4_list'), step(basin, 'c4_list'), TEN_X, None)
+    t.durable_row(f'd. write_packed ×{n} new (direct to pack)', step(dos, 'd_write_packed'),
+                  step(basin, 'd_write_packed'), t.write_limit(payload2))
+    t.speed_row(f'e. validate ({2 * n} objects)', step(dos, 'e_validate'), step(basin, 'e_validate'), TEN_X,
+                t.read_limit(step_bytes(basin, 'e_validate')))
+    t.speed_row('f1. delete 10 %', step(dos, 'f1_delete'), step(basin, 'f1_delete'), TEN_X, None)
+    t.durable_row('f2. repack --all', step(dos, 'f2_repack'), step(basin, 'f2_repack'),
+                  t.write_limit(step_bytes(basin, 'f2_repack')))
+    t.speed_row('f3. clean with vacuum', step(dos, 'f3_clean_vacuum'), step(basin, 'f3_clean_vacuum'), TEN_X, None)
+
+    if basin_m:
+        m = basin_m['steps']['m1_million_write_packed']
+        label = f"{m['objects']:,} objects of 0–1000 B"
+        skipped = (dos_m or {}).get('skipped')
+        note = f' (dos skipped: {skipped})' if skipped else ''
+        t.durable_row(f'm1. {label} direct to pack{note}', step(dos_m, 'm1_million_write_packed'),
+                      m['seconds'], t.write_limit(m['bytes'], 'million'))
+        t.speed_row(f'm2. {label} read back (read_many){note}', step(dos_m, 'm2_million_read_many'),
+                    step(basin_m, 'm2_million_read_many'), TEN_X, t.read_limit(m['bytes']))
+
+    def index_row(label: str, dos_sizes: dict | None, basin_sizes: dict) -> None:
+        ours = basin_sizes['index_bytes_per_object']
+        theirs = dos_sizes['index_bytes_per_object'] if dos_sizes else None
+        met = ours <= INDEX_BYTES_MAX
+        if not met:
+            t.misses.append(label)
+        theirs_text = f'{theirs:.1f}' if theirs is not None else '–'
+        t.rows.append(f"| {label} (B/object, not s) | {theirs_text} | {ours:.1f} | – | ≤{INDEX_BYTES_MAX:.0f} B/object | "
+                      f"{'yes' if met else '**no**'} | – |")
+
+    index_row(f"index bytes per object, {basin['sizes']['objects']} objects after f3", dos.get('sizes'),
+              basin['sizes'])
+    if basin_m:
+        index_row(f"index bytes per object, {basin_m['sizes']['objects']:,} small objects",
+                  (dos_m or {}).get('sizes'), basin_m['sizes'])
+    if big:
+        size = big['size_bytes']
+        size_text = f'{size / 2**30:.2f} GiB' if size >= 2**30 else f'{size / 2**20:.0f} MiB'
+        big_limit = t.write_limit(size, 'big')
+        t.row(f'big: put_reader of one {size_text} object (durable)', None, step(big, 'big_put_reader'), 'info',
+              None, big_limit)
+        t.row(f'big: streamed read of the {size_text} object', None, step(big, 'big_streamed_read'), 'info', None,
+              t.read_limit(size))
+        rss = big['maxrss_mb']
+        met = rss < BIG_RSS_MB_MAX
+        if not met:
+            t.misses.append('big object RSS')
+        t.rows.append(f'| big: peak RSS of put + read (MB, not s) | – | {rss:.1f} | – | <{BIG_RSS_MB_MAX:.0f} MB | '
+                      f"{'yes' if met else '**no**'} | – |")
+
+    lines = ['| step | dos s | basin s | ratio (dos/basin) | target | met? | basin vs limit (×) |',
+             '|---|---:|---:|---:|---|---|---:|', *t.rows, '']
+    mb = payload / 1e6
+    lines.append(f'Limits for the same bytes ({n} objects, {mb:.1f} MB payload; other sizes scaled by bytes unless '
+                 'measured): '
+                 f"durable write `dd conv=fdatasync` {fmt_s(limits['dd_write_s']['payload'])} s "
+                 f"({mb / limits['dd_write_s']['payload']:.0f} MB/s); "
+                 + (f"cold read {fmt_s(limits['cold_read_s'])} s; " if limits.get('cold_read_s') is not None
+                    else f"cold read: {limits.get('cold_read_note', 'not measured')}; ")
+                 + f"warm read {fmt_s(limits['warm_read_s'])} s; fsync probe {limits['fsync_probe_ms']:.2f} ms.")
+    for name, seconds in limits['dd_write_s'].items():
+        if name != 'payload':
+            size = limits['sizes'][name]
+            lines.append(f'- dd conv=fdatasync of {name} ({size / 1e6:.1f} MB): {fmt_s(seconds)} s')
+    if git:
+        lines.append(f"git anchor ({git.get('git', 'git')}, core/pack.compression 0): fast-import of the same "
+                     f"{git['blobs']} blobs {fmt_s(git['fast_import_s'])} s (basin a: "
+                     f"{step(basin, 'a_loose_write') / git['fast_import_s']:.2f}×, basin d: "
+                     f"{step(basin, 'd_write_packed') / git['fast_import_s']:.2f}× of git's time); cat-file --batch in "
+                     f"random order {fmt_s(catfile)} s (basin c: {step(basin, 'c_read_packed') / catfile:.2f}× of "
+                     "git's time).")
+    lines.append(f"disk-objectstore {dos.get('version')} on Python {dos.get('python')}; basin hash "
+                 f"{basin.get('hash')}, compression none, durable. Peak RSS: dos {dos.get('maxrss_mb', 0):.0f} MB, "
+                 f"basin workload {basin.get('maxrss_mb', 0):.0f} MB (both hold the payload in memory).")
+    lines.append('Targets missed: ' + (', '.join(t.misses) if t.misses else 'none'))
+    return '\n'.join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('results', help='folder with the JSON files of one run')
+    args = ap.parse_args()
+    print(build(Path(args.results)))
+
+
+if __name__ == '__main__':
+    main()

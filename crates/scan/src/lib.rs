@@ -1,0 +1,4 @@
+//! placeholder
+pub mod archive;
+pub mod config;
+pub mod download;

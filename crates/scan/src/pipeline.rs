@@ -1,0 +1,123 @@
+//! An ordered parallel map: one producer thread, `jobs` workers, results handed to the caller's
+//! thread in the order the producer made them.
+//!
+//! Memory is bounded: at most `window` items are between the producer and the sink at any time
+//! (a big file being hashed holds back at most `window` finished small ones), and the channels
+//! are bounded too.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, RecvTimeoutError};
+
+/// Items in flight (produced but not yet handed to the sink), at most.
+pub const WINDOW_ITEMS_MAX: usize = 4096;
+
+/// Runs `produce` on its own thread and `work` on `jobs` threads (each with a reusable buffer);
+/// calls `sink(Some(output))` in production order on the calling thread, and `sink(None)` when
+/// nothing arrived for `tick` (so the sink can flush). A sink returning `false` stops everything.
+pub fn run_ordered<I, O, P, W>(jobs: usize, tick: Duration, produce: P, work: W, sink: &mut dyn FnMut(Option<O>) -> bool)
+where
+    I: Send,
+    O: Send,
+    P: FnOnce(&mut dyn FnMut(I) -> bool) + Send,
+    W: Fn(I, &mut Vec<u8>) -> O + Sync,
+{
+    let jobs = jobs.max(1);
+    std::thread::scope(|scope| {
+        let (work_tx, work_rx) = bounded::<(u64, I)>(jobs * 4);
+        let (done_tx, done_rx) = bounded::<(u64, O)>(jobs * 4);
+        let (ticket_tx, ticket_rx) = bounded::<()>(WINDOW_ITEMS_MAX);
+        scope.spawn(move || {
+            let mut seq = 0u64;
+            produce(&mut |item| {
+                // The ticket is taken before the item exists downstream, so the sink can always return one.
+                if ticket_tx.send(()).is_err() || work_tx.send((seq, item)).is_err() {
+                    return false;
+                }
+                seq += 1;
+                true
+            });
+        });
+        let work = &work;
+        for _ in 0..jobs {
+            let rx = work_rx.clone();
+            let tx = done_tx.clone();
+            scope.spawn(move || {
+                let mut buffer = Vec::new();
+                for (seq, item) in rx {
+                    if tx.send((seq, work(item, &mut buffer))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        drop(work_rx);
+        let mut next = 0u64;
+        let mut pending: BTreeMap<u64, O> = BTreeMap::new();
+        'outer: loop {
+            match done_rx.recv_timeout(tick) {
+                Ok((seq, out)) => {
+                    pending.insert(seq, out);
+                    while let Some(out) = pending.remove(&next) {
+                        next += 1;
+                        let _ = ticket_rx.try_recv();
+                        if !sink(Some(out)) {
+                            break 'outer;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if !sink(None) {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Dropping the receivers makes the producer's and workers' sends fail, so they stop.
+        drop(done_rx);
+        drop(ticket_rx);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_with_uneven_work_and_stops_on_request() {
+        let mut got = Vec::new();
+        run_ordered(
+            4,
+            Duration::from_millis(50),
+            |emit| {
+                for i in 0..10_000u32 {
+                    if !emit(i) {
+                        return;
+                    }
+                }
+            },
+            |i, _buf| {
+                // Uneven work: every 97th item is much slower, so results arrive out of order.
+                let spins = if i % 97 == 0 { 200_000u32 } else { 10 };
+                let noise = (0..spins).fold(0u32, |a, b| std::hint::black_box(a.wrapping_add(b)));
+                (i, noise)
+            },
+            &mut |out| {
+                if let Some((v, _)) = out {
+                    got.push(v);
+                }
+                true
+            },
+        );
+        assert_eq!(got, (0..10_000u32).collect::<Vec<_>>());
+        let mut stopped = 0;
+        run_ordered(2, Duration::from_millis(50), |emit| for i in 0..1_000_000u32 { if !emit(i) { return } }, |i, _| i, &mut |out| {
+            stopped += usize::from(out.is_some());
+            stopped < 100
+        });
+        assert_eq!(stopped, 100);
+    }
+}

@@ -1,0 +1,428 @@
+//! The index: an SQLite database mapping key → where the packed record is.
+//!
+//! It is a cache of what the packs say, never the only copy of the truth: `rebuild` recreates it
+//! from the pack files alone. Loose objects are not indexed; their file is their truth. Rows are
+//! committed only after the pack bytes they point at are fdatasynced (the writer's job).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::format::Position;
+use crate::key::{Key, KEY_BYTES};
+
+/// File name of the index inside the store folder.
+pub const INDEX_FILE: &str = "index.sqlite";
+
+/// Version of the index schema (stored in `meta`).
+pub const INDEX_SCHEMA_VERSION: i64 = 1;
+
+/// Where a packed object's record is, and its lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexRow {
+    pub pack: u64,
+    /// Offset of the record (its header) in the pack.
+    pub offset: u64,
+    pub raw_len: u64,
+    pub stored_len: u64,
+    pub flags: u8,
+}
+
+impl IndexRow {
+    pub fn position(&self) -> Position {
+        Position { pack: self.pack, offset: self.offset }
+    }
+}
+
+/// A pack as the index knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackRow {
+    pub id: u64,
+    pub sealed: bool,
+    /// Bytes of the pack that committed rows may point into (header + committed records
+    /// [+ table and footer when sealed]). Anything past this in an unsealed pack is an
+    /// uncommitted tail from a crash.
+    pub end_bytes: u64,
+}
+
+/// A tombstone as the index knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TombstoneRow {
+    pub key: Key,
+    pub at: Position,
+    pub before: Position,
+}
+
+pub(crate) struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    key BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    raw_len INTEGER NOT NULL,
+    stored_len INTEGER,          -- NULL when equal to raw_len: saves index bytes per object
+    flags INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY,
+    sealed INTEGER NOT NULL,
+    end_bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tombstones (
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    before_pack INTEGER NOT NULL,
+    before_offset INTEGER NOT NULL,
+    PRIMARY KEY (pack, offset)
+) WITHOUT ROWID;
+";
+
+fn key_of(b: Vec<u8>, path: &Path) -> Result<Key> {
+    Key::from_slice(&b).ok_or_else(|| Error::IndexCorrupt {
+        path: path.to_path_buf(),
+        detail: format!("key of {} bytes, expected {KEY_BYTES}", b.len()),
+    })
+}
+
+fn nonneg(v: i64, what: &str, path: &Path) -> Result<u64> {
+    u64::try_from(v)
+        .map_err(|_| Error::IndexCorrupt { path: path.to_path_buf(), detail: format!("negative {what}: {v}") })
+}
+
+impl Index {
+    /// Opens (creating if absent) the index of the store at `dir`.
+    pub(crate) fn open(dir: &Path, container_id: &str) -> Result<Index> {
+        let path = dir.join(INDEX_FILE);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::Index { path: path.clone(), source: e })?;
+        let idx = Index { conn, path };
+        idx.setup(container_id)?;
+        Ok(idx)
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) {
+                return Error::IndexCorrupt { path: self.path.clone(), detail: e.to_string() };
+            }
+        }
+        Error::Index { path: self.path.clone(), source: e }
+    }
+
+    fn setup(&self, container_id: &str) -> Result<()> {
+        // Many processes share this file: wait for writers instead of failing, and make every
+        // commit durable (the rows it adds are what makes packed objects reachable).
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16000; \
+                 PRAGMA temp_store=MEMORY;",
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+        let have: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE name='container_id'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match have {
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT OR IGNORE INTO meta(name, value) VALUES ('container_id', ?1), ('schema_version', ?2)",
+                        params![container_id, INDEX_SCHEMA_VERSION.to_string()],
+                    )
+                    .map_err(|e| self.err(e))?;
+            }
+            Some(id) if id != container_id => {
+                return Err(Error::IndexCorrupt {
+                    path: self.path.clone(),
+                    detail: format!("index belongs to store {id}, this store is {container_id}"),
+                })
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn get(&self, key: &Key) -> Result<Option<IndexRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack, offset, raw_len, stored_len, flags FROM objects WHERE key = ?1")
+            .map_err(|e| self.err(e))?;
+        let row = st
+            .query_row([&key.as_bytes()[..]], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?, r.get::<_, i64>(4)?))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|(pack, offset, raw, stored, flags)| self.row(pack, offset, raw, stored, flags)).transpose()
+    }
+
+    fn row(&self, pack: i64, offset: i64, raw: i64, stored: Option<i64>, flags: i64) -> Result<IndexRow> {
+        let raw_len = nonneg(raw, "raw_len", &self.path)?;
+        Ok(IndexRow {
+            pack: nonneg(pack, "pack", &self.path)?,
+            offset: nonneg(offset, "offset", &self.path)?,
+            raw_len,
+            stored_len: match stored {
+                Some(s) => nonneg(s, "stored_len", &self.path)?,
+                None => raw_len,
+            },
+            flags: u8::try_from(flags).map_err(|_| Error::IndexCorrupt {
+                path: self.path.clone(),
+                detail: format!("flags {flags}"),
+            })?,
+        })
+    }
+
+    /// Every row, in key order, fed to `visit`.
+    pub(crate) fn for_each(&self, visit: &mut dyn FnMut(Key, IndexRow) -> Result<()>) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key, pack, offset, raw_len, stored_len, flags FROM objects ORDER BY key")
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let key = key_of(r.get(0).map_err(|e| self.err(e))?, &self.path)?;
+            let row = self.row(
+                r.get(1).map_err(|e| self.err(e))?,
+                r.get(2).map_err(|e| self.err(e))?,
+                r.get(3).map_err(|e| self.err(e))?,
+                r.get(4).map_err(|e| self.err(e))?,
+                r.get(5).map_err(|e| self.err(e))?,
+            )?;
+            visit(key, row)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn count(&self) -> Result<u64> {
+        let n: i64 = self.conn.query_row("SELECT count(*) FROM objects", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        nonneg(n, "count", &self.path)
+    }
+
+    /// (objects, raw bytes, stored bytes) of all packed objects.
+    pub(crate) fn totals(&self) -> Result<(u64, u64, u64)> {
+        let (n, raw, stored): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(raw_len),0), coalesce(sum(coalesce(stored_len, raw_len)),0) FROM objects",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((nonneg(n, "count", &self.path)?, nonneg(raw, "sum", &self.path)?, nonneg(stored, "sum", &self.path)?))
+    }
+
+    pub(crate) fn packs(&self) -> Result<Vec<PackRow>> {
+        let mut st = self.conn.prepare_cached("SELECT id, sealed, end_bytes FROM packs ORDER BY id").map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, sealed, end) = r.map_err(|e| self.err(e))?;
+            out.push(PackRow { id: nonneg(id, "pack id", &self.path)?, sealed: sealed != 0, end_bytes: nonneg(end, "end_bytes", &self.path)? });
+        }
+        Ok(out)
+    }
+
+    /// Live bytes (whole records) per pack, from the object rows and tombstones.
+    pub(crate) fn live_bytes_per_pack(&self) -> Result<std::collections::HashMap<u64, u64>> {
+        let overhead = crate::format::RECORD_OVERHEAD_BYTES as i64;
+        let mut out = std::collections::HashMap::new();
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT pack, sum(coalesce(stored_len, raw_len) + {overhead}) FROM objects GROUP BY pack \
+                 UNION ALL SELECT pack, count(*) * ({overhead} + {}) FROM tombstones GROUP BY pack",
+                crate::format::TOMBSTONE_PAYLOAD_BYTES
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))).map_err(|e| self.err(e))?;
+        for r in rows {
+            let (pack, bytes) = r.map_err(|e| self.err(e))?;
+            *out.entry(nonneg(pack, "pack", &self.path)?).or_insert(0) += nonneg(bytes, "bytes", &self.path)?;
+        }
+        Ok(out)
+    }
+
+    /// Rows of one pack, in offset order.
+    pub(crate) fn rows_in_pack(&self, pack: u64) -> Result<Vec<(Key, IndexRow)>> {
+        let mut out = Vec::new();
+        let mut st = self
+            .conn
+            .prepare("SELECT key, pack, offset, raw_len, stored_len, flags FROM objects WHERE pack = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query([pack as i64]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let key = key_of(r.get(0).map_err(|e| self.err(e))?, &self.path)?;
+            let row = self.row(
+                r.get(1).map_err(|e| self.err(e))?,
+                r.get(2).map_err(|e| self.err(e))?,
+                r.get(3).map_err(|e| self.err(e))?,
+                r.get(4).map_err(|e| self.err(e))?,
+                r.get(5).map_err(|e| self.err(e))?,
+            )?;
+            out.push((key, row));
+        }
+        out.sort_by_key(|(_, r)| r.offset);
+        Ok(out)
+    }
+
+    pub(crate) fn tombstones(&self) -> Result<Vec<TombstoneRow>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key, pack, offset, before_pack, before_offset FROM tombstones ORDER BY pack, offset")
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query([]).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let key = key_of(r.get(0).map_err(|e| self.err(e))?, &self.path)?;
+            let g = |i: usize| -> Result<u64> { nonneg(r.get::<_, i64>(i).map_err(|e| self.err(e))?, "position", &self.path) };
+            out.push(TombstoneRow {
+                key,
+                at: Position { pack: g(1)?, offset: g(2)? },
+                before: Position { pack: g(3)?, offset: g(4)? },
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn begin(&mut self) -> Result<IndexTx<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| Error::Index { path: self.path.clone(), source: e })?;
+        Ok(IndexTx { tx, path: self.path.clone() })
+    }
+
+    pub(crate) fn checkpoint_and_vacuum(&self, vacuum: bool) -> Result<()> {
+        if vacuum {
+            self.conn.execute_batch("VACUUM").map_err(|e| self.err(e))?;
+        }
+        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").map_err(|e| self.err(e))
+    }
+
+    /// `PRAGMA quick_check`: the first problems SQLite itself finds, empty when fine.
+    pub(crate) fn quick_check(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("PRAGMA quick_check(20)").map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let line = r.map_err(|e| self.err(e))?;
+            if line != "ok" {
+                out.push(line);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a consistent copy of the index to `dest` (a new file).
+    pub(crate) fn snapshot_into(&self, dest: &Path) -> Result<()> {
+        self.conn
+            .execute("VACUUM INTO ?1", [dest.to_string_lossy().as_ref()])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+/// One index transaction; dropped without `commit` it rolls back.
+pub(crate) struct IndexTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: PathBuf,
+}
+
+impl IndexTx<'_> {
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::Index { path: self.path.clone(), source: e }
+    }
+
+    pub(crate) fn get(&self, key: &Key) -> Result<Option<Position>> {
+        let mut st = self.tx.prepare_cached("SELECT pack, offset FROM objects WHERE key = ?1").map_err(|e| self.err(e))?;
+        let r = st
+            .query_row([&key.as_bytes()[..]], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(r.map(|(p, o)| Position { pack: p as u64, offset: o as u64 }))
+    }
+
+    pub(crate) fn put(&self, key: &Key, row: &IndexRow) -> Result<()> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(|e| self.err(e))?;
+        let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
+        st.execute(params![&key.as_bytes()[..], row.pack as i64, row.offset as i64, row.raw_len as i64, stored, row.flags as i64])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, key: &Key) -> Result<bool> {
+        let mut st = self.tx.prepare_cached("DELETE FROM objects WHERE key = ?1").map_err(|e| self.err(e))?;
+        Ok(st.execute([&key.as_bytes()[..]]).map_err(|e| self.err(e))? > 0)
+    }
+
+    pub(crate) fn put_pack(&self, p: &PackRow) -> Result<()> {
+        let mut st = self
+            .tx
+            .prepare_cached("INSERT OR REPLACE INTO packs(id, sealed, end_bytes) VALUES (?1, ?2, ?3)")
+            .map_err(|e| self.err(e))?;
+        st.execute(params![p.id as i64, p.sealed as i64, p.end_bytes as i64]).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_pack(&self, id: u64) -> Result<()> {
+        self.tx.execute("DELETE FROM packs WHERE id = ?1", [id as i64]).map_err(|e| self.err(e))?;
+        self.tx.execute("DELETE FROM tombstones WHERE pack = ?1", [id as i64]).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub(crate) fn put_tombstone(&self, t: &TombstoneRow) -> Result<()> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO tombstones(pack, offset, key, before_pack, before_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(|e| self.err(e))?;
+        st.execute(params![
+            t.at.pack as i64,
+            t.at.offset as i64,
+            &t.key.as_bytes()[..],
+            t.before.pack as i64,
+            t.before.offset as i64
+        ])
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub(crate) fn clear_all(&self) -> Result<()> {
+        self.tx
+            .execute_batch("DELETE FROM objects; DELETE FROM packs; DELETE FROM tombstones;")
+            .map_err(|e| self.err(e))
+    }
+
+    pub(crate) fn commit(self) -> Result<()> {
+        let path = self.path;
+        self.tx.commit().map_err(|e| Error::Index { path, source: e })
+    }
+}

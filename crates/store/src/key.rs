@@ -1,0 +1,190 @@
+//! Object keys: the hash of an object's uncompressed content, and the hash algorithms that make them.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Length of every key in bytes (BLAKE3 and SHA-256 both give 32).
+pub const KEY_BYTES: usize = 32;
+
+/// The hash that names objects in a store. Chosen at init, fixed for the store's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlgorithm {
+    /// BLAKE3 (default): fastest, parallel, 256-bit.
+    Blake3,
+    /// SHA-256: keys match disk-objectstore, git-lfs and friends.
+    Sha256,
+}
+
+impl HashAlgorithm {
+    /// The id stored in pack and record headers.
+    pub fn id(self) -> u8 {
+        match self {
+            HashAlgorithm::Blake3 => 1,
+            HashAlgorithm::Sha256 => 2,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<HashAlgorithm> {
+        match id {
+            1 => Some(HashAlgorithm::Blake3),
+            2 => Some(HashAlgorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HashAlgorithm::Blake3 => "blake3",
+            HashAlgorithm::Sha256 => "sha256",
+        }
+    }
+
+    /// A fresh incremental hasher.
+    pub fn hasher(self) -> KeyHasher {
+        match self {
+            HashAlgorithm::Blake3 => KeyHasher::Blake3(Box::new(blake3::Hasher::new())),
+            HashAlgorithm::Sha256 => KeyHasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
+        }
+    }
+
+    /// The key of `content`.
+    pub fn hash(self, content: &[u8]) -> Key {
+        match self {
+            HashAlgorithm::Blake3 => Key(*blake3::hash(content).as_bytes()),
+            HashAlgorithm::Sha256 => {
+                let out = <sha2::Sha256 as sha2::Digest>::digest(content);
+                let mut k = [0u8; KEY_BYTES];
+                k.copy_from_slice(&out);
+                Key(k)
+            }
+        }
+    }
+}
+
+impl FromStr for HashAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "blake3" => Ok(HashAlgorithm::Blake3),
+            "sha256" | "sha-256" => Ok(HashAlgorithm::Sha256),
+            other => Err(format!("unknown hash algorithm '{other}' (expected blake3 or sha256)")),
+        }
+    }
+}
+
+impl fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Incremental hashing of an object's content while it streams.
+pub enum KeyHasher {
+    Blake3(Box<blake3::Hasher>),
+    Sha256(sha2::Sha256),
+}
+
+impl KeyHasher {
+    pub fn update(&mut self, buf: &[u8]) {
+        match self {
+            KeyHasher::Blake3(h) => {
+                h.update(buf);
+            }
+            KeyHasher::Sha256(h) => sha2::Digest::update(h, buf),
+        }
+    }
+
+    pub fn finish(self) -> Key {
+        match self {
+            KeyHasher::Blake3(h) => Key(*h.finalize().as_bytes()),
+            KeyHasher::Sha256(h) => {
+                let out = sha2::Digest::finalize(h);
+                let mut k = [0u8; KEY_BYTES];
+                k.copy_from_slice(&out);
+                Key(k)
+            }
+        }
+    }
+}
+
+/// The name of an object: the hash of its uncompressed content.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key([u8; KEY_BYTES]);
+
+impl Key {
+    pub const fn from_bytes(b: [u8; KEY_BYTES]) -> Key {
+        Key(b)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; KEY_BYTES] {
+        &self.0
+    }
+
+    /// Key from a byte slice of exactly [`KEY_BYTES`].
+    pub fn from_slice(b: &[u8]) -> Option<Key> {
+        <[u8; KEY_BYTES]>::try_from(b).ok().map(Key)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// Why a string is not a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{text}' is not a key: expected {} lowercase or uppercase hex digits", KEY_BYTES * 2)]
+pub struct KeyParseError {
+    pub text: String,
+}
+
+impl FromStr for Key {
+    type Err = KeyParseError;
+    fn from_str(s: &str) -> Result<Key, KeyParseError> {
+        let mut k = [0u8; KEY_BYTES];
+        hex::decode_to_slice(s, &mut k).map_err(|_| KeyParseError { text: s.chars().take(80).collect() })?;
+        Ok(Key(k))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vectors() {
+        // Published digests of the empty string.
+        assert_eq!(
+            HashAlgorithm::Blake3.hash(b"").to_hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert_eq!(
+            HashAlgorithm::Sha256.hash(b"").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let mut h = HashAlgorithm::Sha256.hasher();
+        h.update(b"ab");
+        h.update(b"c");
+        assert_eq!(h.finish(), HashAlgorithm::Sha256.hash(b"abc"));
+    }
+
+    #[test]
+    fn parse_rejects_bad_text() {
+        assert!("xyz".parse::<Key>().is_err(), "short non-hex must fail");
+        let k = HashAlgorithm::Blake3.hash(b"x");
+        assert_eq!(k.to_hex().parse::<Key>().expect("round trip"), k);
+        assert_eq!(k.to_hex().to_uppercase().parse::<Key>().expect("upper"), k);
+    }
+}

@@ -1,0 +1,841 @@
+//! Maintenance: everything that writes packs or the index, under the exclusive maintenance lock.
+//!
+//! One process at a time holds the lock (an `flock` on `locks/maintenance.lock`, released by the
+//! kernel when the process dies, so a crash never leaves a lock a human must delete). Readers and
+//! loose writers never take it and never fail because of what happens here: pack bytes are
+//! fdatasynced before the index rows that point at them are committed; loose copies and old packs
+//! are removed only after the index stopped pointing at them.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rayon::prelude::*;
+
+use crate::compress;
+use crate::config::Compression;
+use crate::error::{Error, IoContext, Result};
+use crate::format::{Position, RecordKind, FRAME_RAW_BYTES, PACK_HEADER_BYTES};
+use crate::fsutil;
+use crate::index::{Index, IndexRow, PackRow, TombstoneRow, INDEX_FILE};
+use crate::key::Key;
+use crate::loose::{self, STREAM_CHUNK_BYTES};
+use crate::pack::{self, Appender, NewRecord, PACKS_DIR};
+use crate::progress::{Progress, Unit};
+use crate::store::{Store, LOCKS_DIR, MAINTENANCE_LOCK};
+
+/// Bytes appended between index commits (each commit = fdatasync of the pack + an index fsync).
+const COMMIT_BYTES: u64 = 128 << 20;
+/// Records appended between index commits.
+const COMMIT_RECORDS: usize = 100_000;
+/// Objects read and encoded in parallel per round.
+const PARALLEL_CHUNK_OBJECTS: usize = 512;
+/// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
+const IN_MEMORY_OBJECT_BYTES_MAX: u64 = 16 << 20;
+
+/// What to do when another process holds the maintenance lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// Fail at once with [`Error::Locked`].
+    Fail,
+    /// Wait until the lock is free.
+    Block,
+}
+
+/// Proof that this process holds the maintenance lock; maintenance operations hang off it.
+pub struct Maintenance<'s> {
+    pub(crate) store: &'s Store,
+    _lock: File,
+}
+
+impl Store {
+    /// Takes the exclusive maintenance lock.
+    pub fn maintenance(&self, wait: LockWait) -> Result<Maintenance<'_>> {
+        self.check_writable()?;
+        let path = self.path().join(LOCKS_DIR).join(MAINTENANCE_LOCK);
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at("open", &path)?;
+        match wait {
+            LockWait::Block => file.lock().at("lock", &path)?,
+            LockWait::Fail => {
+                if let Err(e) = file.try_lock() {
+                    if let std::fs::TryLockError::Error(err) = e {
+                        return Err(Error::io("lock", &path, err));
+                    }
+                    let mut holder = String::new();
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    let holder = if holder.is_empty() { String::new() } else { format!(" ({holder})") };
+                    return Err(Error::Locked { path, holder });
+                }
+            }
+        }
+        // Who holds it, for the message another process shows; advisory only.
+        let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let _ = file.set_len(0);
+        let _ = file.write_all_at_start(format!("pid {} on {} since unix time {since}", std::process::id(), host.trim()).as_bytes());
+        Ok(Maintenance { store: self, _lock: file })
+    }
+}
+
+trait WriteAtStart {
+    fn write_all_at_start(&mut self, b: &[u8]) -> std::io::Result<()>;
+}
+impl WriteAtStart for File {
+    fn write_all_at_start(&mut self, b: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.write_all_at(b, 0)
+    }
+}
+
+/// Which loose objects to pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackSelection {
+    All,
+    /// Keys whose hex starts with this prefix.
+    Prefix(String),
+    Keys(Vec<Key>),
+}
+
+/// Options for writing into packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackOptions {
+    /// `None`: the store's configured policy.
+    pub compression: Option<Compression>,
+    /// Re-hash loose objects before packing them (catches files damaged since they were written).
+    pub validate: bool,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions { compression: None, validate: true }
+    }
+}
+
+/// What `pack_loose` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PackReport {
+    pub packed: u64,
+    pub packed_bytes: u64,
+    /// Loose objects that were already packed (their loose copy was removed).
+    pub already_packed: u64,
+    pub loose_removed: u64,
+    /// Loose files that could not be read now (left for next time).
+    pub skipped: Vec<String>,
+    /// Loose files whose content does not match their name (left in place, not packed).
+    pub corrupt: Vec<String>,
+}
+
+/// One object to write directly into a pack.
+pub enum Source {
+    Bytes(Vec<u8>),
+    Reader { reader: Box<dyn Read + Send>, size_hint: u64 },
+    File(PathBuf),
+}
+
+/// Options for repack.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RepackOptions {
+    /// Rewrite every pack, not only those with enough garbage.
+    pub all: bool,
+    /// Rewrite packs whose dead bytes are at least this share of their records.
+    pub garbage_ratio_min: f64,
+    /// Recompress while rewriting (`None`: keep each record as it is).
+    pub compression: Option<Compression>,
+}
+
+impl Default for RepackOptions {
+    fn default() -> Self {
+        RepackOptions { all: false, garbage_ratio_min: 0.2, compression: None }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RepackReport {
+    pub packs_rewritten: u64,
+    pub objects_moved: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub tombstones_dropped: u64,
+}
+
+/// Options for clean.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CleanOptions {
+    pub vacuum: bool,
+    /// Sandbox entries younger than this are left alone even when unlocked: a writer takes its
+    /// lock a moment after creating its file.
+    pub sandbox_grace: Duration,
+}
+
+impl Default for CleanOptions {
+    fn default() -> Self {
+        CleanOptions { vacuum: true, sandbox_grace: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CleanReport {
+    pub sandbox_removed: u64,
+    pub loose_copies_removed: u64,
+    pub tail_bytes_truncated: u64,
+    pub temp_files_removed: u64,
+    pub index_bytes_before: u64,
+    pub index_bytes_after: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RebuildReport {
+    pub packs: u64,
+    pub objects: u64,
+    pub tombstones: u64,
+    pub dead_records: u64,
+    /// Packs that could not be read, with why.
+    pub unreadable_packs: Vec<String>,
+}
+
+/// Encoded object ready to append.
+struct Prepared {
+    key: Key,
+    raw_len: u64,
+    enc: compress::Encoded,
+}
+
+impl<'s> Maintenance<'s> {
+    pub fn store(&self) -> &'s Store {
+        self.store
+    }
+
+    fn appender(&self, exclude: HashSet<u64>) -> Appender<'s> {
+        let c = self.store.config();
+        Appender::new(self.store.path(), c.hash, c.container_id_bytes(), c.pack_size_target_bytes, exclude)
+    }
+
+    fn policy(&self, opts: &PackOptions) -> Compression {
+        opts.compression.unwrap_or(self.store.config().compression)
+    }
+
+    /// Runs `f` with the index and an appender; on error the uncommitted tail is dropped.
+    fn with_appender<T>(
+        &self,
+        exclude: HashSet<u64>,
+        f: impl FnOnce(&mut Index, &mut Appender<'s>) -> Result<T>,
+    ) -> Result<T> {
+        let mut index = self.store.index();
+        let mut app = self.appender(exclude);
+        match f(&mut index, &mut app) {
+            Ok(v) => match app.finish(&mut index, false) {
+                Ok(()) => Ok(v),
+                Err(e) => Err(self.store.note_failure(e)),
+            },
+            Err(e) => {
+                app.abandon(&mut index);
+                Err(self.store.note_failure(e))
+            }
+        }
+    }
+
+    /// Moves loose objects into packs. Loose copies are deleted batch by batch, right after the
+    /// index commit that makes their packed copies reachable, so disk use never doubles.
+    pub fn pack_loose(&self, sel: &PackSelection, opts: &PackOptions, p: &dyn Progress) -> Result<PackReport> {
+        let store = self.store;
+        let cfg = store.config();
+        let mut keys = match sel {
+            PackSelection::Keys(k) => k.clone(),
+            PackSelection::All => loose::list_loose(store.path(), cfg.loose_prefix_len)?,
+            PackSelection::Prefix(prefix) => {
+                let prefix = prefix.to_ascii_lowercase();
+                if !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::InvalidArgument(format!("key prefix '{prefix}' is not hex")));
+                }
+                loose::list_loose(store.path(), cfg.loose_prefix_len)?
+                    .into_iter()
+                    .filter(|k| k.to_hex().starts_with(&prefix))
+                    .collect()
+            }
+        };
+        keys.sort_unstable();
+        keys.dedup();
+        let policy = self.policy(opts);
+        let mut report = PackReport::default();
+        p.start("pack", Some(keys.len() as u64), Unit::Objects);
+        let result = self.with_appender(HashSet::new(), |index, app| {
+            let mut to_remove: Vec<Key> = Vec::new();
+            let mut pending_bytes = 0u64;
+            for chunk in keys.chunks(PARALLEL_CHUNK_OBJECTS) {
+                let prepared: Vec<(Key, std::result::Result<Option<Prepared>, String>)> = chunk
+                    .par_iter()
+                    .map(|k| (*k, prepare_loose(store, k, opts.validate, policy)))
+                    .collect();
+                for (key, prep) in prepared {
+                    match prep {
+                        Ok(None) => {} // vanished: packed by someone else or deleted
+                        Err(why) if why.starts_with("corrupt:") => report.corrupt.push(why[8..].to_string()),
+                        Err(why) => report.skipped.push(why),
+                        Ok(Some(pr)) => {
+                            if index.get(&key)?.is_some() {
+                                report.already_packed += 1;
+                            } else {
+                                pending_bytes += pr.enc.payload.len() as u64;
+                                app.append(
+                                    index,
+                                    &NewRecord {
+                                        key,
+                                        raw_len: pr.raw_len,
+                                        compressed: pr.enc.compressed,
+                                        payload: &pr.enc.payload,
+                                    },
+                                )?;
+                                report.packed += 1;
+                                report.packed_bytes += pr.raw_len;
+                            }
+                            to_remove.push(key);
+                        }
+                    }
+                    p.advance(1);
+                }
+                if pending_bytes >= COMMIT_BYTES || app.pending() >= COMMIT_RECORDS {
+                    app.commit(index, &mut |_| Ok(()))?;
+                    report.loose_removed += remove_loose(store, &to_remove);
+                    to_remove.clear();
+                    pending_bytes = 0;
+                }
+            }
+            app.commit(index, &mut |_| Ok(()))?;
+            report.loose_removed += remove_loose(store, &to_remove);
+            Ok(())
+        });
+        p.finish();
+        result.map(|()| report)
+    }
+
+    /// Writes objects straight into packs (bulk import). Returns keys in input order. Objects
+    /// already in the store are not written again; dedup asks the index per object instead of
+    /// loading every key into memory.
+    pub fn write_packed(
+        &self,
+        sources: &mut dyn Iterator<Item = Result<Source>>,
+        opts: &PackOptions,
+        p: &dyn Progress,
+    ) -> Result<Vec<Key>> {
+        let store = self.store;
+        let hash = store.config().hash;
+        let policy = self.policy(opts);
+        p.start("write", None, Unit::Objects);
+        let result = self.with_appender(HashSet::new(), |index, app| {
+            let mut keys = Vec::new();
+            // Keys written by this call since its last commit, not yet visible in the index.
+            let mut session: HashSet<Key> = HashSet::new();
+            let mut pending_bytes = 0u64;
+            loop {
+                let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
+                let mut large: Vec<(usize, Source)> = Vec::new();
+                let base = keys.len();
+                for (i, src) in (&mut *sources).take(PARALLEL_CHUNK_OBJECTS).enumerate() {
+                    match src? {
+                        Source::Bytes(b) => small.push((base + i, b)),
+                        Source::File(path) => {
+                            let len = fs::metadata(&path).at("stat", &path)?.len();
+                            if len <= IN_MEMORY_OBJECT_BYTES_MAX {
+                                small.push((base + i, fs::read(&path).at("read", &path)?));
+                            } else {
+                                large.push((base + i, Source::File(path)));
+                            }
+                        }
+                        Source::Reader { reader, size_hint } if size_hint > IN_MEMORY_OBJECT_BYTES_MAX => {
+                            large.push((base + i, Source::Reader { reader, size_hint }))
+                        }
+                        Source::Reader { mut reader, .. } => {
+                            let mut b = Vec::new();
+                            reader.read_to_end(&mut b).at("read source", "reader")?;
+                            small.push((base + i, b));
+                        }
+                    }
+                }
+                let n = small.len() + large.len();
+                if n == 0 {
+                    break;
+                }
+                keys.resize(base + n, Key::from_bytes([0; 32]));
+                let prepared: Vec<(usize, Key, u64, std::io::Result<compress::Encoded>)> = small
+                    .into_par_iter()
+                    .map(|(i, b)| {
+                        let key = hash.hash(&b);
+                        let raw_len = b.len() as u64;
+                        let enc = match policy {
+                            Compression::None => Ok(compress::Encoded { payload: b, compressed: false }),
+                            _ => compress::encode(&b, policy),
+                        };
+                        (i, key, raw_len, enc)
+                    })
+                    .collect();
+                for (i, key, raw_len, enc) in prepared {
+                    keys[i] = key;
+                    if session.contains(&key) || index.get(&key)?.is_some() {
+                        continue;
+                    }
+                    let enc = enc.map_err(|e| Error::io("compress", key.to_hex(), e))?;
+                    pending_bytes += enc.payload.len() as u64;
+                    app.append(index, &NewRecord { key, raw_len, compressed: enc.compressed, payload: &enc.payload })?;
+                    session.insert(key);
+                }
+                for (i, src) in large {
+                    let (mut reader, name): (Box<dyn Read>, String) = match src {
+                        Source::File(path) => {
+                            (Box::new(File::open(&path).at("open", &path)?), path.display().to_string())
+                        }
+                        Source::Reader { reader, .. } => (reader, "reader".to_string()),
+                        Source::Bytes(_) => continue,
+                    };
+                    let written = append_stream(app, index, &mut *reader, &name, hash, policy, &session)?;
+                    keys[i] = written.0;
+                    if written.1 {
+                        session.insert(written.0);
+                        pending_bytes += written.2;
+                    }
+                }
+                p.advance(n as u64);
+                if pending_bytes >= COMMIT_BYTES || app.pending() >= COMMIT_RECORDS {
+                    app.commit(index, &mut |_| Ok(()))?;
+                    session.clear();
+                    pending_bytes = 0;
+                }
+            }
+            Ok(keys)
+        });
+        p.finish();
+        result
+    }
+
+    /// Deletes objects (loose and packed). Returns the keys that existed, in input order.
+    pub fn delete(&self, keys: &[Key]) -> Result<Vec<Key>> {
+        let store = self.store;
+        let mut seen = HashSet::new();
+        let mut existed = Vec::new();
+        let mut loose_paths = Vec::new();
+        self.with_appender(HashSet::new(), |index, app| {
+            let mut packed = Vec::new();
+            for key in keys {
+                if !seen.insert(*key) {
+                    continue;
+                }
+                let in_pack = index.get(key)?.is_some();
+                let lp = store.loose_path(key);
+                let in_loose = lp.exists();
+                if in_pack {
+                    app.append_tombstone(index, *key, None)?;
+                    packed.push(*key);
+                }
+                if in_loose {
+                    loose_paths.push(lp);
+                }
+                if in_pack || in_loose {
+                    existed.push(*key);
+                }
+            }
+            app.commit(index, &mut |tx| {
+                for k in &packed {
+                    tx.remove(k)?;
+                }
+                Ok(())
+            })
+        })?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for lp in &loose_paths {
+            match fs::remove_file(lp) {
+                Ok(()) => {
+                    if let Some(d) = lp.parent() {
+                        dirs.insert(d.to_path_buf());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete", lp, e)),
+            }
+        }
+        for d in dirs {
+            fsutil::fsync_dir(&d)?;
+        }
+        Ok(existed)
+    }
+
+    /// Rewrites packs that hold enough garbage (or all), keeping live records and the
+    /// tombstones still needed. Old packs are removed only after the index points at the new
+    /// ones; a reader that still has an old pack open keeps reading correct bytes from it.
+    pub fn repack(&self, opts: &RepackOptions, p: &dyn Progress) -> Result<RepackReport> {
+        let store = self.store;
+        let mut report = RepackReport::default();
+        let (candidates, all_packs) = {
+            let index = store.index();
+            let packs = index.packs()?;
+            let live = index.live_bytes_per_pack()?;
+            let mut c = Vec::new();
+            for row in &packs {
+                let path = pack::pack_path(store.path(), row.id);
+                let file = File::open(&path).at("open pack", &path)?;
+                let records = pack::records_end(row, &file)?.saturating_sub(PACK_HEADER_BYTES as u64);
+                let live_bytes = live.get(&row.id).copied().unwrap_or(0);
+                let garbage = records.saturating_sub(live_bytes);
+                let ratio = if records == 0 { 1.0 } else { garbage as f64 / records as f64 };
+                if opts.all || opts.compression.is_some() || (ratio >= opts.garbage_ratio_min && garbage > 0) || live_bytes == 0 {
+                    c.push(*row);
+                }
+            }
+            (c, packs)
+        };
+        if candidates.is_empty() {
+            return Ok(report);
+        }
+        let rewriting: HashSet<u64> = candidates.iter().map(|r| r.id).collect();
+        let keep_min_pack = all_packs.iter().filter(|r| !rewriting.contains(&r.id)).map(|r| r.id).min();
+        p.start("repack", Some(candidates.len() as u64), Unit::Packs);
+        let result = self.with_appender(rewriting.clone(), |index, app| {
+            let tombstones = index.tombstones()?;
+            for row in &candidates {
+                let path = pack::pack_path(store.path(), row.id);
+                report.bytes_before += fsutil::file_len_or_zero(&path);
+                let file = File::open(&path).at("open pack", &path)?;
+                for (key, irow) in index.rows_in_pack(row.id)? {
+                    let len = crate::format::RECORD_OVERHEAD_BYTES + irow.stored_len;
+                    let mut buf = vec![0u8; len as usize];
+                    pack::read_exact_at(&file, &mut buf, irow.offset, irow.pack)?;
+                    let (header, payload) = crate::format::decode_record(&buf)
+                        .map_err(|reason| Error::CorruptRecord { pack: irow.pack, offset: irow.offset, reason })?;
+                    pack::check_header(&header, &key, &irow)?;
+                    match opts.compression {
+                        None => {
+                            app.append_raw_record(index, &header, payload)?;
+                        }
+                        Some(policy) => {
+                            let raw = if header.is_compressed() {
+                                compress::decompress_all(payload, header.raw_len).map_err(|detail| Error::CorruptObject {
+                                    key,
+                                    location: format!("pack {} offset {}", irow.pack, irow.offset),
+                                    detail,
+                                })?
+                            } else {
+                                payload.to_vec()
+                            };
+                            let enc = compress::encode(&raw, policy).map_err(|e| Error::io("compress", key.to_hex(), e))?;
+                            app.append(
+                                index,
+                                &NewRecord { key, raw_len: header.raw_len, compressed: enc.compressed, payload: &enc.payload },
+                            )?;
+                        }
+                    }
+                    report.objects_moved += 1;
+                }
+                for t in tombstones.iter().filter(|t| t.at.pack == row.id) {
+                    // Needed while some pack that stays could hold a record it kills.
+                    if keep_min_pack.is_some_and(|m| m <= t.before.pack) {
+                        app.append_tombstone(index, t.key, Some(t.before))?;
+                    } else {
+                        report.tombstones_dropped += 1;
+                    }
+                }
+                let id = row.id;
+                app.commit(index, &mut |tx| tx.remove_pack(id))?;
+                store.forget_pack_handle(id);
+                fs::remove_file(&path).at("remove old pack", &path)?;
+                report.packs_rewritten += 1;
+                p.advance(1);
+            }
+            fsutil::fsync_dir(&store.path().join(PACKS_DIR))?;
+            Ok(())
+        });
+        p.finish();
+        result?;
+        let index = store.index();
+        index.checkpoint_and_vacuum(false)?;
+        for r in index.packs()? {
+            report.bytes_after += fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id));
+        }
+        Ok(report)
+    }
+
+    /// Removes leftovers: stale sandbox entries, loose copies of packed objects, uncommitted pack
+    /// tails, temporary files; optionally compacts the index.
+    pub fn clean(&self, opts: &CleanOptions, p: &dyn Progress) -> Result<CleanReport> {
+        let store = self.store;
+        let root = store.path();
+        let mut report = CleanReport { index_bytes_before: index_bytes(root), ..Default::default() };
+        p.start("clean", None, Unit::Objects);
+        for path in loose::stale_sandbox_entries(root, opts.sandbox_grace)? {
+            let r = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            r.at("remove sandbox leftover", &path)?;
+            report.sandbox_removed += 1;
+        }
+        let loose_keys = loose::list_loose(root, store.config().loose_prefix_len)?;
+        let packed: Vec<Key> = {
+            let index = store.index();
+            let mut v = Vec::new();
+            for k in loose_keys {
+                if index.get(&k)?.is_some() {
+                    v.push(k);
+                }
+            }
+            v
+        };
+        report.loose_copies_removed = remove_loose(store, &packed);
+        p.advance(report.loose_copies_removed);
+        let index = store.index();
+        for row in index.packs()? {
+            let path = pack::pack_path(root, row.id);
+            let len = fsutil::file_len_or_zero(&path);
+            if !row.sealed && len > row.end_bytes {
+                let f = OpenOptions::new().write(true).open(&path).at("open pack", &path)?;
+                f.set_len(row.end_bytes).at("truncate crash tail of", &path)?;
+                fsutil::datasync(&f, &path)?;
+                report.tail_bytes_truncated += len - row.end_bytes;
+            }
+        }
+        let packs_dir = root.join(PACKS_DIR);
+        for e in fs::read_dir(&packs_dir).at("list", &packs_dir)? {
+            let e = e.at("list", &packs_dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                fs::remove_file(e.path()).at("remove temporary file", e.path())?;
+                report.temp_files_removed += 1;
+            }
+        }
+        index.checkpoint_and_vacuum(opts.vacuum)?;
+        drop(index);
+        report.index_bytes_after = index_bytes(root);
+        p.finish();
+        Ok(report)
+    }
+
+    /// Recreates the index from the pack files alone.
+    pub fn rebuild_index(&self, p: &dyn Progress) -> Result<RebuildReport> {
+        let store = self.store;
+        let root = store.path();
+        let mut report = RebuildReport::default();
+        let ids = pack::pack_ids_on_disk(root)?;
+        p.start("rebuild", Some(ids.len() as u64), Unit::Packs);
+        // Latest record per key, tombstones, and pack rows, gathered before touching the index.
+        let mut latest: HashMap<Key, IndexRow> = HashMap::new();
+        let mut tombstones: Vec<TombstoneRow> = Vec::new();
+        let mut pack_rows: Vec<PackRow> = Vec::new();
+        for id in ids {
+            match rebuild_scan_pack(store, id, &mut latest, &mut tombstones) {
+                Ok(row) => pack_rows.push(row),
+                Err(e) => report.unreadable_packs.push(e.to_string()),
+            }
+            p.advance(1);
+        }
+        let mut killed_before: HashMap<Key, Position> = HashMap::new();
+        for t in &tombstones {
+            let e = killed_before.entry(t.key).or_insert(t.before);
+            if t.before > *e {
+                *e = t.before;
+            }
+        }
+        // A broken index file cannot even take a DELETE: start it afresh.
+        let mut index = store.index();
+        let healthy = index.quick_check().map(|v| v.is_empty()).unwrap_or(false);
+        if !healthy {
+            for suffix in ["", "-wal", "-shm"] {
+                let path = root.join(format!("{INDEX_FILE}{suffix}"));
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove broken index", path, e)),
+                }
+            }
+            *index = Index::open(root, &store.config().container_id)?;
+        }
+        let tx = index.begin()?;
+        tx.clear_all()?;
+        for row in &pack_rows {
+            tx.put_pack(row)?;
+        }
+        for t in &tombstones {
+            tx.put_tombstone(t)?;
+        }
+        for (key, row) in &latest {
+            if killed_before.get(key).is_some_and(|b| row.position() < *b) {
+                report.dead_records += 1;
+                continue;
+            }
+            tx.put(key, row)?;
+            report.objects += 1;
+        }
+        tx.commit()?;
+        report.packs = pack_rows.len() as u64;
+        report.tombstones = tombstones.len() as u64;
+        p.finish();
+        Ok(report)
+    }
+}
+
+/// Reads one pack for `rebuild_index`: from its sealed table when it has a valid one, else by
+/// scanning its records.
+fn rebuild_scan_pack(
+    store: &Store,
+    id: u64,
+    latest: &mut HashMap<Key, IndexRow>,
+    tombstones: &mut Vec<TombstoneRow>,
+) -> Result<PackRow> {
+    let path = pack::pack_path(store.path(), id);
+    let file = File::open(&path).at("open pack", &path)?;
+    let header = pack::read_pack_header(&file, id)?;
+    if header.hash != store.config().hash || header.container_id != store.config().container_id_bytes() || header.pack_id != id {
+        return Err(Error::CorruptPack { pack: id, reason: "pack header belongs to another store or pack id".into() });
+    }
+    let len = file.metadata().at("stat", &path)?.len();
+    let mut note = |offset: u64, h: &crate::format::RecordHeader, payload: Option<&[u8]>| -> Result<()> {
+        let pos = Position { pack: id, offset };
+        match h.kind {
+            RecordKind::Object => {
+                let row = IndexRow { pack: id, offset, raw_len: h.raw_len, stored_len: h.stored_len, flags: h.flags };
+                let e = latest.entry(h.key).or_insert(row);
+                if row.position() > e.position() {
+                    *e = row;
+                }
+            }
+            RecordKind::Tombstone => {
+                let payload = match payload {
+                    Some(p) => p.to_vec(),
+                    None => {
+                        let mut b = vec![0u8; crate::format::TOMBSTONE_PAYLOAD_BYTES as usize];
+                        pack::read_exact_at(&file, &mut b, offset + crate::format::RECORD_HEADER_BYTES as u64, id)?;
+                        b
+                    }
+                };
+                let before = crate::format::decode_tombstone(&payload)
+                    .map_err(|reason| Error::CorruptRecord { pack: id, offset, reason })?;
+                tombstones.push(TombstoneRow { key: h.key, at: pos, before });
+            }
+        }
+        Ok(())
+    };
+    if let Ok(Some((_footer, table))) = pack::read_sealed_table(&file, id, len) {
+        for (key, offset) in table {
+            let mut hb = [0u8; crate::format::RECORD_HEADER_BYTES];
+            pack::read_exact_at(&file, &mut hb, offset, id)?;
+            let h = crate::format::RecordHeader::decode(&hb)
+                .map_err(|reason| Error::CorruptRecord { pack: id, offset, reason })?;
+            if h.key != key {
+                return Err(Error::CorruptPack { pack: id, reason: format!("table entry at {offset} names another key") });
+            }
+            note(offset, &h, None)?;
+        }
+        return Ok(PackRow { id, sealed: true, end_bytes: len });
+    }
+    let end = pack::scan_records(&file, id, len, &mut |rec| note(rec.offset, &rec.header, Some(rec.payload)))?;
+    Ok(PackRow { id, sealed: false, end_bytes: end })
+}
+
+/// Reads and encodes one loose object for packing. `Ok(None)`: the file is gone.
+/// `Err("corrupt:...")`: its content does not match its name. `Err(other)`: unreadable now.
+fn prepare_loose(
+    store: &Store,
+    key: &Key,
+    validate: bool,
+    policy: Compression,
+) -> std::result::Result<Option<Prepared>, String> {
+    let path = store.loose_path(key);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if validate {
+        let actual = store.config().hash.hash(&bytes);
+        if actual != *key {
+            return Err(format!("corrupt:{}: content hashes to {actual}", path.display()));
+        }
+    }
+    let raw_len = bytes.len() as u64;
+    let enc = match policy {
+        Compression::None => compress::Encoded { payload: bytes, compressed: false },
+        _ => compress::encode(&bytes, policy).map_err(|e| format!("{}: compress: {e}", path.display()))?,
+    };
+    Ok(Some(Prepared { key: *key, raw_len, enc }))
+}
+
+/// Unlinks loose copies (best effort: one held open elsewhere stays until clean). Returns count.
+fn remove_loose(store: &Store, keys: &[Key]) -> u64 {
+    keys.par_iter().filter(|k| fs::remove_file(store.loose_path(k)).is_ok()).count() as u64
+}
+
+fn index_bytes(root: &Path) -> u64 {
+    fsutil::file_len_or_zero(&root.join(INDEX_FILE)) + fsutil::file_len_or_zero(&root.join(format!("{INDEX_FILE}-wal")))
+}
+
+/// Streams one large object into the open pack (compressing frame by frame when asked).
+/// Returns (key, written, stored bytes); `written` is false when the object already existed.
+fn append_stream(
+    app: &mut Appender<'_>,
+    index: &mut Index,
+    reader: &mut dyn Read,
+    name: &str,
+    hash: crate::key::HashAlgorithm,
+    policy: Compression,
+    session: &HashSet<Key>,
+) -> Result<(Key, bool, u64)> {
+    let level = match policy {
+        Compression::None => None,
+        Compression::Zstd { level } | Compression::Auto { level } => Some(level),
+    };
+    let mut stored = 0u64;
+    let mut fill = |sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<(Key, u64, bool)> {
+        let mut h = hash.hasher();
+        let mut raw_len = 0u64;
+        let chunk_bytes = if level.is_some() { FRAME_RAW_BYTES as usize } else { STREAM_CHUNK_BYTES };
+        let mut buf = vec![0u8; chunk_bytes];
+        let mut sizes = Vec::new();
+        let mut comp = match level {
+            Some(l) => Some(compress::compressor(l).map_err(|e| Error::io("compress", name, e))?),
+            None => None,
+        };
+        loop {
+            let n = read_full(reader, &mut buf).at("read", name)?;
+            if n == 0 && raw_len > 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            raw_len += n as u64;
+            match comp.as_mut() {
+                Some(c) => {
+                    let frame = c.compress(&buf[..n]).map_err(|e| Error::io("compress", name, e))?;
+                    sizes.push(frame.len() as u32);
+                    sink(&frame)?;
+                    stored += frame.len() as u64;
+                }
+                None => {
+                    sink(&buf[..n])?;
+                    stored += n as u64;
+                }
+            }
+            if n < chunk_bytes {
+                break;
+            }
+        }
+        if comp.is_some() {
+            let mut table = Vec::new();
+            crate::format::encode_frame_table(&sizes, &mut table);
+            sink(&table)?;
+            stored += table.len() as u64;
+        }
+        Ok((h.finish(), raw_len, comp.is_some()))
+    };
+    let mut keep = |key: &Key, index: &mut Index| -> Result<bool> { Ok(!session.contains(key) && index.get(key)?.is_none()) };
+    let (key, at) = app.append_streamed(index, &mut fill, &mut keep)?;
+    Ok((key, at.is_some(), if at.is_some() { stored } else { 0 }))
+}
+
+/// Fills `buf` as far as the reader allows; returns bytes read (short only at end of stream).
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,560 @@
+//! Pack files: reading records at an offset, scanning a pack, and appending records (maintenance).
+//!
+//! A pack is append-only: records are only ever added past the committed end, and a sealed pack
+//! (table + footer written) never changes again. Readers hold no locks; they trust nothing they
+//! read until the record header (magic, checksum, key) and trailer checksum agree.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::{
+    self, Footer, PackHeader, Position, RecordChecksum, RecordHeader, RecordKind, FLAG_ZSTD, FOOTER_BYTES,
+    PACK_FORMAT_VERSION, PACK_HEADER_BYTES, RECORD_HEADER_BYTES, RECORD_TRAILER_BYTES,
+};
+use crate::fsutil;
+use crate::index::{Index, IndexRow, PackRow, TombstoneRow};
+use crate::key::{HashAlgorithm, Key};
+
+/// Folder of the pack files inside a store.
+pub const PACKS_DIR: &str = "packs";
+
+pub(crate) fn pack_path(root: &Path, id: u64) -> PathBuf {
+    root.join(PACKS_DIR).join(format!("{id}.pack"))
+}
+
+/// The pack id of a file name like `17.pack`.
+pub(crate) fn parse_pack_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".pack")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Ids of all pack files present in the packs folder.
+pub(crate) fn pack_ids_on_disk(root: &Path) -> Result<Vec<u64>> {
+    let dir = root.join(PACKS_DIR);
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(&dir).at("list", &dir)? {
+        let entry = entry.at("list", &dir)?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_pack_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, reporting a short file as a truncated record.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, pack: u64) -> Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err(Error::CorruptRecord {
+                    pack,
+                    offset,
+                    reason: format::FormatError::Truncated { need: buf.len() as u64, have: done as u64 },
+                })
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Io { op: "read pack", path: PathBuf::from(format!("pack {pack}")), source: e }),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and fully verifies the record at `row` and returns the object's content.
+pub(crate) fn read_object(file: &File, key: &Key, row: &IndexRow) -> Result<Vec<u8>> {
+    let len = format::RECORD_OVERHEAD_BYTES + row.stored_len;
+    let mut buf = vec![0u8; len as usize];
+    read_exact_at(file, &mut buf, row.offset, row.pack)?;
+    let (header, _) =
+        format::decode_record(&buf).map_err(|reason| Error::CorruptRecord { pack: row.pack, offset: row.offset, reason })?;
+    check_header(&header, key, row)?;
+    if header.is_compressed() {
+        let payload = &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + row.stored_len as usize];
+        compress_err(crate::compress::decompress_all(payload, header.raw_len), key, row)
+    } else {
+        buf.truncate(RECORD_HEADER_BYTES + row.stored_len as usize);
+        buf.drain(..RECORD_HEADER_BYTES);
+        Ok(buf)
+    }
+}
+
+fn compress_err<T>(r: std::result::Result<T, String>, key: &Key, row: &IndexRow) -> Result<T> {
+    r.map_err(|detail| Error::CorruptObject {
+        key: *key,
+        location: format!("pack {} offset {}", row.pack, row.offset),
+        detail,
+    })
+}
+
+/// Checks that a record header is the one the index row describes.
+pub(crate) fn check_header(header: &RecordHeader, key: &Key, row: &IndexRow) -> Result<()> {
+    if header.key != *key || header.kind != RecordKind::Object {
+        return Err(Error::WrongRecord { pack: row.pack, offset: row.offset, expected: *key, found: header.key });
+    }
+    if header.raw_len != row.raw_len || header.stored_len != row.stored_len || header.flags != row.flags {
+        return Err(Error::CorruptRecord {
+            pack: row.pack,
+            offset: row.offset,
+            reason: format::FormatError::BadLength(format!(
+                "record says raw {} stored {} flags {}, index says raw {} stored {} flags {}",
+                header.raw_len, header.stored_len, header.flags, row.raw_len, row.stored_len, row.flags
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// Reads and checks only the record header at `row` (for range reads and streams).
+pub(crate) fn read_header(file: &File, key: &Key, row: &IndexRow) -> Result<RecordHeader> {
+    let mut buf = [0u8; RECORD_HEADER_BYTES];
+    read_exact_at(file, &mut buf, row.offset, row.pack)?;
+    let header =
+        RecordHeader::decode(&buf).map_err(|reason| Error::CorruptRecord { pack: row.pack, offset: row.offset, reason })?;
+    check_header(&header, key, row)?;
+    Ok(header)
+}
+
+/// Reads and checks a pack's header.
+pub(crate) fn read_pack_header(file: &File, pack: u64) -> Result<PackHeader> {
+    let mut buf = [0u8; PACK_HEADER_BYTES];
+    read_exact_at(file, &mut buf, 0, pack)?;
+    PackHeader::decode(&buf).map_err(|reason| Error::CorruptRecord { pack, offset: 0, reason })
+}
+
+/// Reads a sealed pack's footer and table, or `None` if the pack does not end in a footer.
+pub(crate) fn read_sealed_table(file: &File, pack: u64, file_len: u64) -> Result<Option<(Footer, Vec<(Key, u64)>)>> {
+    if file_len < (PACK_HEADER_BYTES + FOOTER_BYTES) as u64 {
+        return Ok(None);
+    }
+    let mut fb = [0u8; FOOTER_BYTES];
+    read_exact_at(file, &mut fb, file_len - FOOTER_BYTES as u64, pack)?;
+    if fb[32..40] != format::FOOTER_MAGIC {
+        return Ok(None);
+    }
+    let footer = Footer::decode(&fb, file_len)
+        .map_err(|reason| Error::CorruptRecord { pack, offset: file_len - FOOTER_BYTES as u64, reason })?;
+    let mut tb = vec![0u8; (footer.entry_count as usize).saturating_mul(format::TABLE_ENTRY_BYTES)];
+    read_exact_at(file, &mut tb, footer.table_offset, pack)?;
+    let table = format::decode_table(&tb, &footer)
+        .map_err(|reason| Error::CorruptRecord { pack, offset: footer.table_offset, reason })?;
+    Ok(Some((footer, table)))
+}
+
+/// One record met while scanning a pack sequentially.
+pub(crate) struct ScannedRecord<'a> {
+    pub offset: u64,
+    pub header: RecordHeader,
+    /// The stored payload (possibly compressed); only when the scan asked for payloads.
+    pub payload: &'a [u8],
+}
+
+/// Walks the records of a pack from just after its header to `end` (exclusive), verifying every
+/// record's checksums. Stops with `Ok(offset)` at the first place that does not hold a valid
+/// record (a crash tail or the sealed table), returning where valid records end.
+pub(crate) fn scan_records(
+    file: &File,
+    pack: u64,
+    end: u64,
+    visit: &mut dyn FnMut(ScannedRecord<'_>) -> Result<()>,
+) -> Result<u64> {
+    let mut reader = BufReader::with_capacity(4 << 20, file);
+    let mut skip = [0u8; PACK_HEADER_BYTES];
+    reader.read_exact(&mut skip).at("read pack header", format!("pack {pack}"))?;
+    let mut offset = PACK_HEADER_BYTES as u64;
+    let mut buf = Vec::new();
+    while offset + format::RECORD_OVERHEAD_BYTES <= end {
+        let mut hb = [0u8; RECORD_HEADER_BYTES];
+        if reader.read_exact(&mut hb).is_err() {
+            break;
+        }
+        let Ok(header) = RecordHeader::decode(&hb) else { break };
+        let len = header.record_len();
+        if offset + len > end {
+            break;
+        }
+        buf.clear();
+        buf.resize((header.stored_len + RECORD_TRAILER_BYTES as u64) as usize, 0);
+        if reader.read_exact(&mut buf).is_err() {
+            break;
+        }
+        let mut sum = RecordChecksum::new(&hb);
+        let (payload, trailer) = buf.split_at(header.stored_len as usize);
+        sum.update(payload);
+        if sum.finish() != trailer {
+            break;
+        }
+        visit(ScannedRecord { offset, header, payload })?;
+        offset += len;
+    }
+    Ok(offset)
+}
+
+/// A record to append, already encoded.
+pub(crate) struct NewRecord<'a> {
+    pub key: Key,
+    pub raw_len: u64,
+    pub compressed: bool,
+    pub payload: &'a [u8],
+}
+
+struct OpenPack {
+    id: u64,
+    file: File,
+    path: PathBuf,
+    /// End of everything written (buffered bytes included).
+    len: u64,
+    /// Start of the write buffer in the file.
+    buf_at: u64,
+    buf: Vec<u8>,
+}
+
+/// Appends records to packs for one maintenance session, committing index rows only after the
+/// pack bytes are durable. Only the maintenance-lock holder creates one.
+pub(crate) struct Appender<'a> {
+    root: &'a Path,
+    hash: HashAlgorithm,
+    container_id: [u8; 16],
+    pack_size_target_bytes: u64,
+    open: Option<OpenPack>,
+    /// Packs this session must not append to (being rewritten by repack).
+    exclude: HashSet<u64>,
+    pending_rows: Vec<(Key, IndexRow)>,
+    pending_tombstones: Vec<TombstoneRow>,
+    /// Packs that filled up during this batch; sealed at the next commit.
+    full: Vec<OpenPack>,
+}
+
+const WRITE_BUFFER_BYTES: usize = 4 << 20;
+
+impl<'a> Appender<'a> {
+    pub(crate) fn new(
+        root: &'a Path,
+        hash: HashAlgorithm,
+        container_id: [u8; 16],
+        pack_size_target_bytes: u64,
+        exclude: HashSet<u64>,
+    ) -> Self {
+        Appender {
+            root,
+            hash,
+            container_id,
+            pack_size_target_bytes,
+            open: None,
+            exclude,
+            pending_rows: Vec::new(),
+            pending_tombstones: Vec::new(),
+            full: Vec::new(),
+        }
+    }
+
+    /// Number of records waiting for the next commit.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending_rows.len() + self.pending_tombstones.len()
+    }
+
+    /// Keys added since the last commit (for in-batch dedup by callers).
+    pub(crate) fn pending_rows(&self) -> &[(Key, IndexRow)] {
+        &self.pending_rows
+    }
+
+    fn ensure_open(&mut self, index: &mut Index) -> Result<()> {
+        if let Some(open) = &self.open {
+            if open.len < self.pack_size_target_bytes {
+                return Ok(());
+            }
+            let full = self.open.take().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+            self.full.push(full);
+        }
+        // Continue the newest unsealed pack with room, else start a new one.
+        let packs = index.packs()?;
+        let reusable = packs
+            .iter()
+            .filter(|p| !p.sealed && !self.exclude.contains(&p.id) && p.end_bytes < self.pack_size_target_bytes)
+            .filter(|p| !self.full.iter().any(|f| f.id == p.id))
+            .max_by_key(|p| p.id)
+            .copied();
+        if let Some(p) = reusable {
+            let path = pack_path(self.root, p.id);
+            let file = OpenOptions::new().read(true).write(true).open(&path).at("open pack", &path)?;
+            let header = read_pack_header(&file, p.id)?;
+            if header.hash != self.hash || header.pack_id != p.id {
+                return Err(Error::CorruptPack { pack: p.id, reason: "pack header does not match the store".into() });
+            }
+            // Bytes past the committed end are a crash tail nobody points at: drop them.
+            let on_disk = file.metadata().at("stat", &path)?.len();
+            if on_disk < p.end_bytes {
+                return Err(Error::CorruptPack {
+                    pack: p.id,
+                    reason: format!("file is {on_disk} bytes, index says {} are committed", p.end_bytes),
+                });
+            }
+            if on_disk > p.end_bytes {
+                file.set_len(p.end_bytes).at("truncate crash tail of", &path)?;
+                fsutil::datasync(&file, &path)?;
+            }
+            self.open = Some(OpenPack { id: p.id, file, path, len: p.end_bytes, buf_at: p.end_bytes, buf: Vec::new() });
+            return Ok(());
+        }
+        let on_disk_max = pack_ids_on_disk(self.root)?.into_iter().max();
+        let index_max = packs.iter().map(|p| p.id).max();
+        let full_max = self.full.iter().map(|p| p.id).max();
+        let id = [on_disk_max, index_max, full_max].into_iter().flatten().max().map_or(1, |m| m + 1);
+        let path = pack_path(self.root, id);
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).at("create pack", &path)?;
+        let header = PackHeader { version: PACK_FORMAT_VERSION, hash: self.hash, pack_id: id, container_id: self.container_id };
+        file.write_all_at(&header.encode(), 0).at("write pack header", &path)?;
+        fsutil::datasync(&file, &path)?;
+        fsutil::fsync_dir(&self.root.join(PACKS_DIR))?;
+        // Register the pack at once, so a pack file the index does not know is always a stray.
+        let tx = index.begin()?;
+        tx.put_pack(&PackRow { id, sealed: false, end_bytes: PACK_HEADER_BYTES as u64 })?;
+        tx.commit()?;
+        let len = PACK_HEADER_BYTES as u64;
+        self.open = Some(OpenPack { id, file, path, len, buf_at: len, buf: Vec::new() });
+        Ok(())
+    }
+
+    fn flush_buf(open: &mut OpenPack) -> Result<()> {
+        if !open.buf.is_empty() {
+            open.file.write_all_at(&open.buf, open.buf_at).at("write pack", &open.path)?;
+            open.buf_at += open.buf.len() as u64;
+            open.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Appends an object record; visible to readers only after [`Appender::commit`].
+    pub(crate) fn append(&mut self, index: &mut Index, rec: &NewRecord<'_>) -> Result<Position> {
+        self.ensure_open(index)?;
+        let flags = if rec.compressed { FLAG_ZSTD } else { 0 };
+        let header = RecordHeader {
+            kind: RecordKind::Object,
+            flags,
+            hash: self.hash,
+            raw_len: rec.raw_len,
+            stored_len: rec.payload.len() as u64,
+            key: rec.key,
+        };
+        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let offset = open.len;
+        let hb = header.encode();
+        let mut sum = RecordChecksum::new(&hb);
+        sum.update(rec.payload);
+        if open.buf.len() + rec.payload.len() > WRITE_BUFFER_BYTES {
+            Self::flush_buf(open)?;
+        }
+        if rec.payload.len() > WRITE_BUFFER_BYTES {
+            // Large payloads go straight to the file instead of through the buffer.
+            open.file.write_all_at(&hb, offset).at("write pack", &open.path)?;
+            open.file.write_all_at(rec.payload, offset + hb.len() as u64).at("write pack", &open.path)?;
+            let t = offset + hb.len() as u64 + rec.payload.len() as u64;
+            open.file.write_all_at(&sum.finish(), t).at("write pack", &open.path)?;
+            open.buf_at = t + RECORD_TRAILER_BYTES as u64;
+        } else {
+            open.buf.extend_from_slice(&hb);
+            open.buf.extend_from_slice(rec.payload);
+            open.buf.extend_from_slice(&sum.finish());
+        }
+        open.len += header.record_len();
+        let row = IndexRow { pack: open.id, offset, raw_len: rec.raw_len, stored_len: header.stored_len, flags };
+        self.pending_rows.push((rec.key, row));
+        Ok(row.position())
+    }
+
+    /// Appends a record whose payload is streamed from `fill`, which writes the payload through
+    /// the given sink and returns (key, raw_len, compressed). The header is written last, so the
+    /// key need not be known in advance. Returns the key, and no position (nothing kept) when
+    /// `keep` says the key is not wanted (already stored).
+    pub(crate) fn append_streamed(
+        &mut self,
+        index: &mut Index,
+        fill: &mut dyn FnMut(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<(Key, u64, bool)>,
+        keep: &mut dyn FnMut(&Key, &mut Index) -> Result<bool>,
+    ) -> Result<(Key, Option<Position>)> {
+        self.ensure_open(index)?;
+        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        Self::flush_buf(open)?;
+        let offset = open.len;
+        let payload_at = offset + RECORD_HEADER_BYTES as u64;
+        let mut written = 0u64;
+        let mut crc = crc32fast::Hasher::new();
+        let (key, raw_len, compressed) = {
+            let file = &open.file;
+            let path = &open.path;
+            let mut sink = |chunk: &[u8]| -> Result<()> {
+                file.write_all_at(chunk, payload_at + written).at("write pack", path)?;
+                crc.update(chunk);
+                written += chunk.len() as u64;
+                Ok(())
+            };
+            fill(&mut sink)?
+        };
+        if !keep(&key, index)? {
+            // Nobody points here; the next record overwrites these bytes.
+            return Ok((key, None));
+        }
+        let flags = if compressed { FLAG_ZSTD } else { 0 };
+        let header = RecordHeader { kind: RecordKind::Object, flags, hash: self.hash, raw_len, stored_len: written, key };
+        let hb = header.encode();
+        // Checksum = crc(header ‖ payload); combine by recomputing over header then the payload crc state.
+        let mut full = crc32fast::Hasher::new();
+        full.update(&hb);
+        full.combine(&crc);
+        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        open.file.write_all_at(&hb, offset).at("write pack", &open.path)?;
+        open.file
+            .write_all_at(&full.finalize().to_le_bytes(), payload_at + written)
+            .at("write pack", &open.path)?;
+        open.len = payload_at + written + RECORD_TRAILER_BYTES as u64;
+        open.buf_at = open.len;
+        let row = IndexRow { pack: open.id, offset, raw_len, stored_len: written, flags };
+        self.pending_rows.push((key, row));
+        Ok((key, Some(row.position())))
+    }
+
+    /// Copies an existing, verified record verbatim (repack keeps compression as is).
+    pub(crate) fn append_raw_record(&mut self, index: &mut Index, header: &RecordHeader, payload: &[u8]) -> Result<Position> {
+        match header.kind {
+            RecordKind::Object => self.append(
+                index,
+                &NewRecord { key: header.key, raw_len: header.raw_len, compressed: header.is_compressed(), payload },
+            ),
+            RecordKind::Tombstone => {
+                let before = format::decode_tombstone(payload)
+                    .map_err(|reason| Error::CorruptPack { pack: 0, reason: reason.to_string() })?;
+                self.append_tombstone(index, header.key, Some(before))
+            }
+        }
+    }
+
+    /// Appends a tombstone for `key`. `before` defaults to the tombstone's own position.
+    pub(crate) fn append_tombstone(&mut self, index: &mut Index, key: Key, before: Option<Position>) -> Result<Position> {
+        self.ensure_open(index)?;
+        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let at = Position { pack: open.id, offset: open.len };
+        let before = before.unwrap_or(at);
+        let payload = format::encode_tombstone(before);
+        let header = RecordHeader {
+            kind: RecordKind::Tombstone,
+            flags: 0,
+            hash: self.hash,
+            raw_len: 0,
+            stored_len: payload.len() as u64,
+            key,
+        };
+        let mut rec = Vec::with_capacity(header.record_len() as usize);
+        format::encode_record(&header, &payload, &mut rec);
+        if open.buf.len() + rec.len() > WRITE_BUFFER_BYTES {
+            Self::flush_buf(open)?;
+        }
+        open.buf.extend_from_slice(&rec);
+        open.len += rec.len() as u64;
+        self.pending_tombstones.push(TombstoneRow { key, at, before });
+        Ok(at)
+    }
+
+    /// Makes everything appended so far durable, then commits the index rows pointing at it
+    /// (plus whatever `extra` does in the same transaction). Seals packs that filled up.
+    pub(crate) fn commit(
+        &mut self,
+        index: &mut Index,
+        extra: &mut dyn FnMut(&crate::index::IndexTx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        for p in self.full.iter_mut().chain(self.open.iter_mut()) {
+            Self::flush_buf(p)?;
+            fsutil::datasync(&p.file, &p.path)?;
+        }
+        let tx = index.begin()?;
+        for (key, row) in &self.pending_rows {
+            tx.put(key, row)?;
+        }
+        for t in &self.pending_tombstones {
+            tx.put_tombstone(t)?;
+        }
+        for p in self.full.iter().chain(self.open.iter()) {
+            tx.put_pack(&PackRow { id: p.id, sealed: false, end_bytes: p.len })?;
+        }
+        extra(&tx)?;
+        tx.commit()?;
+        self.pending_rows.clear();
+        self.pending_tombstones.clear();
+        for p in std::mem::take(&mut self.full) {
+            seal(index, p.file, p.id, &p.path, p.len)?;
+        }
+        Ok(())
+    }
+
+    /// Commits, then seals the open pack if `seal_open` (repack output) and releases it.
+    pub(crate) fn finish(mut self, index: &mut Index, seal_open: bool) -> Result<()> {
+        self.commit(index, &mut |_| Ok(()))?;
+        if let Some(p) = self.open.take() {
+            if seal_open || p.len >= self.pack_size_target_bytes {
+                seal(index, p.file, p.id, &p.path, p.len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops uncommitted records (on error): truncates the open pack back to its committed end.
+    pub(crate) fn abandon(mut self, index: &mut Index) {
+        let packs = index.packs().unwrap_or_default();
+        for p in self.full.drain(..).chain(self.open.take()) {
+            if let Some(row) = packs.iter().find(|r| r.id == p.id) {
+                let _ = p.file.set_len(row.end_bytes);
+            }
+        }
+    }
+}
+
+/// Seals a pack: writes its table (from the committed index rows) and footer, fdatasyncs it,
+/// and records it as sealed.
+pub(crate) fn seal(index: &mut Index, file: File, id: u64, path: &Path, len: u64) -> Result<()> {
+    let mut entries: Vec<(Key, u64)> = index.rows_in_pack(id)?.into_iter().map(|(k, r)| (k, r.offset)).collect();
+    entries.extend(index.tombstones()?.into_iter().filter(|t| t.at.pack == id).map(|t| (t.key, t.at.offset)));
+    entries.sort_unstable();
+    entries.dedup();
+    let table = format::encode_table(&entries);
+    let footer = Footer { table_offset: len, entry_count: entries.len() as u64, table_crc: crc32fast::hash(&table) };
+    file.set_len(len).at("truncate before sealing", path)?;
+    file.write_all_at(&table, len).at("write pack table", path)?;
+    file.write_all_at(&footer.encode(), len + table.len() as u64).at("write pack footer", path)?;
+    fsutil::datasync(&file, path)?;
+    let end = len + table.len() as u64 + FOOTER_BYTES as u64;
+    let tx = index.begin()?;
+    tx.put_pack(&PackRow { id, sealed: true, end_bytes: end })?;
+    tx.commit()
+}
+
+/// Where valid records end in a sealed pack: the table offset.
+pub(crate) fn records_end(row: &PackRow, file: &File) -> Result<u64> {
+    if row.sealed {
+        match read_sealed_table(file, row.id, row.end_bytes)? {
+            Some((footer, _)) => Ok(footer.table_offset),
+            None => Err(Error::CorruptPack { pack: row.id, reason: "sealed pack has no valid footer".into() }),
+        }
+    } else {
+        Ok(row.end_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_names() {
+        assert_eq!(parse_pack_name("17.pack"), Some(17));
+        assert_eq!(parse_pack_name("017.pack"), None);
+        assert_eq!(parse_pack_name("x.pack"), None);
+        assert_eq!(parse_pack_name("17.pack.tmp"), None);
+    }
+}

@@ -1,0 +1,601 @@
+//! The `Store` handle: open/init, loose writes, and every read path.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::{self, InitOptions, StoreConfig, CONFIG_FILE};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::index::{Index, IndexRow, INDEX_FILE};
+use crate::key::Key;
+use crate::loose::{self, SandboxFile, LOOSE_DIR, SANDBOX_DIR};
+use crate::pack::{self, PACKS_DIR};
+use crate::reader::ObjectReader;
+
+/// Folder of the maintenance lock.
+pub const LOCKS_DIR: &str = "locks";
+pub(crate) const MAINTENANCE_LOCK: &str = "maintenance.lock";
+
+/// Request sizes above which bulk calls scan the whole index instead of looking keys up one by one.
+const BULK_SCAN_KEYS_MIN: usize = 4096;
+/// Largest span of a pack read in one call by bulk reads.
+const BULK_READ_SPAN_BYTES: u64 = 8 << 20;
+/// Open pack handles kept per store handle.
+const PACK_HANDLES_MAX: usize = 256;
+
+/// Where an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Location {
+    Loose,
+    Packed { pack: u64, offset: u64 },
+}
+
+/// What the store knows of an object without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectMeta {
+    #[serde(serialize_with = "ser_key")]
+    pub key: Key,
+    /// Content length in bytes.
+    pub size: u64,
+    /// Bytes it takes on disk (payload only; record framing excluded).
+    pub stored_size: u64,
+    pub location: Location,
+    pub compressed: bool,
+}
+
+pub(crate) fn ser_key<S: serde::Serializer>(k: &Key, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&k.to_hex())
+}
+
+/// Counts and sizes of a store.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub loose_objects: u64,
+    pub loose_bytes: u64,
+    pub packed_objects: u64,
+    pub packed_raw_bytes: u64,
+    pub packed_stored_bytes: u64,
+    pub pack_files: u64,
+    pub pack_file_bytes: u64,
+    pub index_bytes: u64,
+    pub index_bytes_per_object: f64,
+}
+
+/// A handle on one store folder. Cheap to share between threads (`Send + Sync`); any number of
+/// processes may hold one on the same folder.
+pub struct Store {
+    root: PathBuf,
+    config: StoreConfig,
+    index: Mutex<Index>,
+    pack_handles: Mutex<HashMap<u64, Arc<File>>>,
+    poisoned: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another thread while holding the lock leaves the data usable: every mutation
+    // under these locks is a whole-value replace or a cache insert.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// Creates a store in `dir` (absent or empty) and opens it.
+    pub fn init(dir: &Path, opts: &InitOptions) -> Result<Store> {
+        let cfg = StoreConfig::new(opts)?;
+        match fs::read_dir(dir) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(Error::NotEmpty { path: dir.to_path_buf() });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).at("create folder", dir)?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fsutil::fsync_dir(parent)?;
+                }
+            }
+            Err(e) => return Err(Error::io("read folder", dir, e)),
+        }
+        for sub in [LOOSE_DIR, PACKS_DIR, SANDBOX_DIR, LOCKS_DIR] {
+            config::ensure_dir(&dir.join(sub))?;
+        }
+        Index::open(dir, &cfg.container_id)?;
+        // The config goes last: its presence is what makes the folder a store.
+        cfg.write_new(dir)?;
+        fsutil::fsync_dir(dir)?;
+        Store::open(dir)
+    }
+
+    /// Opens an existing store. A missing index is rebuilt from the packs.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let cfg = StoreConfig::load(dir)?;
+        for sub in [LOOSE_DIR, PACKS_DIR, SANDBOX_DIR, LOCKS_DIR] {
+            if !dir.join(sub).is_dir() {
+                return Err(Error::NotAStore { path: dir.to_path_buf(), reason: format!("missing folder {sub}/") });
+            }
+        }
+        let index_missing = !dir.join(INDEX_FILE).exists();
+        let index = Index::open(dir, &cfg.container_id)?;
+        let store = Store {
+            root: dir.to_path_buf(),
+            config: cfg,
+            index: Mutex::new(index),
+            pack_handles: Mutex::new(HashMap::new()),
+            poisoned: Mutex::new(None),
+        };
+        if index_missing && !pack::pack_ids_on_disk(dir)?.is_empty() {
+            let m = store.maintenance(crate::maint::LockWait::Block)?;
+            m.rebuild_index(&crate::progress::NoProgress)?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub(crate) fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match lock(&self.poisoned).as_ref() {
+            Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed fsync the kernel may have dropped the dirty pages: nothing this handle
+    /// writes afterwards can be trusted to be durable, so it refuses further writes.
+    pub(crate) fn note_failure(&self, e: Error) -> Error {
+        if let Error::Io { op, .. } = &e {
+            if op.contains("sync") {
+                *lock(&self.poisoned) = Some(e.to_string());
+            }
+        }
+        e
+    }
+
+    pub(crate) fn loose_path(&self, key: &Key) -> PathBuf {
+        loose::loose_path(&self.root, self.config.loose_prefix_len, key)
+    }
+
+    // ---- loose writes ----
+
+    /// Stores `content` as a loose object, durable when this returns.
+    pub fn put(&self, content: &[u8]) -> Result<Key> {
+        self.put_reader(&mut &content[..])
+    }
+
+    /// Stores the bytes of `r` as a loose object in constant memory, durable when this returns.
+    pub fn put_reader(&self, r: &mut dyn Read) -> Result<Key> {
+        self.check_writable()?;
+        let sb = SandboxFile::create(&self.root.join(SANDBOX_DIR))?;
+        let result = self.put_sandboxed(&sb, r);
+        if result.is_err() || sb.path.exists() {
+            let _ = fs::remove_file(&sb.path);
+        }
+        result.map_err(|e| self.note_failure(e))
+    }
+
+    fn put_sandboxed(&self, sb: &SandboxFile, r: &mut dyn Read) -> Result<Key> {
+        let mut w = std::io::BufWriter::with_capacity(256 << 10, &sb.file);
+        let (key, _len) = loose::copy_hashing(r, &mut w, self.config.hash, &sb.path)?;
+        std::io::Write::flush(&mut w).at("write", &sb.path)?;
+        drop(w);
+        // Already packed: the packed copy is durable (its rows were committed after fdatasync).
+        if self.index().get(&key)?.is_some() {
+            return Ok(key);
+        }
+        fsutil::datasync(&sb.file, &sb.path)?;
+        let dest = self.loose_path(&key);
+        let dir = loose::install(&sb.path, &dest)?;
+        fsutil::fsync_dir(&dir)?;
+        Ok(key)
+    }
+
+    /// A batch of loose writes made durable together by [`LooseBatch::commit`].
+    pub fn batch(&self) -> Result<LooseBatch<'_>> {
+        self.check_writable()?;
+        let dir = self.root.join(SANDBOX_DIR).join(format!("batch-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir(&dir).at("create", &dir)?;
+        let lock_path = dir.join("lock");
+        let lock_file = OpenOptions::new().write(true).create_new(true).open(&lock_path).at("create", &lock_path)?;
+        lock_file
+            .try_lock()
+            .map_err(|e| Error::io("lock", &lock_path, std::io::Error::other(e.to_string())))?;
+        Ok(LooseBatch { store: self, dir, _lock: lock_file, staged: Vec::new(), next: 0 })
+    }
+
+    // ---- reads ----
+
+    fn pack_handle(&self, id: u64) -> Result<Option<Arc<File>>> {
+        if let Some(f) = lock(&self.pack_handles).get(&id) {
+            return Ok(Some(f.clone()));
+        }
+        let path = pack::pack_path(&self.root, id);
+        let f = match File::open(&path) {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open pack", path, e)),
+        };
+        let mut handles = lock(&self.pack_handles);
+        if handles.len() >= PACK_HANDLES_MAX {
+            handles.clear();
+        }
+        handles.insert(id, f.clone());
+        Ok(Some(f))
+    }
+
+    pub(crate) fn forget_pack_handle(&self, id: u64) {
+        lock(&self.pack_handles).remove(&id);
+    }
+
+    /// Reads a packed object at `row`. `Ok(None)` when the pack is gone (repacked away): the
+    /// caller re-reads the index.
+    fn read_packed(&self, key: &Key, row: &IndexRow) -> Result<Option<Vec<u8>>> {
+        let Some(file) = self.pack_handle(row.pack)? else { return Ok(None) };
+        match pack::read_object(&file, key, row) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_corruption() => {
+                // A cached handle may be for an older file of the same id; retry once fresh.
+                self.forget_pack_handle(row.pack);
+                let Some(file) = self.pack_handle(row.pack)? else { return Ok(None) };
+                pack::read_object(&file, key, row).map(Some)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The content of an object, verified (record checksums for packed objects, the hash for
+    /// loose ones). Never returns wrong bytes.
+    pub fn get(&self, key: &Key) -> Result<Vec<u8>> {
+        // Index, then loose, then index again: a packer may move the object between our looks,
+        // but it deletes the loose copy only after committing the index row.
+        for attempt in 0..3 {
+            if let Some(row) = self.index().get(key)? {
+                if let Some(v) = self.read_packed(key, &row)? {
+                    return Ok(v);
+                }
+                continue;
+            }
+            if attempt == 0 {
+                if let Some(v) = loose::read_loose(&self.loose_path(key), key, self.config.hash)? {
+                    return Ok(v);
+                }
+            } else {
+                break;
+            }
+        }
+        Err(Error::NotFound { key: *key })
+    }
+
+    /// A `Read + Seek` stream over an object's content, without materialising it anywhere.
+    pub fn open_object(&self, key: &Key) -> Result<ObjectReader> {
+        for attempt in 0..3 {
+            if let Some(row) = self.index().get(key)? {
+                let Some(file) = self.pack_handle(row.pack)? else { continue };
+                return ObjectReader::packed(file, *key, row);
+            }
+            if attempt == 0 {
+                let path = self.loose_path(key);
+                match File::open(&path) {
+                    Ok(f) => return ObjectReader::loose(f, path, *key, self.config.hash),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("open", path, e)),
+                }
+            } else {
+                break;
+            }
+        }
+        Err(Error::NotFound { key: *key })
+    }
+
+    /// `len` bytes of an object from `offset` (fewer at the end of the object).
+    pub fn read_range(&self, key: &Key, offset: u64, len: u64) -> Result<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        let mut r = self.open_object(key)?;
+        let size = r.size();
+        if offset > size {
+            return Err(Error::OutOfRange { key: *key, offset, len, size });
+        }
+        r.seek(SeekFrom::Start(offset)).map_err(|e| Error::io("seek in object", key.to_hex(), e))?;
+        let want = len.min(size - offset) as usize;
+        let mut out = vec![0u8; want];
+        r.read_exact(&mut out).map_err(|e| r.explain(e))?;
+        Ok(out)
+    }
+
+    /// What is known of an object, opening no pack file.
+    pub fn meta(&self, key: &Key) -> Result<Option<ObjectMeta>> {
+        for attempt in 0..2 {
+            if let Some(row) = self.index().get(key)? {
+                return Ok(Some(meta_of(key, &row)));
+            }
+            if attempt == 0 {
+                match fs::metadata(self.loose_path(key)) {
+                    Ok(m) => {
+                        return Ok(Some(ObjectMeta {
+                            key: *key,
+                            size: m.len(),
+                            stored_size: m.len(),
+                            location: Location::Loose,
+                            compressed: false,
+                        }))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("stat", self.loose_path(key), e)),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Store::meta`] for many keys, in input order.
+    pub fn meta_many(&self, keys: &[Key]) -> Result<Vec<Option<ObjectMeta>>> {
+        keys.iter().map(|k| self.meta(k)).collect()
+    }
+
+    pub fn has(&self, key: &Key) -> Result<bool> {
+        if self.index().get(key)?.is_some() || self.loose_path(key).exists() {
+            return Ok(true);
+        }
+        Ok(self.index().get(key)?.is_some())
+    }
+
+    /// Which of `keys` exist, in input order.
+    pub fn has_many(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        if keys.len() < BULK_SCAN_KEYS_MIN {
+            return keys.iter().map(|k| self.has(k)).collect();
+        }
+        // Loose first, then the index: an object that leaves loose/ is in the index by then.
+        let loose: std::collections::HashSet<Key> =
+            loose::list_loose(&self.root, self.config.loose_prefix_len)?.into_iter().collect();
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|&i| keys[i]);
+        let mut out = vec![false; keys.len()];
+        let index = self.index();
+        for i in order {
+            out[i] = loose.contains(&keys[i]) || index.get(&keys[i])?.is_some();
+        }
+        Ok(out)
+    }
+
+    /// Visits the content of each of `keys` once, in the order that is fastest to read: packed
+    /// objects grouped by pack in offset order, then loose ones. Missing keys are visited with
+    /// `Err(NotFound)`. An error returned by `visit` stops the walk and is returned.
+    pub fn read_many(&self, keys: &[Key], visit: &mut dyn FnMut(Key, Result<&[u8]>) -> Result<()>) -> Result<()> {
+        let mut wanted: Vec<Key> = keys.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut found: Vec<(Key, IndexRow)> = Vec::with_capacity(wanted.len());
+        let mut rest: Vec<Key> = Vec::new();
+        {
+            let index = self.index();
+            if wanted.len() >= BULK_SCAN_KEYS_MIN {
+                let mut it = wanted.iter().peekable();
+                index.for_each(&mut |k, row| {
+                    while it.peek().is_some_and(|w| **w < k) {
+                        rest.push(*it.next().unwrap_or(&k));
+                    }
+                    if it.peek() == Some(&&k) {
+                        it.next();
+                        found.push((k, row));
+                    }
+                    Ok(())
+                })?;
+                rest.extend(it.copied());
+            } else {
+                for k in &wanted {
+                    match index.get(k)? {
+                        Some(row) => found.push((*k, row)),
+                        None => rest.push(*k),
+                    }
+                }
+            }
+        }
+        found.sort_unstable_by_key(|(_, r)| (r.pack, r.offset));
+        let mut i = 0;
+        let mut buf = Vec::new();
+        while i < found.len() {
+            let pack_id = found[i].1.pack;
+            let Some(file) = self.pack_handle(pack_id)? else {
+                // Repacked meanwhile: these keys take the slow path.
+                while i < found.len() && found[i].1.pack == pack_id {
+                    rest.push(found[i].0);
+                    i += 1;
+                }
+                continue;
+            };
+            // Read runs of neighbouring records with one call each.
+            let start = i;
+            let mut end = i;
+            let span_start = found[start].1.offset;
+            let mut span_end = span_start;
+            while end < found.len()
+                && found[end].1.pack == pack_id
+                && found[end].1.offset >= span_end
+                && found[end].1.offset + record_len(&found[end].1) - span_start <= BULK_READ_SPAN_BYTES.max(record_len(&found[start].1))
+            {
+                span_end = found[end].1.offset + record_len(&found[end].1);
+                end += 1;
+            }
+            if end == start {
+                end = start + 1;
+                span_end = span_start + record_len(&found[start].1);
+            }
+            buf.resize((span_end - span_start) as usize, 0);
+            pack::read_exact_at(&file, &mut buf, span_start, pack_id)?;
+            for (key, row) in &found[start..end] {
+                let at = (row.offset - span_start) as usize;
+                let rec = &buf[at..at + record_len(row) as usize];
+                match decode_packed(key, row, rec) {
+                    Ok(Decoded::Borrowed(r)) => {
+                        let (a, b) = r;
+                        visit(*key, Ok(&rec[a..b]))?
+                    }
+                    Ok(Decoded::Owned(v)) => visit(*key, Ok(&v))?,
+                    Err(e) => visit(*key, Err(e))?,
+                }
+            }
+            i = end;
+        }
+        for key in rest {
+            match self.get(&key) {
+                Ok(v) => visit(key, Ok(&v))?,
+                Err(e) => visit(key, Err(e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key in the store, sorted, each once.
+    pub fn list(&self) -> Result<Vec<Key>> {
+        let mut keys = loose::list_loose(&self.root, self.config.loose_prefix_len)?;
+        self.index().for_each(&mut |k, _| {
+            keys.push(k);
+            Ok(())
+        })?;
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Counts and sizes, including the index's bytes per packed object.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut s = Stats::default();
+        for k in loose::list_loose(&self.root, self.config.loose_prefix_len)? {
+            if let Ok(m) = fs::metadata(self.loose_path(&k)) {
+                s.loose_objects += 1;
+                s.loose_bytes += m.len();
+            }
+        }
+        let (n, raw, stored) = self.index().totals()?;
+        s.packed_objects = n;
+        s.packed_raw_bytes = raw;
+        s.packed_stored_bytes = stored;
+        for id in pack::pack_ids_on_disk(&self.root)? {
+            s.pack_files += 1;
+            s.pack_file_bytes += fsutil::file_len_or_zero(&pack::pack_path(&self.root, id));
+        }
+        let idx = self.root.join(INDEX_FILE);
+        s.index_bytes = fsutil::file_len_or_zero(&idx)
+            + fsutil::file_len_or_zero(&self.root.join(format!("{INDEX_FILE}-wal")));
+        s.index_bytes_per_object = if n > 0 { s.index_bytes as f64 / n as f64 } else { 0.0 };
+        Ok(s)
+    }
+
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+}
+
+fn record_len(row: &IndexRow) -> u64 {
+    crate::format::RECORD_OVERHEAD_BYTES + row.stored_len
+}
+
+enum Decoded {
+    Borrowed((usize, usize)),
+    Owned(Vec<u8>),
+}
+
+fn decode_packed(key: &Key, row: &IndexRow, rec: &[u8]) -> Result<Decoded> {
+    let (header, _) = crate::format::decode_record(rec)
+        .map_err(|reason| Error::CorruptRecord { pack: row.pack, offset: row.offset, reason })?;
+    pack::check_header(&header, key, row)?;
+    let a = crate::format::RECORD_HEADER_BYTES;
+    let b = a + row.stored_len as usize;
+    if header.is_compressed() {
+        crate::compress::decompress_all(&rec[a..b], header.raw_len).map(Decoded::Owned).map_err(|detail| {
+            Error::CorruptObject { key: *key, location: format!("pack {} offset {}", row.pack, row.offset), detail }
+        })
+    } else {
+        Ok(Decoded::Borrowed((a, b)))
+    }
+}
+
+pub(crate) fn meta_of(key: &Key, row: &IndexRow) -> ObjectMeta {
+    ObjectMeta {
+        key: *key,
+        size: row.raw_len,
+        stored_size: row.stored_len,
+        location: Location::Packed { pack: row.pack, offset: row.offset },
+        compressed: row.flags & crate::format::FLAG_ZSTD != 0,
+    }
+}
+
+/// Loose writes staged in a private sandbox folder and made durable together.
+///
+/// Nothing is visible or durable before [`LooseBatch::commit`]; dropping the batch discards it.
+pub struct LooseBatch<'s> {
+    store: &'s Store,
+    dir: PathBuf,
+    _lock: File,
+    staged: Vec<(PathBuf, Key)>,
+    next: u64,
+}
+
+impl LooseBatch<'_> {
+    pub fn put(&mut self, content: &[u8]) -> Result<Key> {
+        self.put_reader(&mut &content[..])
+    }
+
+    pub fn put_reader(&mut self, r: &mut dyn Read) -> Result<Key> {
+        let path = self.dir.join(format!("{}", self.next));
+        self.next += 1;
+        let f = OpenOptions::new().write(true).create_new(true).open(&path).at("create", &path)?;
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+        let (key, _) = loose::copy_hashing(r, &mut w, self.store.config.hash, &path)?;
+        let f = w.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
+        if !fsutil::syncfs_supported() {
+            fsutil::datasync(&f, &path)?;
+        }
+        self.staged.push((path, key));
+        Ok(key)
+    }
+
+    /// Number of objects staged.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Makes every staged object durable and visible; returns their keys in the order put.
+    pub fn commit(self) -> Result<Vec<Key>> {
+        let store = self.store;
+        let r = self.commit_inner();
+        r.map_err(|e| store.note_failure(e))
+    }
+
+    fn commit_inner(self) -> Result<Vec<Key>> {
+        // One durability round for all the data, then the renames, then one for the names.
+        fsutil::syncfs(&self.dir)?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for (path, key) in &self.staged {
+            let dest = self.store.loose_path(key);
+            dirs.insert(loose::install(path, &dest)?);
+        }
+        if !fsutil::syncfs(&self.dir)? {
+            for d in &dirs {
+                fsutil::fsync_dir(d)?;
+            }
+        }
+        Ok(self.staged.iter().map(|(_, k)| *k).collect())
+    }
+}
+
+impl Drop for LooseBatch<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,466 @@
+//! `validate`: re-reads everything and reports every problem with its key, path, pack and offset.
+//!
+//! Checks loose objects (content hashes to name; stray names), every pack (header, record
+//! checksums, content hashes, sealed table and footer, crash tails), the index against the packs
+//! (rows past the end or not at a record, rows that disagree with their record, overlapping
+//! rows, records no row reaches), SQLite's own consistency check, and leftovers in sandbox/.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::error::{IoContext, Result};
+use crate::format::{RecordHeader, RecordKind, PACK_HEADER_BYTES};
+use crate::index::IndexRow;
+use crate::key::Key;
+use crate::loose::{self, LOOSE_DIR, SANDBOX_DIR};
+use crate::maint::Maintenance;
+use crate::pack::{self, PACKS_DIR};
+use crate::progress::{Progress, Unit};
+use crate::store::ser_key;
+
+/// One thing wrong with a store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Problem {
+    LooseHashMismatch {
+        #[serde(serialize_with = "ser_key")]
+        key: Key,
+        path: PathBuf,
+        #[serde(serialize_with = "ser_key")]
+        actual: Key,
+    },
+    LooseUnreadable { path: PathBuf, error: String },
+    StrayFile { path: PathBuf },
+    SandboxLeftover { path: PathBuf },
+    IndexCheck { detail: String },
+    PackMissing { pack: u64 },
+    PackNotIndexed { pack: u64 },
+    PackUnreadable { pack: u64, detail: String },
+    PackShorterThanIndex { pack: u64, file_bytes: u64, index_bytes: u64 },
+    UncommittedTail { pack: u64, offset: u64, bytes: u64 },
+    BadFooter { pack: u64, detail: String },
+    RecordCorrupt { pack: u64, offset: u64, detail: String },
+    RecordHashMismatch {
+        #[serde(serialize_with = "ser_key")]
+        key: Key,
+        pack: u64,
+        offset: u64,
+        #[serde(serialize_with = "ser_key")]
+        actual: Key,
+    },
+    RowPastEnd {
+        #[serde(serialize_with = "ser_key")]
+        key: Key,
+        pack: u64,
+        offset: u64,
+    },
+    RowWithoutRecord {
+        #[serde(serialize_with = "ser_key")]
+        key: Key,
+        pack: u64,
+        offset: u64,
+    },
+    RowMismatch {
+        #[serde(serialize_with = "ser_key")]
+        key: Key,
+        pack: u64,
+        offset: u64,
+        detail: String,
+    },
+    OverlappingRows {
+        pack: u64,
+        offset: u64,
+        #[serde(serialize_with = "ser_key")]
+        key: Key,
+        #[serde(serialize_with = "ser_key")]
+        other: Key,
+    },
+    RecordNotIndexed {
+        #[serde(serialize_with = "ser_key")]
+        key: Key,
+        pack: u64,
+        offset: u64,
+    },
+    TableMismatch { pack: u64, detail: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Problem::*;
+        match self {
+            LooseHashMismatch { key, path, actual } => {
+                write!(f, "loose object {key} ({}): content hashes to {actual}", path.display())
+            }
+            LooseUnreadable { path, error } => write!(f, "loose file {}: {error}", path.display()),
+            StrayFile { path } => write!(f, "stray file {} (not part of the store)", path.display()),
+            SandboxLeftover { path } => write!(f, "sandbox leftover {} (basin clean removes it)", path.display()),
+            IndexCheck { detail } => write!(f, "index: {detail} (basin rebuild-index recreates it)"),
+            PackMissing { pack } => write!(f, "pack {pack}: in the index but its file is missing"),
+            PackNotIndexed { pack } => write!(f, "pack {pack}: file not in the index (basin rebuild-index adds it)"),
+            PackUnreadable { pack, detail } => write!(f, "pack {pack}: {detail}"),
+            PackShorterThanIndex { pack, file_bytes, index_bytes } => {
+                write!(f, "pack {pack}: file is {file_bytes} bytes but the index says {index_bytes} are committed")
+            }
+            UncommittedTail { pack, offset, bytes } => {
+                write!(f, "pack {pack} offset {offset}: {bytes} uncommitted bytes (basin clean truncates them)")
+            }
+            BadFooter { pack, detail } => write!(f, "pack {pack}: sealed footer/table: {detail}"),
+            RecordCorrupt { pack, offset, detail } => write!(f, "pack {pack} offset {offset}: {detail}"),
+            RecordHashMismatch { key, pack, offset, actual } => {
+                write!(f, "pack {pack} offset {offset}: object {key} content hashes to {actual}")
+            }
+            RowPastEnd { key, pack, offset } => {
+                write!(f, "index row for {key} points past the end of pack {pack} (offset {offset})")
+            }
+            RowWithoutRecord { key, pack, offset } => {
+                write!(f, "index row for {key} points at pack {pack} offset {offset}, where no such record starts")
+            }
+            RowMismatch { key, pack, offset, detail } => {
+                write!(f, "index row for {key} at pack {pack} offset {offset}: {detail}")
+            }
+            OverlappingRows { pack, offset, key, other } => {
+                write!(f, "pack {pack} offset {offset}: index rows for {key} and {other} overlap")
+            }
+            RecordNotIndexed { key, pack, offset } => {
+                write!(f, "pack {pack} offset {offset}: object {key} is in the pack but not in the index")
+            }
+            TableMismatch { pack, detail } => write!(f, "pack {pack}: sealed table: {detail}"),
+        }
+    }
+}
+
+/// What `validate` found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ValidationReport {
+    pub problems: Vec<Problem>,
+    pub objects_checked: u64,
+    pub bytes_checked: u64,
+}
+
+impl ValidationReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Records read per parallel hashing round.
+const HASH_ROUND_BYTES: usize = 64 << 20;
+
+impl Maintenance<'_> {
+    /// Checks the whole store. Problems are reported, never repaired here.
+    pub fn validate(&self, p: &dyn Progress) -> Result<ValidationReport> {
+        let store = self.store;
+        let root = store.path();
+        let hash = store.config().hash;
+        let mut report = ValidationReport::default();
+
+        // SQLite's own view first: a broken index makes the row checks meaningless.
+        let index = store.index();
+        match index.quick_check() {
+            Ok(v) => report.problems.extend(v.into_iter().map(|detail| Problem::IndexCheck { detail })),
+            Err(e) => report.problems.push(Problem::IndexCheck { detail: e.to_string() }),
+        }
+        let mut rows_by_pack: HashMap<u64, Vec<(Key, IndexRow)>> = HashMap::new();
+        let mut indexed: HashSet<Key> = HashSet::new();
+        if let Err(e) = index.for_each(&mut |k, row| {
+            indexed.insert(k);
+            rows_by_pack.entry(row.pack).or_default().push((k, row));
+            Ok(())
+        }) {
+            report.problems.push(Problem::IndexCheck { detail: e.to_string() });
+        }
+        let packs = index.packs().unwrap_or_default();
+        let tombstones = index.tombstones().unwrap_or_default();
+        drop(index);
+        let mut killed_before: HashMap<Key, crate::format::Position> = HashMap::new();
+        for t in &tombstones {
+            let e = killed_before.entry(t.key).or_insert(t.before);
+            *e = (*e).max(t.before);
+        }
+
+        // Loose objects.
+        let loose_keys = loose::list_loose(root, store.config().loose_prefix_len)?;
+        p.start("validate loose", Some(loose_keys.len() as u64), Unit::Objects);
+        let loose_problems: Vec<(u64, Option<Problem>)> = loose_keys
+            .par_iter()
+            .map(|k| {
+                let path = store.loose_path(k);
+                let r = match fs::read(&path) {
+                    Ok(b) => {
+                        let actual = hash.hash(&b);
+                        let problem = (actual != *k).then(|| Problem::LooseHashMismatch { key: *k, path, actual });
+                        (b.len() as u64, problem)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
+                    Err(e) => (0, Some(Problem::LooseUnreadable { path, error: e.to_string() })),
+                };
+                p.advance(1);
+                r
+            })
+            .collect();
+        for (bytes, problem) in loose_problems {
+            report.objects_checked += 1;
+            report.bytes_checked += bytes;
+            report.problems.extend(problem);
+        }
+        p.finish();
+        report.problems.extend(stray_loose_files(root, store.config().loose_prefix_len)?);
+        for e in fs::read_dir(root.join(SANDBOX_DIR)).at("list", root.join(SANDBOX_DIR))? {
+            let e = e.at("list", root.join(SANDBOX_DIR))?;
+            report.problems.push(Problem::SandboxLeftover { path: e.path() });
+        }
+
+        // Packs.
+        let on_disk: Vec<u64> = pack::pack_ids_on_disk(root)?;
+        let known: HashSet<u64> = packs.iter().map(|r| r.id).collect();
+        for id in &on_disk {
+            if !known.contains(id) {
+                report.problems.push(Problem::PackNotIndexed { pack: *id });
+            }
+        }
+        let disk: HashSet<u64> = on_disk.iter().copied().collect();
+        for e in fs::read_dir(root.join(PACKS_DIR)).at("list", root.join(PACKS_DIR))? {
+            let e = e.at("list", root.join(PACKS_DIR))?;
+            if e.file_name().to_str().and_then(pack::parse_pack_name).is_none() {
+                report.problems.push(Problem::StrayFile { path: e.path() });
+            }
+        }
+        p.start("validate packs", Some(packs.len() as u64), Unit::Packs);
+        for row in &packs {
+            if !disk.contains(&row.id) {
+                report.problems.push(Problem::PackMissing { pack: row.id });
+                for (key, r) in rows_by_pack.get(&row.id).into_iter().flatten() {
+                    report.problems.push(Problem::RowWithoutRecord { key: *key, pack: r.pack, offset: r.offset });
+                }
+                continue;
+            }
+            let rows = rows_by_pack.remove(&row.id).unwrap_or_default();
+            let tomb_here: HashSet<u64> = tombstones.iter().filter(|t| t.at.pack == row.id).map(|t| t.at.offset).collect();
+            let out = validate_pack(store, row, rows, &tomb_here, &indexed, &killed_before)?;
+            report.objects_checked += out.objects;
+            report.bytes_checked += out.bytes;
+            report.problems.extend(out.problems);
+            p.advance(1);
+        }
+        p.finish();
+        // Rows pointing at packs the index does not list.
+        for (pack_id, rows) in rows_by_pack {
+            for (key, r) in rows {
+                report.problems.push(Problem::RowWithoutRecord { key, pack: pack_id, offset: r.offset });
+            }
+        }
+        Ok(report)
+    }
+}
+
+struct PackOutcome {
+    objects: u64,
+    bytes: u64,
+    problems: Vec<Problem>,
+}
+
+fn validate_pack(
+    store: &crate::store::Store,
+    row: &crate::index::PackRow,
+    mut rows: Vec<(Key, IndexRow)>,
+    tombstones_here: &HashSet<u64>,
+    indexed: &HashSet<Key>,
+    killed_before: &HashMap<Key, crate::format::Position>,
+) -> Result<PackOutcome> {
+    let id = row.id;
+    let hash = store.config().hash;
+    let mut out = PackOutcome { objects: 0, bytes: 0, problems: Vec::new() };
+    let path = pack::pack_path(store.path(), id);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            out.problems.push(Problem::PackUnreadable { pack: id, detail: e.to_string() });
+            return Ok(out);
+        }
+    };
+    let file_len = file.metadata().at("stat", &path)?.len();
+    match pack::read_pack_header(&file, id) {
+        Ok(h) if h.pack_id == id && h.hash == hash && h.container_id == store.config().container_id_bytes() => {}
+        Ok(_) => out.problems.push(Problem::PackUnreadable { pack: id, detail: "header belongs to another pack or store".into() }),
+        Err(e) => {
+            out.problems.push(Problem::PackUnreadable { pack: id, detail: e.to_string() });
+            return Ok(out);
+        }
+    }
+    if file_len < row.end_bytes {
+        out.problems.push(Problem::PackShorterThanIndex { pack: id, file_bytes: file_len, index_bytes: row.end_bytes });
+    }
+    let mut table = None;
+    let records_end = if row.sealed {
+        match pack::read_sealed_table(&file, id, file_len) {
+            Ok(Some((footer, t))) => {
+                table = Some(t);
+                footer.table_offset
+            }
+            Ok(None) => {
+                out.problems.push(Problem::BadFooter { pack: id, detail: "no footer at the end of a sealed pack".into() });
+                file_len
+            }
+            Err(e) => {
+                out.problems.push(Problem::BadFooter { pack: id, detail: e.to_string() });
+                file_len
+            }
+        }
+    } else {
+        if file_len > row.end_bytes {
+            out.problems.push(Problem::UncommittedTail { pack: id, offset: row.end_bytes, bytes: file_len - row.end_bytes });
+        }
+        row.end_bytes.min(file_len)
+    };
+
+    // Scan all records, hashing object contents in parallel rounds.
+    let mut records: HashMap<u64, RecordHeader> = HashMap::new();
+    let mut round: Vec<(u64, RecordHeader, Vec<u8>)> = Vec::new();
+    let mut round_bytes = 0usize;
+    let hash_round = |round: &mut Vec<(u64, RecordHeader, Vec<u8>)>, out: &mut PackOutcome| {
+        let problems: Vec<Option<Problem>> = round
+            .par_iter()
+            .map(|(offset, h, payload)| {
+                let content = if h.is_compressed() {
+                    match crate::compress::decompress_all(payload, h.raw_len) {
+                        Ok(c) => c,
+                        Err(detail) => return Some(Problem::RecordCorrupt { pack: id, offset: *offset, detail }),
+                    }
+                } else {
+                    payload.clone()
+                };
+                let actual = hash.hash(&content);
+                (actual != h.key).then_some(Problem::RecordHashMismatch { key: h.key, pack: id, offset: *offset, actual })
+            })
+            .collect();
+        for (_, h, _) in round.iter() {
+            out.objects += 1;
+            out.bytes += h.raw_len;
+        }
+        out.problems.extend(problems.into_iter().flatten());
+        round.clear();
+    };
+    let scanned_end = pack::scan_records(&file, id, records_end, &mut |rec| {
+        records.insert(rec.offset, rec.header);
+        if rec.header.kind == RecordKind::Object {
+            round_bytes += rec.payload.len();
+            round.push((rec.offset, rec.header, rec.payload.to_vec()));
+        }
+        if round_bytes >= HASH_ROUND_BYTES {
+            hash_round(&mut round, &mut out);
+            round_bytes = 0;
+        }
+        Ok(())
+    })?;
+    hash_round(&mut round, &mut out);
+    if scanned_end < records_end {
+        out.problems.push(Problem::RecordCorrupt {
+            pack: id,
+            offset: scanned_end,
+            detail: format!("no valid record here; {} bytes up to {records_end} unreadable", records_end - scanned_end),
+        });
+    }
+
+    // Index rows against records.
+    rows.sort_by_key(|(_, r)| r.offset);
+    let mut prev: Option<(Key, u64)> = None;
+    for (key, r) in &rows {
+        if let Some((pk, pend)) = prev {
+            if r.offset < pend {
+                out.problems.push(Problem::OverlappingRows { pack: id, offset: r.offset, key: *key, other: pk });
+            }
+        }
+        prev = Some((*key, r.offset + crate::format::RECORD_OVERHEAD_BYTES + r.stored_len));
+        match records.get(&r.offset) {
+            None if r.offset >= records_end.max(PACK_HEADER_BYTES as u64) => {
+                out.problems.push(Problem::RowPastEnd { key: *key, pack: id, offset: r.offset })
+            }
+            None => out.problems.push(Problem::RowWithoutRecord { key: *key, pack: id, offset: r.offset }),
+            Some(h) if h.key != *key || h.kind != RecordKind::Object => {
+                out.problems.push(Problem::RowWithoutRecord { key: *key, pack: id, offset: r.offset })
+            }
+            Some(h) if h.raw_len != r.raw_len || h.stored_len != r.stored_len || h.flags != r.flags => {
+                out.problems.push(Problem::RowMismatch {
+                    key: *key,
+                    pack: id,
+                    offset: r.offset,
+                    detail: format!(
+                        "row says raw {} stored {} flags {}, record says raw {} stored {} flags {}",
+                        r.raw_len, r.stored_len, r.flags, h.raw_len, h.stored_len, h.flags
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    // Records that nothing reaches although they are live.
+    let mut offsets: Vec<&u64> = records.keys().collect();
+    offsets.sort_unstable();
+    for off in offsets {
+        let h = &records[off];
+        let pos = crate::format::Position { pack: id, offset: *off };
+        if h.kind == RecordKind::Object
+            && !indexed.contains(&h.key)
+            && !killed_before.get(&h.key).is_some_and(|b| pos < *b)
+        {
+            out.problems.push(Problem::RecordNotIndexed { key: h.key, pack: id, offset: *off });
+        }
+        if h.kind == RecordKind::Tombstone && !tombstones_here.contains(off) {
+            out.problems.push(Problem::RecordCorrupt {
+                pack: id,
+                offset: *off,
+                detail: format!("tombstone for {} is not in the index", h.key),
+            });
+        }
+    }
+    // A sealed table must list every live row of its pack, each at a record with that key.
+    if let Some(t) = table {
+        let entries: HashSet<(Key, u64)> = t.iter().copied().collect();
+        for (key, off) in &t {
+            if records.get(off).map(|h| h.key) != Some(*key) {
+                out.problems.push(Problem::TableMismatch { pack: id, detail: format!("entry {key} at {off} has no such record") });
+            }
+        }
+        for (key, r) in &rows {
+            if !entries.contains(&(*key, r.offset)) {
+                out.problems.push(Problem::TableMismatch { pack: id, detail: format!("row {key} at {} missing from the table", r.offset) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Files under loose/ that are not objects of this store's layout.
+fn stray_loose_files(root: &std::path::Path, prefix_len: u8) -> Result<Vec<Problem>> {
+    let dir = root.join(LOOSE_DIR);
+    let mut out = Vec::new();
+    let p = prefix_len as usize;
+    let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    for e in fs::read_dir(&dir).at("list", &dir)? {
+        let e = e.at("list", &dir)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p == 0 {
+            if name.len() != 64 || !is_hex(&name) {
+                out.push(Problem::StrayFile { path: e.path() });
+            }
+            continue;
+        }
+        if name.len() != p || !is_hex(&name) || !e.path().is_dir() {
+            out.push(Problem::StrayFile { path: e.path() });
+            continue;
+        }
+        for f in fs::read_dir(e.path()).at("list", e.path())? {
+            let f = f.at("list", e.path())?;
+            let rest = f.file_name().to_string_lossy().into_owned();
+            if rest.len() != 64 - p || !is_hex(&rest) {
+                out.push(Problem::StrayFile { path: f.path() });
+            }
+        }
+    }
+    Ok(out)
+}
