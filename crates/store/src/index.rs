@@ -157,10 +157,6 @@ impl Index {
         Ok(())
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub(crate) fn get(&self, key: &Key) -> Result<Option<IndexRow>> {
         let mut st = self
             .conn
@@ -192,6 +188,17 @@ impl Index {
         })
     }
 
+    /// Highest pack id ever handed out (ids are never reused, so a cached handle or a backup copy
+    /// of pack N always means the same bytes).
+    pub(crate) fn pack_id_high_water(&self) -> Result<u64> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE name='pack_id_high_water'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
     /// Every row, in key order, fed to `visit`.
     pub(crate) fn for_each(&self, visit: &mut dyn FnMut(Key, IndexRow) -> Result<()>) -> Result<()> {
         let mut st = self
@@ -211,11 +218,6 @@ impl Index {
             visit(key, row)?;
         }
         Ok(())
-    }
-
-    pub(crate) fn count(&self) -> Result<u64> {
-        let n: i64 = self.conn.query_row("SELECT count(*) FROM objects", [], |r| r.get(0)).map_err(|e| self.err(e))?;
-        nonneg(n, "count", &self.path)
     }
 
     /// (objects, raw bytes, stored bytes) of all packed objects.
@@ -355,15 +357,6 @@ impl IndexTx<'_> {
         Error::Index { path: self.path.clone(), source: e }
     }
 
-    pub(crate) fn get(&self, key: &Key) -> Result<Option<Position>> {
-        let mut st = self.tx.prepare_cached("SELECT pack, offset FROM objects WHERE key = ?1").map_err(|e| self.err(e))?;
-        let r = st
-            .query_row([&key.as_bytes()[..]], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(r.map(|(p, o)| Position { pack: p as u64, offset: o as u64 }))
-    }
-
     pub(crate) fn put(&self, key: &Key, row: &IndexRow) -> Result<()> {
         let mut st = self
             .tx
@@ -388,6 +381,16 @@ impl IndexTx<'_> {
             .prepare_cached("INSERT OR REPLACE INTO packs(id, sealed, end_bytes) VALUES (?1, ?2, ?3)")
             .map_err(|e| self.err(e))?;
         st.execute(params![p.id as i64, p.sealed as i64, p.end_bytes as i64]).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub(crate) fn set_pack_id_high_water(&self, id: u64) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT OR REPLACE INTO meta(name, value) VALUES ('pack_id_high_water', ?1)",
+                [id.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 

@@ -37,6 +37,7 @@ mod pack;
 mod progress;
 mod reader;
 mod store;
+mod transfer;
 mod validate;
 
 pub use config::{Compression, InitOptions, StoreConfig, CONFIG_FILE, PACK_SIZE_TARGET_BYTES_DEFAULT, STORE_FORMAT_VERSION};
@@ -50,4 +51,5 @@ pub use maint::{
 pub use progress::{NoProgress, Progress, Unit};
 pub use reader::ObjectReader;
 pub use store::{Location, LooseBatch, ObjectMeta, Stats, Store};
+pub use transfer::{BackupReport, ImportReport};
 pub use validate::{Problem, ValidationReport};

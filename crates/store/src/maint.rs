@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -198,7 +198,6 @@ pub struct RebuildReport {
 
 /// Encoded object ready to append.
 struct Prepared {
-    key: Key,
     raw_len: u64,
     enc: compress::Encoded,
 }
@@ -634,6 +633,7 @@ impl<'s> Maintenance<'s> {
         // A broken index file cannot even take a DELETE: start it afresh.
         let mut index = store.index();
         let healthy = index.quick_check().map(|v| v.is_empty()).unwrap_or(false);
+        let index_high_water = if healthy { index.pack_id_high_water().unwrap_or(0) } else { 0 };
         if !healthy {
             for suffix in ["", "-wal", "-shm"] {
                 let path = root.join(format!("{INDEX_FILE}{suffix}"));
@@ -649,6 +649,9 @@ impl<'s> Maintenance<'s> {
         tx.clear_all()?;
         for row in &pack_rows {
             tx.put_pack(row)?;
+        }
+        if let Some(max) = pack_rows.iter().map(|r| r.id).max() {
+            tx.set_pack_id_high_water(max.max(index_high_water))?;
         }
         for t in &tombstones {
             tx.put_tombstone(t)?;
@@ -752,7 +755,7 @@ fn prepare_loose(
         Compression::None => compress::Encoded { payload: bytes, compressed: false },
         _ => compress::encode(&bytes, policy).map_err(|e| format!("{}: compress: {e}", path.display()))?,
     };
-    Ok(Some(Prepared { key: *key, raw_len, enc }))
+    Ok(Some(Prepared { raw_len, enc }))
 }
 
 /// Unlinks loose copies (best effort: one held open elsewhere stays until clean). Returns count.

@@ -261,11 +261,6 @@ impl<'a> Appender<'a> {
         self.pending_rows.len() + self.pending_tombstones.len()
     }
 
-    /// Keys added since the last commit (for in-batch dedup by callers).
-    pub(crate) fn pending_rows(&self) -> &[(Key, IndexRow)] {
-        &self.pending_rows
-    }
-
     fn ensure_open(&mut self, index: &mut Index) -> Result<()> {
         if let Some(open) = &self.open {
             if open.len < self.pack_size_target_bytes {
@@ -307,7 +302,8 @@ impl<'a> Appender<'a> {
         let on_disk_max = pack_ids_on_disk(self.root)?.into_iter().max();
         let index_max = packs.iter().map(|p| p.id).max();
         let full_max = self.full.iter().map(|p| p.id).max();
-        let id = [on_disk_max, index_max, full_max].into_iter().flatten().max().map_or(1, |m| m + 1);
+        let high_water = Some(index.pack_id_high_water()?);
+        let id = [on_disk_max, index_max, full_max, high_water].into_iter().flatten().max().map_or(1, |m| m + 1);
         let path = pack_path(self.root, id);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).at("create pack", &path)?;
         let header = PackHeader { version: PACK_FORMAT_VERSION, hash: self.hash, pack_id: id, container_id: self.container_id };
@@ -317,6 +313,7 @@ impl<'a> Appender<'a> {
         // Register the pack at once, so a pack file the index does not know is always a stray.
         let tx = index.begin()?;
         tx.put_pack(&PackRow { id, sealed: false, end_bytes: PACK_HEADER_BYTES as u64 })?;
+        tx.set_pack_id_high_water(id)?;
         tx.commit()?;
         let len = PACK_HEADER_BYTES as u64;
         self.open = Some(OpenPack { id, file, path, len, buf_at: len, buf: Vec::new() });
@@ -399,7 +396,9 @@ impl<'a> Appender<'a> {
             fill(&mut sink)?
         };
         if !keep(&key, index)? {
-            // Nobody points here; the next record overwrites these bytes.
+            // Nobody points at these bytes: give them back rather than leave a hole.
+            let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+            open.file.set_len(offset).at("truncate pack", &open.path)?;
             return Ok((key, None));
         }
         let flags = if compressed { FLAG_ZSTD } else { 0 };
@@ -497,6 +496,15 @@ impl<'a> Appender<'a> {
     pub(crate) fn finish(mut self, index: &mut Index, seal_open: bool) -> Result<()> {
         self.commit(index, &mut |_| Ok(()))?;
         if let Some(p) = self.open.take() {
+            if p.len == PACK_HEADER_BYTES as u64 {
+                // Opened but never written (every object was a duplicate): leave no empty pack.
+                let tx = index.begin()?;
+                tx.remove_pack(p.id)?;
+                tx.commit()?;
+                drop(p.file);
+                std::fs::remove_file(&p.path).at("remove empty pack", &p.path)?;
+                return Ok(());
+            }
             if seal_open || p.len >= self.pack_size_target_bytes {
                 seal(index, p.file, p.id, &p.path, p.len)?;
             }

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::{self, InitOptions, StoreConfig, CONFIG_FILE};
+use crate::config::{self, InitOptions, StoreConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::index::{Index, IndexRow, INDEX_FILE};
@@ -490,10 +490,6 @@ impl Store {
             + fsutil::file_len_or_zero(&self.root.join(format!("{INDEX_FILE}-wal")));
         s.index_bytes_per_object = if n > 0 { s.index_bytes as f64 / n as f64 } else { 0.0 };
         Ok(s)
-    }
-
-    pub(crate) fn config_path(&self) -> PathBuf {
-        self.root.join(CONFIG_FILE)
     }
 }
 

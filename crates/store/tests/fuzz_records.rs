@@ -412,7 +412,8 @@ fn mutate(rng: &mut StdRng, target: Target, b: &mut Vec<u8>, others: &[Vec<u8>])
 }
 
 struct Findings {
-    failures: Vec<String>,
+    /// (kind of finding, how many inputs showed it, first example).
+    failures: Vec<(String, u64, String)>,
     accepted: Accepted,
     inputs: u64,
 }
@@ -434,15 +435,23 @@ impl Findings {
         }
     }
 
+    /// Keeps the first example of each kind of finding (per corpus file and message shape), so
+    /// one systematic bug does not hide the others.
     fn fail(&mut self, name: &str, input: &[u8], how: &str, what: &str) {
-        if self.failures.len() < 8 {
-            let shown = &input[..input.len().min(160)];
-            self.failures.push(format!(
-                "{name} [{how}] ({} bytes): {what}\n  input: {}",
-                input.len(),
-                hex::encode(shown)
-            ));
+        let class = format!("{name}: {}", what.split(['{', '(', '[']).next().unwrap_or(what));
+        if let Some(seen) = self.failures.iter_mut().find(|f| f.0 == class) {
+            seen.1 += 1;
+            return;
         }
+        let shown = &input[..input.len().min(160)];
+        let example = format!("[{how}] ({} bytes): {what}\n    input: {}", input.len(), hex::encode(shown));
+        self.failures.push((class, 1, example));
+    }
+
+    fn report(&self) -> String {
+        let lines: Vec<String> =
+            self.failures.iter().map(|(class, n, example)| format!("{class} ({n} inputs)\n  e.g. {example}")).collect();
+        lines.join("\n")
     }
 }
 
@@ -468,7 +477,7 @@ fn every_single_bit_flip_and_truncation_is_rejected_or_round_trips() {
         }
     }
     println!("exhaustive: {} inputs, accepted {:?}", f.inputs, f.accepted);
-    assert!(f.failures.is_empty(), "parser findings:\n{}", f.failures.join("\n"));
+    assert!(f.failures.is_empty(), "parser findings:\n{}", f.report());
     // With checksums recomputed, many flips land in fields the parsers accept (keys, offsets):
     // if none did, the mutator would be testing nothing but the checksum.
     assert!(f.accepted.records > 100 && f.accepted.footers > 10, "mutants never got past the gates: {:?}", f.accepted);
@@ -498,7 +507,7 @@ fn random_mutations_never_panic_and_accepted_bytes_round_trip() {
         }
     }
     println!("random: {} inputs, accepted {:?}", f.inputs, f.accepted);
-    assert!(f.failures.is_empty(), "parser findings (seed {seed}):\n{}", f.failures.join("\n"));
+    assert!(f.failures.is_empty(), "parser findings (seed {seed}):\n{}", f.report());
     assert!(
         f.accepted.records > 100 && f.accepted.frame_tables > 10 && f.accepted.tables > 10,
         "mutants never got past the gates: {:?}",

@@ -97,7 +97,7 @@ fn check_pack_header(b: &[u8], acc: &mut Accepted) -> Result<(), String> {
         acc.pack_headers += 1;
         let again = h.encode();
         if b.get(..PACK_HEADER_BYTES) != Some(&again[..]) {
-            return Err(format!("PackHeader {h:?} accepted but re-encodes differently"));
+            return Err(format!("PackHeader accepted {h:?} but re-encodes differently"));
         }
     }
     Ok(())
@@ -109,7 +109,7 @@ fn check_record(b: &[u8], acc: &mut Accepted) -> Result<Option<u64>, String> {
         acc.record_headers += 1;
         let again = h.encode();
         if b.get(..RECORD_HEADER_BYTES) != Some(&again[..]) {
-            return Err(format!("RecordHeader {h:?} accepted but re-encodes differently"));
+            return Err(format!("RecordHeader accepted {h:?} but re-encodes differently"));
         }
     }
     let (h, payload) = match decode_record(b) {
@@ -123,7 +123,7 @@ fn check_record(b: &[u8], acc: &mut Accepted) -> Result<Option<u64>, String> {
     let mut again = Vec::new();
     encode_record(&h, payload, &mut again);
     if b.get(..again.len()) != Some(&again[..]) || again.len() as u64 != h.record_len() {
-        return Err(format!("record {h:?} accepted but re-encodes differently"));
+        return Err(format!("decode_record accepted {h:?} but re-encodes differently"));
     }
     match h.kind {
         RecordKind::Object if h.is_compressed() => check_frames(payload, h.stored_len, h.raw_len, acc)?,
@@ -175,7 +175,7 @@ fn check_pack(b: &[u8], acc: &mut Accepted) -> Result<(), String> {
         if let Ok(f) = Footer::decode(footer_bytes, len) {
             acc.footers += 1;
             if f.encode()[..] != *footer_bytes {
-                return Err(format!("footer {f:?} accepted but re-encodes differently"));
+                return Err(format!("Footer accepted {f:?} but re-encodes differently"));
             }
             // decode accepted table_offset + table + footer == len, so this slice exists; a
             // footer that lies about it is a parser bug, reported rather than panicking here.

@@ -1,0 +1,179 @@
+//! End-to-end life of a store: the paths where the format's invariants meet (rollover and
+//! sealing, tombstones across rebuild and repack, streamed compressed objects, backup, import).
+
+use std::io::{Read, Seek, SeekFrom};
+
+use basin_store::{
+    CleanOptions, Compression, InitOptions, Key, LockWait, NoProgress, PackOptions, PackSelection, RepackOptions, Source,
+    Store,
+};
+
+fn content(i: u64, len: usize) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn small_store(dir: &std::path::Path, compression: Compression) -> Store {
+    let opts = InitOptions { pack_size_target_bytes: 64 << 10, compression, ..InitOptions::default() };
+    Store::init(&dir.join("s"), &opts).expect("init")
+}
+
+#[test]
+fn deleted_objects_stay_deleted_across_rebuild_and_repack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let objects: Vec<(Key, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let c = content(i, 100 + (i as usize * 37) % 3000);
+            (store.put(&c).expect("put"), c)
+        })
+        .collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let report = m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+    assert_eq!(report.packed, 200);
+    assert_eq!(report.loose_removed, 200);
+    assert!(store.stats().expect("stats").pack_files > 3, "small target must roll over into several packs");
+
+    let doomed: Vec<Key> = objects.iter().step_by(3).map(|(k, _)| *k).collect();
+    let existed = m.delete(&doomed).expect("delete");
+    assert_eq!(existed.len(), doomed.len());
+    for k in &doomed {
+        assert!(store.get(k).expect_err("deleted").is_not_found());
+    }
+    // Re-add one deleted object: the later record must win over the earlier tombstone.
+    let (readded, readded_content) = &objects[0];
+    let _ = m.write_packed(&mut std::iter::once(Ok(Source::Bytes(readded_content.clone()))), &PackOptions::default(), &NoProgress);
+
+    let check = |store: &Store, when: &str| {
+        for (i, (k, c)) in objects.iter().enumerate() {
+            let deleted = i % 3 == 0 && k != readded;
+            match store.get(k) {
+                Ok(v) => {
+                    assert!(!deleted, "{when}: deleted object {k} came back");
+                    assert_eq!(&v, c, "{when}: wrong bytes for {k}");
+                }
+                Err(e) => assert!(deleted && e.is_not_found(), "{when}: {k}: {e}"),
+            }
+        }
+    };
+    check(&store, "after delete");
+    let v = m.validate(&NoProgress).expect("validate");
+    assert!(v.is_ok(), "after delete: {:?}", v.problems);
+
+    let rb = m.rebuild_index(&NoProgress).expect("rebuild");
+    assert!(rb.unreadable_packs.is_empty(), "{:?}", rb.unreadable_packs);
+    check(&store, "after rebuild");
+
+    let rp = m.repack(&RepackOptions::default(), &NoProgress).expect("repack");
+    assert!(rp.packs_rewritten > 0, "a third deleted must exceed the garbage threshold: {rp:?}");
+    check(&store, "after repack");
+    m.rebuild_index(&NoProgress).expect("rebuild 2");
+    check(&store, "after repack + rebuild");
+    let v = m.validate(&NoProgress).expect("validate");
+    assert!(v.is_ok(), "after repack: {:?}", v.problems);
+    drop(m);
+
+    // Deleting the index file: the next open rebuilds it from the packs.
+    drop(store);
+    let root = dir.path().join("s");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(root.join(format!("index.sqlite{suffix}")));
+    }
+    let store = Store::open(&root).expect("reopen");
+    check(&store, "after index loss");
+}
+
+#[test]
+fn large_streamed_compressed_object_seeks_without_materialising() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::Zstd { level: 1 });
+    // 3.5 MiB of compressible data crosses several 1 MiB frames.
+    let raw: Vec<u8> = (0..(3_500_000u32)).map(|i| ((i / 7) % 251) as u8).collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(raw.clone()));
+    let keys = m
+        .write_packed(
+            &mut std::iter::once(Ok(Source::Reader { reader, size_hint: 1 << 30 })),
+            &PackOptions::default(),
+            &NoProgress,
+        )
+        .expect("write");
+    let key = keys[0];
+    let meta = store.meta(&key).expect("meta").expect("present");
+    assert!(meta.compressed && meta.stored_size < raw.len() as u64 / 5, "{meta:?}");
+    assert_eq!(store.get(&key).expect("get"), raw);
+    let mut r = store.open_object(&key).expect("open");
+    for &at in &[3_400_000u64, 10, 1_048_570, 2_097_160, 0] {
+        r.seek(SeekFrom::Start(at)).expect("seek");
+        let mut buf = vec![0u8; 5000];
+        let n = r.read(&mut buf).expect("read");
+        assert!(n > 0);
+        assert_eq!(&buf[..n], &raw[at as usize..at as usize + n], "bytes at {at}");
+    }
+    r.seek(SeekFrom::End(-3)).expect("seek end");
+    let mut tail = Vec::new();
+    r.read_to_end(&mut tail).expect("tail");
+    assert_eq!(tail, raw[raw.len() - 3..]);
+    assert_eq!(store.read_range(&key, 1_000_000, 100_000).expect("range"), raw[1_000_000..1_100_000]);
+    // Writing it again deduplicates, also when streamed.
+    let again: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(raw.clone()));
+    let before = store.stats().expect("stats").pack_file_bytes;
+    let k2 = m
+        .write_packed(&mut std::iter::once(Ok(Source::Reader { reader: again, size_hint: 1 << 30 })), &PackOptions::default(), &NoProgress)
+        .expect("write again");
+    assert_eq!(k2[0], key);
+    assert_eq!(store.stats().expect("stats").pack_file_bytes, before, "duplicate must leave no bytes behind");
+    assert!(m.validate(&NoProgress).expect("validate").is_ok());
+}
+
+#[test]
+fn backup_is_a_consistent_store_and_incremental() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::Auto { level: 3 });
+    let mut all = Vec::new();
+    for i in 0..50 {
+        let c = content(i, 2000);
+        all.push((store.put(&c).expect("put"), c));
+    }
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+    for i in 50..60 {
+        let c = content(i, 500);
+        all.push((store.put(&c).expect("put"), c));
+    }
+    let dest = dir.path().join("backup");
+    let r1 = m.backup(&dest, &NoProgress).expect("backup");
+    assert_eq!(r1.loose_copied, 10);
+    let r2 = m.backup(&dest, &NoProgress).expect("backup again");
+    assert_eq!((r2.loose_copied, r2.packs_copied), (0, 0), "second run copies nothing: {r2:?}");
+    let b = Store::open(&dest).expect("open backup");
+    for (k, c) in &all {
+        assert_eq!(&b.get(k).expect("get from backup"), c);
+    }
+    let bm = b.maintenance(LockWait::Fail).expect("lock backup");
+    let v = bm.validate(&NoProgress).expect("validate backup");
+    assert!(v.is_ok(), "{:?}", v.problems);
+
+    // Import into a store with another hash: same contents, new keys.
+    let other = Store::init(
+        &dir.path().join("other"),
+        &InitOptions { hash: basin_store::HashAlgorithm::Sha256, ..InitOptions::default() },
+    )
+    .expect("init other");
+    let om = other.maintenance(LockWait::Fail).expect("lock other");
+    let rep = om.import_store(&dir.path().join("s"), &NoProgress).expect("import");
+    assert_eq!(rep.objects, 60);
+    for (_, c) in &all {
+        let k = basin_store::HashAlgorithm::Sha256.hash(c);
+        assert_eq!(&other.get(&k).expect("imported"), c);
+    }
+    let cr = m.clean(&CleanOptions { sandbox_grace: std::time::Duration::ZERO, ..CleanOptions::default() }, &NoProgress).expect("clean");
+    assert_eq!(cr.sandbox_removed, 0, "{cr:?}");
+}
