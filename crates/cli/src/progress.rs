@@ -105,3 +105,19 @@ impl Drop for StoreProgress {
         }
     }
 }
+
+/// A byte-counting bar (MB/s and ETA from bytes) whose message the caller keeps updated with
+/// file counts; hidden when stderr is not a terminal or with `--quiet`.
+pub fn bytes_bar(quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    if quiet || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}

@@ -278,18 +278,21 @@ impl Walk<'_> {
         let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| zip_err(None, e))?;
         for index in 0..archive.len() {
             self.count_entry()?;
+            let raw_name = archive.name_for_index(index).and_then(Result::ok).map(|name| name.into_owned());
             let entry = match archive.by_index(index) {
                 Ok(entry) => entry,
-                Err(zip::result::ZipError::UnsupportedArchive(msg)) if msg.contains("ncrypt") || msg.contains("assword") => {
-                    let name = archive.name_for_index(index).unwrap_or("?").to_string();
-                    return Err(ArchiveError::Encrypted { archive: archive_path.clone(), member: name });
+                Err(zip::result::ZipError::UnsupportedArchive(message))
+                    if message == zip::result::ZipError::PASSWORD_REQUIRED =>
+                {
+                    let member = raw_name.unwrap_or_default();
+                    return Err(ArchiveError::Encrypted { archive: archive_path.clone(), member });
                 }
-                Err(e) => return Err(zip_err(archive.name_for_index(index).map(str::to_string), e)),
+                Err(e) => return Err(zip_err(raw_name, e)),
             };
             if !entry.is_file() || entry.is_symlink() {
                 continue;
             }
-            let Some(member) = normalise_member_path(entry.name()) else { continue };
+            let Some(member) = raw_name.as_deref().and_then(normalise_member_path) else { continue };
             let mut entry = entry;
             // The zip reader checks each member's CRC-32 when it reaches the end, so a corrupt
             // member surfaces as a read error here rather than as a wrong digest.

@@ -365,7 +365,8 @@ impl LoadedConfig {
                     return Err(invalid(format!("{} algorithms; the limit is {ALGORITHMS_MAX}", names.len())));
                 }
                 for name in &names {
-                    name.parse::<basin_hash::AlgoSpec>().map_err(|e| invalid(format!("`{name}`: {e}")))?;
+                    // Through the list parser so `all` is accepted as it is on the command line.
+                    basin_hash::parse_algo_list(name).map_err(|e| invalid(format!("`{name}`: {e}")))?;
                 }
                 c.hash.algorithms = names;
             }

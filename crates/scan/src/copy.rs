@@ -194,7 +194,7 @@ pub fn copy_tree(
             Err((rel_path, message)) => CopyOutcome { dest_rel_path: rel_path.clone(), rel_path, result: Err(message) },
         }
     };
-    let mut flush = |source_rows: &mut Vec<FileRow>, dest_rows: &mut Vec<FileRow>, catalog: &mut Option<&mut dyn crate::catalog::CatalogStore>| {
+    let flush = |source_rows: &mut Vec<FileRow>, dest_rows: &mut Vec<FileRow>, catalog: &mut Option<&mut dyn crate::catalog::CatalogStore>| {
         if let (Some(c), Some(((sid, srun), (did, drun)))) = (catalog.as_deref_mut(), ids) {
             c.write_batch(sid, srun, &options.specs, source_rows)?;
             c.write_batch(did, drun, &options.specs, dest_rows)?;

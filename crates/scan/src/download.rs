@@ -252,17 +252,21 @@ impl Downloader {
         &self.options
     }
 
-    /// Downloads `jobs` in order. After a failure, the rest are skipped unless `keep_going`.
+    /// Downloads planned jobs in order (see [`plan`]); a job that could not be planned counts as
+    /// a failure in its place. After a failure the rest are left alone unless `keep_going`.
     /// `on_outcome` sees each outcome as it happens (for printing); all are also returned.
     pub fn download_all(
         &self,
-        jobs: &[DownloadJob],
+        jobs: impl IntoIterator<Item = Result<DownloadJob, DownloadFailure>>,
         keep_going: bool,
         on_outcome: &mut dyn FnMut(&DownloadOutcome),
     ) -> Vec<DownloadOutcome> {
-        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut outcomes = Vec::new();
         for job in jobs {
-            let outcome = self.download(job, &mut |_, _| {});
+            let outcome = match job {
+                Ok(job) => self.download(&job, &mut |_, _| {}),
+                Err(failure) => DownloadOutcome::Failed(failure),
+            };
             on_outcome(&outcome);
             let failed = matches!(outcome, DownloadOutcome::Failed(_));
             outcomes.push(outcome);
@@ -643,14 +647,14 @@ const SEGMENT_BYTES_MAX: usize = 200;
 /// The destination of `url` below `dest` for `layout`.
 pub fn destination_for(url: &str, dest: &Path, layout: Layout) -> Result<PathBuf, DownloadError> {
     let parsed = parse_url(url)?;
-    let segments: Vec<String> = parsed
+    let segments: Vec<Option<String>> = parsed
         .path_segments()
         .map(|s| s.map(sanitise_segment).collect())
         .unwrap_or_default();
     // The last segment names the file; an empty one (a path ending in `/`) means an index page.
     let (dirs, last) = match segments.split_last() {
         Some((last, dirs)) => (dirs, last.clone()),
-        None => (&[][..], None),
+        None => (&[][..], None::<String>),
     };
     let file_name = last.unwrap_or_else(|| "index.html".to_string());
     let mut path = dest.to_path_buf();

@@ -51,7 +51,9 @@ impl RootLock {
 
     /// Takes the lock for `root` in `lock_dir` (created if missing), or fails at once naming the holder.
     pub fn acquire(lock_dir: &Path, root: &str) -> Result<RootLock, LockError> {
-        let io = |path: &Path| move |source| LockError::Io { path: path.to_path_buf(), source };
+        fn io(path: &Path) -> impl Fn(std::io::Error) -> LockError + '_ {
+            move |source| LockError::Io { path: path.to_path_buf(), source }
+        }
         std::fs::create_dir_all(lock_dir).map_err(io(lock_dir))?;
         let path = lock_dir.join(format!("{:016x}.lock", xxhash_rust::xxh3::xxh3_64(root.as_bytes())));
         // Never truncate on open: the holder's content must survive a failed attempt.

@@ -92,6 +92,7 @@ pub struct ScanProgress {
     pub files_done: u64,
     pub bytes_done: u64,
     pub files_skipped: u64,
+    pub bytes_skipped: u64,
     pub walk_finished: bool,
 }
 
@@ -191,6 +192,7 @@ pub fn scan(
     let files_discovered = AtomicU64::new(0);
     let bytes_discovered = AtomicU64::new(0);
     let files_skipped = AtomicU64::new(0);
+    let bytes_skipped = AtomicU64::new(0);
     let walk_finished = std::sync::atomic::AtomicBool::new(false);
     let mut summary = ScanSummary { run_id: ids.map(|(_, run)| run), ..Default::default() };
     let mut progress = ScanProgress::default();
@@ -200,16 +202,6 @@ pub fn scan(
     let mut failure: Option<ScanError> = None;
 
     let produce = |emit: &mut dyn FnMut(Task) -> bool| {
-        let mut consider = |rel_path: String, meta: FileMeta| -> bool {
-            files_discovered.fetch_add(1, Ordering::Relaxed);
-            bytes_discovered.fetch_add(meta.size_bytes, Ordering::Relaxed);
-            let unchanged = known.get(&path_key(&rel_path)).is_some_and(|k| k.complete && k.meta == meta);
-            if unchanged {
-                files_skipped.fetch_add(1, Ordering::Relaxed);
-                return true;
-            }
-            emit(Task::Hash { rel_path, meta })
-        };
         match &options.only_paths {
             Some(paths) => {
                 for rel_path in paths {
@@ -224,7 +216,17 @@ pub fn scan(
                 }
             }
             None => walk(root, &options.filters, &mut |item| match item {
-                WalkItem::File { rel_path, meta } => consider(rel_path, meta),
+                WalkItem::File { rel_path, meta } => {
+                    files_discovered.fetch_add(1, Ordering::Relaxed);
+                    bytes_discovered.fetch_add(meta.size_bytes, Ordering::Relaxed);
+                    let unchanged = known.get(&path_key(&rel_path)).is_some_and(|k| k.complete && k.meta == meta);
+                    if unchanged {
+                        files_skipped.fetch_add(1, Ordering::Relaxed);
+                        bytes_skipped.fetch_add(meta.size_bytes, Ordering::Relaxed);
+                        return true;
+                    }
+                    emit(Task::Hash { rel_path, meta })
+                }
                 WalkItem::Error { rel_path, message } => emit(Task::WalkError { rel_path, message }),
             }),
         }
@@ -321,6 +323,7 @@ pub fn scan(
         progress.files_discovered = files_discovered.load(Ordering::Relaxed);
         progress.bytes_discovered = bytes_discovered.load(Ordering::Relaxed);
         progress.files_skipped = files_skipped.load(Ordering::Relaxed);
+        progress.bytes_skipped = bytes_skipped.load(Ordering::Relaxed);
         progress.walk_finished = walk_finished.load(Ordering::Relaxed);
         observer.progress(&progress);
         true

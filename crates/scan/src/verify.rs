@@ -90,7 +90,7 @@ fn specs_of(digests: &[Digest]) -> Vec<AlgoSpec> {
 }
 
 enum Task {
-    Check { expected: Expected, members: Vec<Expected>, must_exist: bool },
+    Check { expected: Expected, members: Vec<Expected> },
     New { rel_path: String },
     Unreadable { rel_path: String, reason: String },
 }
@@ -127,7 +127,7 @@ pub fn verify(
                     WalkItem::File { rel_path, .. } => match files.remove(&rel_path) {
                         Some(expected) => {
                             let m = members.remove(&rel_path).unwrap_or_default();
-                            emit(Task::Check { expected, members: m, must_exist: true })
+                            emit(Task::Check { expected, members: m })
                         }
                         None => emit(Task::New { rel_path }),
                     },
@@ -143,7 +143,7 @@ pub fn verify(
         let rest: BTreeMap<String, Expected> = files.into_iter().collect();
         for (rel_path, expected) in rest {
             let m = members.remove(&rel_path).unwrap_or_default();
-            if !emit(Task::Check { expected, members: m, must_exist: false }) {
+            if !emit(Task::Check { expected, members: m }) {
                 return;
             }
         }
@@ -151,7 +151,7 @@ pub fn verify(
         let orphans: BTreeMap<String, Vec<Expected>> = members.into_iter().collect();
         for (archive, m) in orphans {
             let expected = Expected { rel_path: archive, size_bytes: None, digests: Vec::new() };
-            if !emit(Task::Check { expected, members: m, must_exist: false }) {
+            if !emit(Task::Check { expected, members: m }) {
                 return;
             }
         }
@@ -160,7 +160,7 @@ pub fn verify(
         match task {
             Task::New { rel_path } => (vec![VerifyOutcome { rel_path, verdict: Verdict::New }], 0),
             Task::Unreadable { rel_path, reason } => (vec![VerifyOutcome { rel_path, verdict: Verdict::Unreadable { reason } }], 0),
-            Task::Check { expected, members, must_exist: _ } => {
+            Task::Check { expected, members } => {
                 let path = root.abs_path(&expected.rel_path);
                 let mut out = Vec::new();
                 let mut bytes = 0;

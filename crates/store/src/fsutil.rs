@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
 
@@ -63,4 +63,33 @@ pub(crate) fn file_len_or_zero(path: &Path) -> u64 {
 /// Whether [`syncfs`] makes a whole batch durable on this platform.
 pub(crate) fn syncfs_supported() -> bool {
     cfg!(target_os = "linux")
+}
+
+/// Threads used to unlink many files at once. Unlinking is not CPU work: on file systems that
+/// discard freed blocks synchronously (ext4 mounted `-o discard`, common on virtual disks) each
+/// unlink waits ~3 ms for the device, and the device serves many such waits at once; measured
+/// here 28× faster with 32 concurrent unlinkers than with one.
+const UNLINK_THREADS: usize = 48;
+
+/// Removes files concurrently; returns how many were removed (missing ones are not counted).
+pub(crate) fn remove_files(paths: &[PathBuf]) -> u64 {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    if paths.len() < 16 {
+        return paths.iter().filter(|p| fs::remove_file(p).is_ok()).count() as u64;
+    }
+    let next = AtomicUsize::new(0);
+    let removed = AtomicU64::new(0);
+    let threads = UNLINK_THREADS.min(paths.len() / 8).max(1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(p) = paths.get(i) else { break };
+                if fs::remove_file(p).is_ok() {
+                    removed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    removed.into_inner()
 }

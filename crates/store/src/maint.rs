@@ -441,20 +441,15 @@ impl<'s> Maintenance<'s> {
                 Ok(())
             })
         })?;
-        let mut dirs = std::collections::BTreeSet::new();
+        fsutil::remove_files(&loose_paths);
         for lp in &loose_paths {
-            match fs::remove_file(lp) {
-                Ok(()) => {
-                    if let Some(d) = lp.parent() {
-                        dirs.insert(d.to_path_buf());
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("delete", lp, e)),
+            if lp.exists() {
+                return Err(Error::io("delete", lp, std::io::Error::other("file is still there after unlink")));
             }
         }
+        let dirs: std::collections::BTreeSet<&Path> = loose_paths.iter().filter_map(|p| p.parent()).collect();
         for d in dirs {
-            fsutil::fsync_dir(&d)?;
+            fsutil::fsync_dir(d)?;
         }
         Ok(existed)
     }
@@ -466,7 +461,7 @@ impl<'s> Maintenance<'s> {
         let store = self.store;
         let mut report = RepackReport::default();
         let (candidates, all_packs) = {
-            let index = store.index();
+            let mut index = store.index();
             let packs = index.packs()?;
             let live = index.live_bytes_per_pack()?;
             let mut c = Vec::new();
@@ -545,7 +540,7 @@ impl<'s> Maintenance<'s> {
         });
         p.finish();
         result?;
-        let index = store.index();
+        let mut index = store.index();
         index.checkpoint_and_vacuum(false)?;
         for r in index.packs()? {
             report.bytes_after += fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id));
@@ -567,7 +562,7 @@ impl<'s> Maintenance<'s> {
         }
         let loose_keys = loose::list_loose(root, store.config().loose_prefix_len)?;
         let packed: Vec<Key> = {
-            let index = store.index();
+            let mut index = store.index();
             let mut v = Vec::new();
             for k in loose_keys {
                 if index.get(&k)?.is_some() {
@@ -578,7 +573,7 @@ impl<'s> Maintenance<'s> {
         };
         report.loose_copies_removed = remove_loose(store, &packed);
         p.advance(report.loose_copies_removed);
-        let index = store.index();
+        let mut index = store.index();
         for row in index.packs()? {
             let path = pack::pack_path(root, row.id);
             let len = fsutil::file_len_or_zero(&path);
@@ -760,7 +755,8 @@ fn prepare_loose(
 
 /// Unlinks loose copies (best effort: one held open elsewhere stays until clean). Returns count.
 fn remove_loose(store: &Store, keys: &[Key]) -> u64 {
-    keys.par_iter().filter(|k| fs::remove_file(store.loose_path(k)).is_ok()).count() as u64
+    let paths: Vec<PathBuf> = keys.iter().map(|k| store.loose_path(k)).collect();
+    fsutil::remove_files(&paths)
 }
 
 fn index_bytes(root: &Path) -> u64 {

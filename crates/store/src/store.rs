@@ -70,9 +70,21 @@ pub struct Stats {
 pub struct Store {
     root: PathBuf,
     config: StoreConfig,
-    index: Mutex<Index>,
+    index: Arc<Mutex<Index>>,
     pack_handles: Mutex<HashMap<u64, Arc<File>>>,
     poisoned: Mutex<Option<String>>,
+}
+
+/// Closes the index's read snapshot once it is idle past its age: a timer, not synchronisation.
+/// Exits when the store handle is dropped.
+fn spawn_snapshot_closer(index: std::sync::Weak<Mutex<Index>>) {
+    let _ = std::thread::Builder::new().name("basin-index-snapshot".into()).spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        let Some(strong) = index.upgrade() else { break };
+        if let Ok(mut guard) = strong.try_lock() {
+            guard.end_stale_snapshot();
+        };
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,10 +131,12 @@ impl Store {
         }
         let index_missing = !dir.join(INDEX_FILE).exists();
         let index = Index::open(dir, &cfg.container_id)?;
+        let index = Arc::new(Mutex::new(index));
+        spawn_snapshot_closer(Arc::downgrade(&index));
         let store = Store {
             root: dir.to_path_buf(),
             config: cfg,
-            index: Mutex::new(index),
+            index,
             pack_handles: Mutex::new(HashMap::new()),
             poisoned: Mutex::new(None),
         };
@@ -254,24 +268,47 @@ impl Store {
         }
     }
 
+    /// Finds an object's index row or learns that it is loose, following the one protocol that
+    /// is exact while a packer works in another process: look in the index (a recent snapshot is
+    /// enough), then in loose/, then in the index again with a fresh snapshot. A packer deletes a
+    /// loose copy only after committing its row, so an object missed by the first two looks is
+    /// seen by the third.
+    fn locate(&self, key: &Key, loose_probe: &mut dyn FnMut(&Path) -> Result<bool>) -> Result<Located> {
+        if let Some(row) = self.index().get_recent(key)? {
+            return Ok(Located::Packed(row));
+        }
+        let path = self.loose_path(key);
+        if loose_probe(&path)? {
+            return Ok(Located::Loose(path));
+        }
+        let mut index = self.index();
+        index.begin_snapshot()?;
+        Ok(match index.get_recent(key)? {
+            Some(row) => Located::Packed(row),
+            None => Located::Missing,
+        })
+    }
+
     /// The content of an object, verified (record checksums for packed objects, the hash for
     /// loose ones). Never returns wrong bytes.
     pub fn get(&self, key: &Key) -> Result<Vec<u8>> {
-        // Index, then loose, then index again: a packer may move the object between our looks,
-        // but it deletes the loose copy only after committing the index row.
-        for attempt in 0..3 {
-            if let Some(row) = self.index().get(key)? {
-                if let Some(v) = self.read_packed(key, &row)? {
-                    return Ok(v);
+        let mut loose_bytes = None;
+        let hash = self.config.hash;
+        for _ in 0..3 {
+            let located = self.locate(key, &mut |path| {
+                loose_bytes = loose::read_loose(path, key, hash)?;
+                Ok(loose_bytes.is_some())
+            })?;
+            match located {
+                Located::Loose(_) => return loose_bytes.take().ok_or(Error::NotFound { key: *key }),
+                Located::Missing => return Err(Error::NotFound { key: *key }),
+                Located::Packed(row) => {
+                    if let Some(v) = self.read_packed(key, &row)? {
+                        return Ok(v);
+                    }
+                    // The pack was repacked away since our snapshot: look again, afresh.
+                    self.index().end_snapshot()?;
                 }
-                continue;
-            }
-            if attempt == 0 {
-                if let Some(v) = loose::read_loose(&self.loose_path(key), key, self.config.hash)? {
-                    return Ok(v);
-                }
-            } else {
-                break;
             }
         }
         Err(Error::NotFound { key: *key })
@@ -279,20 +316,26 @@ impl Store {
 
     /// A `Read + Seek` stream over an object's content, without materialising it anywhere.
     pub fn open_object(&self, key: &Key) -> Result<ObjectReader> {
-        for attempt in 0..3 {
-            if let Some(row) = self.index().get(key)? {
-                let Some(file) = self.pack_handle(row.pack)? else { continue };
-                return ObjectReader::packed(file, *key, row);
-            }
-            if attempt == 0 {
-                let path = self.loose_path(key);
-                match File::open(&path) {
-                    Ok(f) => return ObjectReader::loose(f, path, *key, self.config.hash),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("open", path, e)),
+        for _ in 0..3 {
+            let mut opened = None;
+            let located = self.locate(key, &mut |path| match File::open(path) {
+                Ok(f) => {
+                    opened = Some(f);
+                    Ok(true)
                 }
-            } else {
-                break;
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(Error::io("open", path, e)),
+            })?;
+            match located {
+                Located::Loose(path) => {
+                    let f = opened.take().ok_or(Error::NotFound { key: *key })?;
+                    return ObjectReader::loose(f, path, *key, self.config.hash);
+                }
+                Located::Missing => return Err(Error::NotFound { key: *key }),
+                Located::Packed(row) => match self.pack_handle(row.pack)? {
+                    Some(file) => return ObjectReader::packed(file, *key, row),
+                    None => self.index().end_snapshot()?,
+                },
             }
         }
         Err(Error::NotFound { key: *key })
@@ -315,27 +358,22 @@ impl Store {
 
     /// What is known of an object, opening no pack file.
     pub fn meta(&self, key: &Key) -> Result<Option<ObjectMeta>> {
-        for attempt in 0..2 {
-            if let Some(row) = self.index().get(key)? {
-                return Ok(Some(meta_of(key, &row)));
+        let mut size = 0;
+        let located = self.locate(key, &mut |path| match fs::metadata(path) {
+            Ok(m) => {
+                size = m.len();
+                Ok(true)
             }
-            if attempt == 0 {
-                match fs::metadata(self.loose_path(key)) {
-                    Ok(m) => {
-                        return Ok(Some(ObjectMeta {
-                            key: *key,
-                            size: m.len(),
-                            stored_size: m.len(),
-                            location: Location::Loose,
-                            compressed: false,
-                        }))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("stat", self.loose_path(key), e)),
-                }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat", path, e)),
+        })?;
+        Ok(match located {
+            Located::Packed(row) => Some(meta_of(key, &row)),
+            Located::Loose(_) => {
+                Some(ObjectMeta { key: *key, size, stored_size: size, location: Location::Loose, compressed: false })
             }
-        }
-        Ok(None)
+            Located::Missing => None,
+        })
     }
 
     /// [`Store::meta`] for many keys, in input order.
@@ -344,10 +382,8 @@ impl Store {
     }
 
     pub fn has(&self, key: &Key) -> Result<bool> {
-        if self.index().get(key)?.is_some() || self.loose_path(key).exists() {
-            return Ok(true);
-        }
-        Ok(self.index().get(key)?.is_some())
+        let located = self.locate(key, &mut |path| Ok(path.exists()))?;
+        Ok(!matches!(located, Located::Missing))
     }
 
     /// Which of `keys` exist, in input order.
@@ -355,15 +391,17 @@ impl Store {
         if keys.len() < BULK_SCAN_KEYS_MIN {
             return keys.iter().map(|k| self.has(k)).collect();
         }
-        // Loose first, then the index: an object that leaves loose/ is in the index by then.
+        // The same protocol as `locate`, for all keys at once: list loose/ first, then read the
+        // index in one snapshot begun after the listing.
         let loose: std::collections::HashSet<Key> =
             loose::list_loose(&self.root, self.config.loose_prefix_len)?.into_iter().collect();
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_unstable_by_key(|&i| keys[i]);
         let mut out = vec![false; keys.len()];
-        let index = self.index();
+        let mut index = self.index();
+        index.begin_snapshot()?;
         for i in order {
-            out[i] = loose.contains(&keys[i]) || index.get(&keys[i])?.is_some();
+            out[i] = loose.contains(&keys[i]) || index.get_recent(&keys[i])?.is_some();
         }
         Ok(out)
     }
@@ -378,7 +416,7 @@ impl Store {
         let mut found: Vec<(Key, IndexRow)> = Vec::with_capacity(wanted.len());
         let mut rest: Vec<Key> = Vec::new();
         {
-            let index = self.index();
+            let mut index = self.index();
             if wanted.len() >= BULK_SCAN_KEYS_MIN {
                 let mut it = wanted.iter().peekable();
                 index.for_each(&mut |k, row| {
@@ -393,8 +431,9 @@ impl Store {
                 })?;
                 rest.extend(it.copied());
             } else {
+                index.begin_snapshot()?;
                 for k in &wanted {
-                    match index.get(k)? {
+                    match index.get_recent(k)? {
                         Some(row) => found.push((*k, row)),
                         None => rest.push(*k),
                     }
@@ -491,6 +530,13 @@ impl Store {
         s.index_bytes_per_object = if n > 0 { s.index_bytes as f64 / n as f64 } else { 0.0 };
         Ok(s)
     }
+}
+
+/// Where `locate` found an object.
+enum Located {
+    Packed(IndexRow),
+    Loose(PathBuf),
+    Missing,
 }
 
 fn record_len(row: &IndexRow) -> u64 {

@@ -148,8 +148,49 @@ impl ValidationReport {
     }
 }
 
-/// Records read per parallel hashing round.
-const HASH_ROUND_BYTES: usize = 64 << 20;
+/// Bytes of a pack read per round; the records in a round are checked in parallel.
+const SCAN_CHUNK_BYTES: u64 = 32 << 20;
+
+/// Checks the records of one chunk in parallel: record checksum, then the content's hash.
+fn process_spans(
+    chunk: &[u8],
+    spans: &[(u64, RecordHeader, std::ops::Range<usize>)],
+    pack: u64,
+    hash: crate::key::HashAlgorithm,
+    out: &mut PackOutcome,
+    records: &mut HashMap<u64, RecordHeader>,
+) {
+    let problems: Vec<Option<Problem>> = spans
+        .par_iter()
+        .map(|(offset, h, range)| {
+            let bytes = &chunk[range.clone()];
+            let payload = match crate::format::decode_record(bytes) {
+                Ok((_, p)) => p,
+                Err(reason) => return Some(Problem::RecordCorrupt { pack, offset: *offset, detail: reason.to_string() }),
+            };
+            if h.kind != RecordKind::Object {
+                return None;
+            }
+            let actual = if h.is_compressed() {
+                match crate::compress::decompress_all(payload, h.raw_len) {
+                    Ok(c) => hash.hash(&c),
+                    Err(detail) => return Some(Problem::RecordCorrupt { pack, offset: *offset, detail }),
+                }
+            } else {
+                hash.hash(payload)
+            };
+            (actual != h.key).then_some(Problem::RecordHashMismatch { key: h.key, pack, offset: *offset, actual })
+        })
+        .collect();
+    for (offset, h, _) in spans {
+        records.insert(*offset, *h);
+        if h.kind == RecordKind::Object {
+            out.objects += 1;
+            out.bytes += h.raw_len;
+        }
+    }
+    out.problems.extend(problems.into_iter().flatten());
+}
 
 impl Maintenance<'_> {
     /// Checks the whole store. Problems are reported, never repaired here.
@@ -160,7 +201,7 @@ impl Maintenance<'_> {
         let mut report = ValidationReport::default();
 
         // SQLite's own view first: a broken index makes the row checks meaningless.
-        let index = store.index();
+        let mut index = store.index();
         match index.quick_check() {
             Ok(v) => report.problems.extend(v.into_iter().map(|detail| Problem::IndexCheck { detail })),
             Err(e) => report.problems.push(Problem::IndexCheck { detail: e.to_string() }),
@@ -318,51 +359,73 @@ fn validate_pack(
         row.end_bytes.min(file_len)
     };
 
-    // Scan all records, hashing object contents in parallel rounds.
+    // Scan all records chunk by chunk; check checksums and content hashes in parallel, in place.
     let mut records: HashMap<u64, RecordHeader> = HashMap::new();
-    let mut round: Vec<(u64, RecordHeader, Vec<u8>)> = Vec::new();
-    let mut round_bytes = 0usize;
-    let hash_round = |round: &mut Vec<(u64, RecordHeader, Vec<u8>)>, out: &mut PackOutcome| {
-        let problems: Vec<Option<Problem>> = round
-            .par_iter()
-            .map(|(offset, h, payload)| {
-                let content = if h.is_compressed() {
-                    match crate::compress::decompress_all(payload, h.raw_len) {
-                        Ok(c) => c,
-                        Err(detail) => return Some(Problem::RecordCorrupt { pack: id, offset: *offset, detail }),
-                    }
-                } else {
-                    payload.clone()
-                };
-                let actual = hash.hash(&content);
-                (actual != h.key).then_some(Problem::RecordHashMismatch { key: h.key, pack: id, offset: *offset, actual })
-            })
-            .collect();
-        for (_, h, _) in round.iter() {
-            out.objects += 1;
-            out.bytes += h.raw_len;
+    let mut chunk = Vec::new();
+    let mut offset = PACK_HEADER_BYTES as u64;
+    'chunks: while offset < records_end {
+        let len = (records_end - offset).min(SCAN_CHUNK_BYTES);
+        chunk.resize(len as usize, 0);
+        if let Err(e) = pack::read_exact_at(&file, &mut chunk, offset, id) {
+            out.problems.push(Problem::RecordCorrupt { pack: id, offset, detail: e.to_string() });
+            break;
         }
-        out.problems.extend(problems.into_iter().flatten());
-        round.clear();
-    };
-    let scanned_end = pack::scan_records(&file, id, records_end, &mut |rec| {
-        records.insert(rec.offset, rec.header);
-        if rec.header.kind == RecordKind::Object {
-            round_bytes += rec.payload.len();
-            round.push((rec.offset, rec.header, rec.payload.to_vec()));
+        // Walk headers (each has its own checksum, so lengths are trusted once it passes).
+        let mut spans: Vec<(u64, RecordHeader, std::ops::Range<usize>)> = Vec::new();
+        let mut at = 0usize;
+        loop {
+            let here = offset + at as u64;
+            if here >= records_end {
+                break;
+            }
+            let Some(hb) = chunk.get(at..at + crate::format::RECORD_HEADER_BYTES) else { break };
+            let header = match RecordHeader::decode(hb) {
+                Ok(h) => h,
+                Err(reason) => {
+                    out.problems.push(Problem::RecordCorrupt {
+                        pack: id,
+                        offset: here,
+                        detail: format!("{reason}; {} bytes up to {records_end} unreadable", records_end - here),
+                    });
+                    process_spans(&chunk, &spans, id, hash, &mut out, &mut records);
+                    break 'chunks;
+                }
+            };
+            let rec_len = header.record_len() as usize;
+            if here + rec_len as u64 > records_end {
+                out.problems.push(Problem::RecordCorrupt {
+                    pack: id,
+                    offset: here,
+                    detail: format!("record of {rec_len} bytes runs past the end of the records at {records_end}"),
+                });
+                process_spans(&chunk, &spans, id, hash, &mut out, &mut records);
+                break 'chunks;
+            }
+            if at + rec_len > chunk.len() {
+                if at == 0 {
+                    // One record larger than a chunk: read it whole on its own.
+                    let mut big = vec![0u8; rec_len];
+                    pack::read_exact_at(&file, &mut big, here, id)?;
+                    process_spans(&big, &[(here, header, 0..rec_len)], id, hash, &mut out, &mut records);
+                    at = rec_len;
+                }
+                break;
+            }
+            spans.push((here, header, at..at + rec_len));
+            at += rec_len;
         }
-        if round_bytes >= HASH_ROUND_BYTES {
-            hash_round(&mut round, &mut out);
-            round_bytes = 0;
+        process_spans(&chunk, &spans, id, hash, &mut out, &mut records);
+        offset += at as u64;
+        if at == 0 {
+            break;
         }
-        Ok(())
-    })?;
-    hash_round(&mut round, &mut out);
-    if scanned_end < records_end {
+    }
+
+    if offset < records_end && !out.problems.iter().any(|p| matches!(p, Problem::RecordCorrupt { pack, .. } if *pack == id)) {
         out.problems.push(Problem::RecordCorrupt {
             pack: id,
-            offset: scanned_end,
-            detail: format!("no valid record here; {} bytes up to {records_end} unreadable", records_end - scanned_end),
+            offset,
+            detail: format!("{} trailing bytes hold no record", records_end - offset),
         });
     }
 
