@@ -32,6 +32,8 @@ const COMMIT_BYTES: u64 = 128 << 20;
 const COMMIT_RECORDS: usize = 100_000;
 /// Objects read and encoded in parallel per round.
 const PARALLEL_CHUNK_OBJECTS: usize = 512;
+/// Largest read repack makes to fetch a run of live records.
+const REPACK_SPAN_BYTES: u64 = 8 << 20;
 /// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
 const IN_MEMORY_OBJECT_BYTES_MAX: u64 = 16 << 20;
 
@@ -490,13 +492,11 @@ impl<'s> Maintenance<'s> {
                 let path = pack::pack_path(store.path(), row.id);
                 report.bytes_before += fsutil::file_len_or_zero(&path);
                 let file = File::open(&path).at("open pack", &path)?;
-                for (key, irow) in index.rows_in_pack(row.id)? {
-                    let len = crate::format::RECORD_OVERHEAD_BYTES + irow.stored_len;
-                    let mut buf = vec![0u8; len as usize];
-                    pack::read_exact_at(&file, &mut buf, irow.offset, irow.pack)?;
-                    let (header, payload) = crate::format::decode_record(&buf)
+                let rows = index.rows_in_pack(row.id)?;
+                pack::for_each_record(&file, row.id, &rows, REPACK_SPAN_BYTES, &mut |key, irow, rec| {
+                    let (header, payload) = crate::format::decode_record(rec)
                         .map_err(|reason| Error::CorruptRecord { pack: irow.pack, offset: irow.offset, reason })?;
-                    pack::check_header(&header, &key, &irow)?;
+                    pack::check_header(&header, key, irow)?;
                     match opts.compression {
                         None => {
                             app.append_raw_record(index, &header, payload)?;
@@ -504,7 +504,7 @@ impl<'s> Maintenance<'s> {
                         Some(policy) => {
                             let raw = if header.is_compressed() {
                                 compress::decompress_all(payload, header.raw_len).map_err(|detail| Error::CorruptObject {
-                                    key,
+                                    key: *key,
                                     location: format!("pack {} offset {}", irow.pack, irow.offset),
                                     detail,
                                 })?
@@ -514,12 +514,13 @@ impl<'s> Maintenance<'s> {
                             let enc = compress::encode(&raw, policy).map_err(|e| Error::io("compress", key.to_hex(), e))?;
                             app.append(
                                 index,
-                                &NewRecord { key, raw_len: header.raw_len, compressed: enc.compressed, payload: &enc.payload },
+                                &NewRecord { key: *key, raw_len: header.raw_len, compressed: enc.compressed, payload: &enc.payload },
                             )?;
                         }
                     }
                     report.objects_moved += 1;
-                }
+                    Ok(())
+                })?;
                 for t in tombstones.iter().filter(|t| t.at.pack == row.id) {
                     // Needed while some pack that stays could hold a record it kills.
                     if keep_min_pack.is_some_and(|m| m <= t.before.pack) {

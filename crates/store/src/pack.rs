@@ -323,6 +323,7 @@ impl<'a> Appender<'a> {
     fn flush_buf(open: &mut OpenPack) -> Result<()> {
         if !open.buf.is_empty() {
             open.file.write_all_at(&open.buf, open.buf_at).at("write pack", &open.path)?;
+            fsutil::start_writeback(&open.file, open.buf_at, open.buf.len() as u64);
             open.buf_at += open.buf.len() as u64;
             open.buf.clear();
         }
@@ -540,6 +541,41 @@ pub(crate) fn seal(index: &mut Index, file: File, id: u64, path: &Path, len: u64
     let tx = index.begin()?;
     tx.put_pack(&PackRow { id, sealed: true, end_bytes: end })?;
     tx.commit()
+}
+
+/// Reads the records at `rows` (all in `pack`, sorted by offset) with few large reads and hands
+/// each one's bytes (header, payload, trailer; not yet verified) to `visit`.
+pub(crate) fn for_each_record(
+    file: &File,
+    pack: u64,
+    rows: &[(Key, IndexRow)],
+    span_bytes_max: u64,
+    visit: &mut dyn FnMut(&Key, &IndexRow, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let len_of = |r: &IndexRow| format::RECORD_OVERHEAD_BYTES + r.stored_len;
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let start = rows[i].1.offset;
+        let mut end_i = i + 1;
+        let mut span_end = start + len_of(&rows[i].1);
+        while end_i < rows.len() {
+            let r = &rows[end_i].1;
+            if r.offset < span_end || r.offset + len_of(r) - start > span_end.max(start + span_bytes_max) - start {
+                break;
+            }
+            span_end = r.offset + len_of(r);
+            end_i += 1;
+        }
+        buf.resize((span_end - start) as usize, 0);
+        read_exact_at(file, &mut buf, start, pack)?;
+        for (key, row) in &rows[i..end_i] {
+            let at = (row.offset - start) as usize;
+            visit(key, row, &buf[at..at + len_of(row) as usize])?;
+        }
+        i = end_i;
+    }
+    Ok(())
 }
 
 /// Where valid records end in a sealed pack: the table offset.

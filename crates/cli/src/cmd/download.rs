@@ -208,7 +208,7 @@ const URL_LIST_BYTES_MAX: u64 = 64 << 20;
 
 fn read_url_list(path: &Path) -> anyhow::Result<Vec<String>> {
     let reader: Box<dyn BufRead> = if path == Path::new("-") {
-        Box::new(std::io::BufReader::new(std::io::stdin().take(URL_LIST_BYTES_MAX)))
+        Box::new(std::io::BufReader::new(std::io::Read::take(std::io::stdin(), URL_LIST_BYTES_MAX)))
     } else {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(std::io::BufReader::new(std::io::Read::take(file, URL_LIST_BYTES_MAX)))

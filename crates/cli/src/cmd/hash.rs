@@ -221,6 +221,14 @@ fn open_catalog(location: &Option<String>) -> anyhow::Result<Option<Box<dyn Cata
     location.as_deref().map(catalog::open).transpose().context("opening the catalog")
 }
 
+/// Borrows the catalog for one call (the trait object's lifetime shortened, which `Option` will not do by itself).
+fn borrow(catalog: &mut Option<Box<dyn CatalogStore>>) -> Option<&mut dyn CatalogStore> {
+    match catalog {
+        Some(c) => Some(c.as_mut()),
+        None => None,
+    }
+}
+
 fn rate(count: f64, elapsed: Duration) -> f64 {
     count / elapsed.as_secs_f64().max(1e-9)
 }
@@ -352,7 +360,7 @@ pub fn run_hash(a: HashArgs, g: &Global) -> anyhow::Result<ExitCode> {
         options.inside_archives = a.inside_archives;
         options.command = command_line.clone();
         if a.retry_failed {
-            let paths = match (&previous_failures, catalog.as_deref_mut()) {
+            let paths = match (&previous_failures, borrow(&mut catalog)) {
                 (Some(list), _) => list.iter().filter(|f| f.root == root.key()).map(|f| f.path.clone()).collect(),
                 (None, Some(c)) => {
                     let id = c.root_id(&root.key())?;
@@ -375,7 +383,7 @@ pub fn run_hash(a: HashArgs, g: &Global) -> anyhow::Result<ExitCode> {
             done_before,
             last_message: Instant::now() - Duration::from_secs(1),
         };
-        let summary = scan::scan(root, catalog.as_deref_mut(), &options, &mut printer)?;
+        let summary = scan::scan(root, borrow(&mut catalog), &options, &mut printer)?;
         totals.files_hashed += summary.counters.files_hashed;
         totals.files_skipped += summary.counters.files_skipped;
         totals.files_failed += summary.counters.files_failed + summary.walk_errors;
@@ -582,7 +590,7 @@ pub fn run_copy(a: CopyArgs, g: &Global) -> anyhow::Result<ExitCode> {
                 bar.suspend(|| eprintln!("basin: {}: {message}", root.display_path(&o.rel_path)));
             }
         };
-        let counters = basin_scan::copy::copy_tree(&root, &dest_dir, dest_name.as_deref(), catalog.as_deref_mut(), &options, &mut report)?;
+        let counters = basin_scan::copy::copy_tree(&root, &dest_dir, dest_name.as_deref(), borrow(&mut catalog), &options, &mut report)?;
         bar.finish_and_clear();
         totals.files_hashed += counters.files_hashed;
         totals.files_failed += counters.files_failed;
