@@ -198,10 +198,10 @@ pub struct RebuildReport {
     pub unreadable_packs: Vec<String>,
 }
 
-/// Encoded object ready to append.
-struct Prepared {
-    raw_len: u64,
-    enc: compress::Encoded,
+/// A loose object read for packing: small ones encoded in memory, large ones streamed later.
+enum Prepared {
+    InMemory { raw_len: u64, enc: compress::Encoded },
+    Large { path: PathBuf },
 }
 
 impl<'s> Maintenance<'s> {
@@ -275,24 +275,42 @@ impl<'s> Maintenance<'s> {
                         Ok(None) => {} // vanished: packed by someone else or deleted
                         Err(why) if why.starts_with("corrupt:") => report.corrupt.push(why[8..].to_string()),
                         Err(why) => report.skipped.push(why),
-                        Ok(Some(pr)) => {
-                            if index.get(&key)?.is_some() {
-                                report.already_packed += 1;
-                            } else {
-                                pending_bytes += pr.enc.payload.len() as u64;
-                                app.append(
-                                    index,
-                                    &NewRecord {
-                                        key,
-                                        raw_len: pr.raw_len,
-                                        compressed: pr.enc.compressed,
-                                        payload: &pr.enc.payload,
-                                    },
-                                )?;
-                                report.packed += 1;
-                                report.packed_bytes += pr.raw_len;
-                            }
+                        Ok(Some(_)) if index.get(&key)?.is_some() => {
+                            report.already_packed += 1;
                             to_remove.push(key);
+                        }
+                        Ok(Some(Prepared::InMemory { raw_len, enc })) => {
+                            pending_bytes += enc.payload.len() as u64;
+                            app.append(index, &NewRecord { key, raw_len, compressed: enc.compressed, payload: &enc.payload })?;
+                            report.packed += 1;
+                            report.packed_bytes += raw_len;
+                            to_remove.push(key);
+                        }
+                        Ok(Some(Prepared::Large { path })) => {
+                            let mut f = match File::open(&path) {
+                                Ok(f) => f,
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                                Err(e) => {
+                                    report.skipped.push(format!("{}: {e}", path.display()));
+                                    continue;
+                                }
+                            };
+                            let name = path.display().to_string();
+                            match append_stream(app, index, &mut f, &name, store.config().hash, policy, &HashSet::new(), Some(key))?.1 {
+                                Streamed::Written { raw_len, stored_len } => {
+                                    pending_bytes += stored_len;
+                                    report.packed += 1;
+                                    report.packed_bytes += raw_len;
+                                    to_remove.push(key);
+                                }
+                                Streamed::Duplicate => {
+                                    report.already_packed += 1;
+                                    to_remove.push(key);
+                                }
+                                Streamed::Mismatch { actual } => {
+                                    report.corrupt.push(format!("{name}: content hashes to {actual}"))
+                                }
+                            }
                         }
                     }
                     p.advance(1);
@@ -390,11 +408,11 @@ impl<'s> Maintenance<'s> {
                         Source::Reader { reader, .. } => (reader, "reader".to_string()),
                         Source::Bytes(_) => continue,
                     };
-                    let written = append_stream(app, index, &mut *reader, &name, hash, policy, &session)?;
-                    keys[i] = written.0;
-                    if written.1 {
-                        session.insert(written.0);
-                        pending_bytes += written.2;
+                    let (key, outcome) = append_stream(app, index, &mut *reader, &name, hash, policy, &session, None)?;
+                    keys[i] = key;
+                    if let Streamed::Written { stored_len, .. } = outcome {
+                        session.insert(key);
+                        pending_bytes += stored_len;
                     }
                 }
                 p.advance(n as u64);
@@ -492,7 +510,15 @@ impl<'s> Maintenance<'s> {
                 let path = pack::pack_path(store.path(), row.id);
                 report.bytes_before += fsutil::file_len_or_zero(&path);
                 let file = File::open(&path).at("open pack", &path)?;
-                let rows = index.rows_in_pack(row.id)?;
+                let (huge, rows): (Vec<_>, Vec<_>) = index
+                    .rows_in_pack(row.id)?
+                    .into_iter()
+                    .partition(|(_, r)| r.stored_len > IN_MEMORY_OBJECT_BYTES_MAX);
+                // Records too large to hold in memory are copied as they are, compression kept.
+                for (key, irow) in &huge {
+                    app.copy_record(index, &file, key, irow)?;
+                    report.objects_moved += 1;
+                }
                 pack::for_each_record(&file, row.id, &rows, REPACK_SPAN_BYTES, &mut |key, irow, rec| {
                     let (header, payload) = crate::format::decode_record(rec)
                         .map_err(|reason| Error::CorruptRecord { pack: irow.pack, offset: irow.offset, reason })?;
@@ -735,6 +761,12 @@ fn prepare_loose(
     policy: Compression,
 ) -> std::result::Result<Option<Prepared>, String> {
     let path = store.loose_path(key);
+    match fs::metadata(&path) {
+        Ok(m) if m.len() > IN_MEMORY_OBJECT_BYTES_MAX => return Ok(Some(Prepared::Large { path })),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -751,7 +783,7 @@ fn prepare_loose(
         Compression::None => compress::Encoded { payload: bytes, compressed: false },
         _ => compress::encode(&bytes, policy).map_err(|e| format!("{}: compress: {e}", path.display()))?,
     };
-    Ok(Some(Prepared { raw_len, enc }))
+    Ok(Some(Prepared::InMemory { raw_len, enc }))
 }
 
 /// Unlinks loose copies (best effort: one held open elsewhere stays until clean). Returns count.
@@ -764,8 +796,18 @@ fn index_bytes(root: &Path) -> u64 {
     fsutil::file_len_or_zero(&root.join(INDEX_FILE)) + fsutil::file_len_or_zero(&root.join(format!("{INDEX_FILE}-wal")))
 }
 
-/// Streams one large object into the open pack (compressing frame by frame when asked).
-/// Returns (key, written, stored bytes); `written` is false when the object already existed.
+/// What happened to a streamed object.
+enum Streamed {
+    Written { raw_len: u64, stored_len: u64 },
+    /// Already stored (or written earlier in this call): nothing kept.
+    Duplicate,
+    /// The content does not hash to the key it was expected to have: nothing kept.
+    Mismatch { actual: Key },
+}
+
+/// Streams one large object into the open pack (compressing frame by frame when asked), in
+/// constant memory. Returns the key and what happened.
+#[allow(clippy::too_many_arguments)]
 fn append_stream(
     app: &mut Appender<'_>,
     index: &mut Index,
@@ -774,15 +816,16 @@ fn append_stream(
     hash: crate::key::HashAlgorithm,
     policy: Compression,
     session: &HashSet<Key>,
-) -> Result<(Key, bool, u64)> {
+    expect: Option<Key>,
+) -> Result<(Key, Streamed)> {
     let level = match policy {
         Compression::None => None,
         Compression::Zstd { level } | Compression::Auto { level } => Some(level),
     };
     let mut stored = 0u64;
+    let mut raw_total = 0u64;
     let mut fill = |sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<(Key, u64, bool)> {
         let mut h = hash.hasher();
-        let mut raw_len = 0u64;
         let chunk_bytes = if level.is_some() { FRAME_RAW_BYTES as usize } else { STREAM_CHUNK_BYTES };
         let mut buf = vec![0u8; chunk_bytes];
         let mut sizes = Vec::new();
@@ -792,11 +835,11 @@ fn append_stream(
         };
         loop {
             let n = read_full(reader, &mut buf).at("read", name)?;
-            if n == 0 && raw_len > 0 {
+            if n == 0 && raw_total > 0 {
                 break;
             }
             h.update(&buf[..n]);
-            raw_len += n as u64;
+            raw_total += n as u64;
             match comp.as_mut() {
                 Some(c) => {
                     let frame = c.compress(&buf[..n]).map_err(|e| Error::io("compress", name, e))?;
@@ -819,11 +862,25 @@ fn append_stream(
             sink(&table)?;
             stored += table.len() as u64;
         }
-        Ok((h.finish(), raw_len, comp.is_some()))
+        Ok((h.finish(), raw_total, comp.is_some()))
     };
-    let mut keep = |key: &Key, index: &mut Index| -> Result<bool> { Ok(!session.contains(key) && index.get(key)?.is_none()) };
+    let mut mismatch = None;
+    let mut keep = |key: &Key, index: &mut Index| -> Result<bool> {
+        if let Some(want) = expect {
+            if want != *key {
+                mismatch = Some(*key);
+                return Ok(false);
+            }
+        }
+        Ok(!session.contains(key) && index.get(key)?.is_none())
+    };
     let (key, at) = app.append_streamed(index, &mut fill, &mut keep)?;
-    Ok((key, at.is_some(), if at.is_some() { stored } else { 0 }))
+    let outcome = match (at, mismatch) {
+        (_, Some(actual)) => Streamed::Mismatch { actual },
+        (Some(_), None) => Streamed::Written { raw_len: raw_total, stored_len: stored },
+        (None, None) => Streamed::Duplicate,
+    };
+    Ok((key, outcome))
 }
 
 /// Fills `buf` as far as the reader allows; returns bytes read (short only at end of stream).

@@ -149,11 +149,14 @@ pub(crate) fn read_sealed_table(file: &File, pack: u64, file_len: u64) -> Result
     Ok(Some((footer, table)))
 }
 
+/// Payloads up to this size are handed to scan visitors; larger ones are checked and skipped.
+const SCAN_PAYLOAD_IN_MEMORY_BYTES_MAX: u64 = 16 << 20;
+
 /// One record met while scanning a pack sequentially.
 pub(crate) struct ScannedRecord<'a> {
     pub offset: u64,
     pub header: RecordHeader,
-    /// The stored payload (possibly compressed); only when the scan asked for payloads.
+    /// The stored payload (possibly compressed); empty for payloads over 16 MiB.
     pub payload: &'a [u8],
 }
 
@@ -181,18 +184,37 @@ pub(crate) fn scan_records(
         if offset + len > end {
             break;
         }
-        buf.clear();
-        buf.resize((header.stored_len + RECORD_TRAILER_BYTES as u64) as usize, 0);
-        if reader.read_exact(&mut buf).is_err() {
-            break;
-        }
         let mut sum = RecordChecksum::new(&hb);
-        let (payload, trailer) = buf.split_at(header.stored_len as usize);
-        sum.update(payload);
-        if sum.finish() != trailer {
-            break;
+        let mut trailer = [0u8; RECORD_TRAILER_BYTES];
+        if header.stored_len > SCAN_PAYLOAD_IN_MEMORY_BYTES_MAX {
+            // Checked in passing, never held whole; such payloads are handed over empty.
+            let mut left = header.stored_len;
+            buf.resize(crate::loose::STREAM_CHUNK_BYTES, 0);
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                if reader.read_exact(&mut buf[..n]).is_err() {
+                    return Ok(offset);
+                }
+                sum.update(&buf[..n]);
+                left -= n as u64;
+            }
+            if reader.read_exact(&mut trailer).is_err() || sum.finish() != trailer {
+                break;
+            }
+            visit(ScannedRecord { offset, header, payload: &[] })?;
+        } else {
+            buf.clear();
+            buf.resize((header.stored_len + RECORD_TRAILER_BYTES as u64) as usize, 0);
+            if reader.read_exact(&mut buf).is_err() {
+                break;
+            }
+            let (payload, trailer) = buf.split_at(header.stored_len as usize);
+            sum.update(payload);
+            if sum.finish() != trailer {
+                break;
+            }
+            visit(ScannedRecord { offset, header, payload })?;
         }
-        visit(ScannedRecord { offset, header, payload })?;
         offset += len;
     }
     Ok(offset)
@@ -434,6 +456,39 @@ impl<'a> Appender<'a> {
                 self.append_tombstone(index, header.key, Some(before))
             }
         }
+    }
+
+    /// Copies the record at `row` of `src` verbatim in constant memory, checking its header
+    /// and checksum on the way (for records too large to hold in memory).
+    pub(crate) fn copy_record(&mut self, index: &mut Index, src: &File, key: &Key, row: &IndexRow) -> Result<Position> {
+        let header = read_header(src, key, row)?;
+        self.ensure_open(index)?;
+        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        Self::flush_buf(open)?;
+        let offset = open.len;
+        let body = RECORD_HEADER_BYTES as u64 + row.stored_len;
+        let mut crc = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; crate::loose::STREAM_CHUNK_BYTES];
+        let mut done = 0u64;
+        while done < body {
+            let n = (body - done).min(buf.len() as u64) as usize;
+            read_exact_at(src, &mut buf[..n], row.offset + done, row.pack)?;
+            crc.update(&buf[..n]);
+            open.file.write_all_at(&buf[..n], offset + done).at("write pack", &open.path)?;
+            done += n as u64;
+        }
+        let mut trailer = [0u8; RECORD_TRAILER_BYTES];
+        read_exact_at(src, &mut trailer, row.offset + body, row.pack)?;
+        if crc.finalize().to_le_bytes() != trailer {
+            open.file.set_len(offset).at("truncate pack", &open.path)?;
+            return Err(Error::CorruptRecord { pack: row.pack, offset: row.offset, reason: format::FormatError::RecordChecksum });
+        }
+        open.file.write_all_at(&trailer, offset + body).at("write pack", &open.path)?;
+        open.len = offset + body + RECORD_TRAILER_BYTES as u64;
+        open.buf_at = open.len;
+        let new_row = IndexRow { pack: open.id, offset, raw_len: header.raw_len, stored_len: header.stored_len, flags: header.flags };
+        self.pending_rows.push((*key, new_row));
+        Ok(new_row.position())
     }
 
     /// Appends a tombstone for `key`. `before` defaults to the tombstone's own position.

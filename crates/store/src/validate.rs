@@ -403,10 +403,13 @@ fn validate_pack(
             }
             if at + rec_len > chunk.len() {
                 if at == 0 {
-                    // One record larger than a chunk: read it whole on its own.
-                    let mut big = vec![0u8; rec_len];
-                    pack::read_exact_at(&file, &mut big, here, id)?;
-                    process_spans(&big, &[(here, header, 0..rec_len)], id, hash, &mut out, &mut records);
+                    // One record larger than a chunk: check it streaming, in constant memory.
+                    out.problems.extend(verify_large_record(&file, id, here, &header, hash)?);
+                    records.insert(here, header);
+                    if header.kind == RecordKind::Object {
+                        out.objects += 1;
+                        out.bytes += header.raw_len;
+                    }
                     at = rec_len;
                 }
                 break;
@@ -496,6 +499,60 @@ fn validate_pack(
         }
     }
     Ok(out)
+}
+
+/// Checks one record too large for memory: its checksum and its content hash, streaming (and
+/// decompressing frame by frame when compressed).
+fn verify_large_record(
+    file: &File,
+    pack: u64,
+    offset: u64,
+    h: &RecordHeader,
+    hash: crate::key::HashAlgorithm,
+) -> Result<Option<Problem>> {
+    let corrupt = |detail: String| Ok(Some(Problem::RecordCorrupt { pack, offset, detail }));
+    let payload_at = offset + crate::format::RECORD_HEADER_BYTES as u64;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h.encode());
+    let mut hasher = hash.hasher();
+    let mut buf = vec![0u8; crate::loose::STREAM_CHUNK_BYTES];
+    let mut done = 0u64;
+    while done < h.stored_len {
+        let n = (h.stored_len - done).min(buf.len() as u64) as usize;
+        pack::read_exact_at(file, &mut buf[..n], payload_at + done, pack)?;
+        crc.update(&buf[..n]);
+        if !h.is_compressed() {
+            hasher.update(&buf[..n]);
+        }
+        done += n as u64;
+    }
+    let mut trailer = [0u8; 4];
+    pack::read_exact_at(file, &mut trailer, payload_at + h.stored_len, pack)?;
+    if crc.finalize().to_le_bytes() != trailer {
+        return corrupt("record checksum mismatch".into());
+    }
+    if h.kind != RecordKind::Object {
+        return Ok(None);
+    }
+    if h.is_compressed() {
+        let table_len = crate::format::frame_table_bytes(h.raw_len).min(h.stored_len);
+        let mut tail = vec![0u8; table_len as usize];
+        pack::read_exact_at(file, &mut tail, payload_at + h.stored_len - table_len, pack)?;
+        let frames = match crate::compress::frame_layout(&tail, h.stored_len, h.raw_len) {
+            Ok(f) => f,
+            Err(e) => return corrupt(e.to_string()),
+        };
+        for (i, (at, size)) in frames.iter().enumerate() {
+            let mut frame = vec![0u8; *size as usize];
+            pack::read_exact_at(file, &mut frame, payload_at + at, pack)?;
+            match crate::compress::decompress_frame(&frame, h.raw_len, i as u64) {
+                Ok(raw) => hasher.update(&raw),
+                Err(detail) => return corrupt(detail),
+            }
+        }
+    }
+    let actual = hasher.finish();
+    Ok((actual != h.key).then_some(Problem::RecordHashMismatch { key: h.key, pack, offset, actual }))
 }
 
 /// Files under loose/ that are not objects of this store's layout.

@@ -177,3 +177,30 @@ fn backup_is_a_consistent_store_and_incremental() {
     let cr = m.clean(&CleanOptions { sandbox_grace: std::time::Duration::ZERO, ..CleanOptions::default() }, &NoProgress).expect("clean");
     assert_eq!(cr.sandbox_removed, 0, "{cr:?}");
 }
+
+#[test]
+fn objects_larger_than_memory_paths_go_through_pack_repack_validate_and_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for compression in [Compression::None, Compression::Zstd { level: 1 }] {
+        let root = dir.path().join(format!("{compression}").replace(':', "-"));
+        let store = Store::init(&root, &InitOptions { compression, ..InitOptions::default() }).expect("init");
+        // 20 MiB: above the 16 MiB in-memory limit of packing, repack and validate.
+        let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let key = store.put_reader(&mut &big[..]).expect("put");
+        let corrupt_victim = store.put(b"small neighbour").expect("put small");
+        let m = store.maintenance(LockWait::Fail).expect("lock");
+        let r = m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+        assert_eq!((r.packed, r.corrupt.len()), (2, 0), "{r:?}");
+        assert_eq!(store.get(&key).expect("get"), big);
+        m.delete(&[corrupt_victim]).expect("delete");
+        let rp = m.repack(&RepackOptions { all: true, ..RepackOptions::default() }, &NoProgress).expect("repack");
+        assert_eq!(rp.objects_moved, 1, "{rp:?}");
+        let v = m.validate(&NoProgress).expect("validate");
+        assert!(v.is_ok(), "{compression}: {:?}", v.problems);
+        m.rebuild_index(&NoProgress).expect("rebuild");
+        let mut back = Vec::new();
+        store.open_object(&key).expect("open").read_to_end(&mut back).expect("read");
+        assert!(back == big, "{compression}: streamed read differs");
+        assert!(store.get(&corrupt_victim).expect_err("deleted").is_not_found());
+    }
+}
