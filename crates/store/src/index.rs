@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS tombstones (
 ) WITHOUT ROWID;
 ";
 
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+}
+
 fn key_of(b: Vec<u8>, path: &Path) -> Result<Key> {
     Key::from_slice(&b).ok_or_else(|| Error::IndexCorrupt {
         path: path.to_path_buf(),
@@ -114,15 +119,16 @@ impl Index {
         )
         .map_err(|e| Error::Index { path: path.clone(), source: e })?;
         let idx = Index { conn, path, snapshot_since: None };
-        idx.setup(container_id)?;
+        idx.setup(container_id).map_err(|e| match e {
+            Error::Index { path, source } if is_corruption(&source) => Error::IndexCorrupt { path, detail: source.to_string() },
+            other => other,
+        })?;
         Ok(idx)
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
-        if let rusqlite::Error::SqliteFailure(f, _) = &e {
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) {
-                return Error::IndexCorrupt { path: self.path.clone(), detail: e.to_string() };
-            }
+        if is_corruption(&e) {
+            return Error::IndexCorrupt { path: self.path.clone(), detail: e.to_string() };
         }
         Error::Index { path: self.path.clone(), source: e }
     }

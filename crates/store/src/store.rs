@@ -129,8 +129,24 @@ impl Store {
                 return Err(Error::NotAStore { path: dir.to_path_buf(), reason: format!("missing folder {sub}/") });
             }
         }
-        let index_missing = !dir.join(INDEX_FILE).exists();
-        let index = Index::open(dir, &cfg.container_id)?;
+        let mut index_missing = !dir.join(INDEX_FILE).exists();
+        let index = match Index::open(dir, &cfg.container_id) {
+            Ok(index) => index,
+            // The index is a cache of the packs: set a broken one aside and rebuild it.
+            Err(Error::IndexCorrupt { .. }) => {
+                let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = dir.join(format!("{INDEX_FILE}{suffix}"));
+                    if from.exists() {
+                        let to = dir.join(format!("{INDEX_FILE}{suffix}.broken-{stamp}"));
+                        fs::rename(&from, &to).at("set aside broken index", &from)?;
+                    }
+                }
+                index_missing = true;
+                Index::open(dir, &cfg.container_id)?
+            }
+            Err(e) => return Err(e),
+        };
         let index = Arc::new(Mutex::new(index));
         spawn_snapshot_closer(Arc::downgrade(&index));
         let store = Store {

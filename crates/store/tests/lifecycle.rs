@@ -204,3 +204,28 @@ fn objects_larger_than_memory_paths_go_through_pack_repack_validate_and_rebuild(
         assert!(store.get(&corrupt_victim).expect_err("deleted").is_not_found());
     }
 }
+
+#[test]
+fn an_index_file_of_garbage_is_set_aside_and_rebuilt_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s");
+    let store = Store::init(&root, &InitOptions::default()).expect("init");
+    let keys: Vec<Key> = (0..20).map(|i| store.put(&content(i, 300)).expect("put")).collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+    drop(m);
+    drop(store);
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(root.join(format!("index.sqlite{suffix}")));
+    }
+    std::fs::write(root.join("index.sqlite"), vec![0x5au8; 8192]).expect("overwrite index");
+    let store = Store::open(&root).expect("open must recover from a garbage index");
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(store.get(k).expect("get"), content(i as u64, 300));
+    }
+    let broken = std::fs::read_dir(&root)
+        .expect("list")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().contains(".broken-")))
+        .count();
+    assert_eq!(broken, 1, "the broken index is kept aside for inspection");
+}

@@ -172,6 +172,18 @@ fn fresh_spec(rng: &mut StdRng, len: u64) -> ObjectSpec {
     }
 }
 
+/// A fresh object of a random size.
+fn random_spec(rng: &mut StdRng) -> ObjectSpec {
+    let len = random_len(rng);
+    fresh_spec(rng, len)
+}
+
+/// A fresh object for a streamed put.
+fn streamed_spec(rng: &mut StdRng) -> ObjectSpec {
+    let len = streamed_len(rng);
+    fresh_spec(rng, len)
+}
+
 /// Object sizes: mostly small, some medium, a few of a quarter megabyte.
 fn random_len(rng: &mut StdRng) -> u64 {
     match rng.random_range(0..100) {
@@ -263,13 +275,13 @@ fn writer(store_path: &Path, seed: u64, count: u64, log_path: &Path) -> Result<(
     while written < count {
         let acked: Vec<(Key, ObjectSpec)> = match rng.random_range(0..100) {
             0..45 => {
-                let spec = fresh_spec(&mut rng, random_len(&mut rng));
+                let spec = random_spec(&mut rng);
                 let key = put_one(&store, &spec)?;
                 vec![(key, spec)]
             }
             45..70 => {
                 let n = rng.random_range(2..=24).min(count - written).max(1);
-                let specs: Vec<ObjectSpec> = (0..n).map(|_| fresh_spec(&mut rng, random_len(&mut rng))).collect();
+                let specs: Vec<ObjectSpec> = (0..n).map(|_| random_spec(&mut rng)).collect();
                 let abort = rng.random_bool(0.1);
                 let keys = put_batch(&store, &specs, abort)?;
                 if abort {
@@ -283,7 +295,7 @@ fn writer(store_path: &Path, seed: u64, count: u64, log_path: &Path) -> Result<(
                 keys.into_iter().zip(specs).collect()
             }
             70..85 => {
-                let spec = fresh_spec(&mut rng, streamed_len(&mut rng));
+                let spec = streamed_spec(&mut rng);
                 let key = put_streamed(&store, &spec)?;
                 vec![(key, spec)]
             }
@@ -569,7 +581,7 @@ fn maintainer(
         if ops.contains(&MaintenanceOp::Delete) {
             // Objects of our own, so that deleting them cannot take anyone's acknowledged data.
             let specs: Vec<ObjectSpec> =
-                (0..rng.random_range(4..24)).map(|_| fresh_spec(&mut rng, random_len(&mut rng))).collect();
+                (0..rng.random_range(4..24)).map(|_| random_spec(&mut rng)).collect();
             let keys = put_batch(&store, &specs, false)?;
             let acked: Vec<(Key, ObjectSpec)> = keys.iter().copied().zip(specs).collect();
             log.ack(&acked)?;
@@ -634,10 +646,10 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                 let started = Instant::now();
                 for _ in 0..8 {
                     let (key, spec) = if rng.random_bool(0.25) {
-                        let spec = fresh_spec(&mut rng, streamed_len(&mut rng));
+                        let spec = streamed_spec(&mut rng);
                         (put_streamed(&store, &spec)?, spec)
                     } else {
-                        let spec = fresh_spec(&mut rng, random_len(&mut rng));
+                        let spec = random_spec(&mut rng);
                         (put_one(&store, &spec)?, spec)
                     };
                     log.ack(&[(key, spec)])?;
@@ -646,7 +658,7 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
             }
             OpKind::Batch => {
                 let specs: Vec<ObjectSpec> =
-                    (0..rng.random_range(20..150)).map(|_| fresh_spec(&mut rng, random_len(&mut rng))).collect();
+                    (0..rng.random_range(20..150)).map(|_| random_spec(&mut rng)).collect();
                 let abort = rng.random_bool(0.1);
                 announce(&format!("begin {name}"));
                 let started = Instant::now();
@@ -661,7 +673,7 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
             }
             OpKind::Pack => {
                 let specs: Vec<ObjectSpec> =
-                    (0..rng.random_range(50..200)).map(|_| fresh_spec(&mut rng, random_len(&mut rng))).collect();
+                    (0..rng.random_range(50..200)).map(|_| random_spec(&mut rng)).collect();
                 let keys = put_batch(&store, &specs, false)?;
                 log.ack(&keys.iter().copied().zip(specs.iter().copied()).collect::<Vec<_>>())?;
                 let m = lock(&store)?;
@@ -674,7 +686,7 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
             }
             OpKind::Import => {
                 let n = rng.random_range(30..200);
-                let mut specs: Vec<ObjectSpec> = (0..n).map(|_| fresh_spec(&mut rng, random_len(&mut rng))).collect();
+                let mut specs: Vec<ObjectSpec> = (0..n).map(|_| random_spec(&mut rng)).collect();
                 // Some content twice, some already in the store: exercises dedup.
                 for _ in 0..n / 10 {
                     if let Some(spec) = specs.choose(&mut rng).copied() {
@@ -722,7 +734,7 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
             }
             OpKind::Repack | OpKind::Delete => {
                 let specs: Vec<ObjectSpec> =
-                    (0..rng.random_range(50..150)).map(|_| fresh_spec(&mut rng, random_len(&mut rng))).collect();
+                    (0..rng.random_range(50..150)).map(|_| random_spec(&mut rng)).collect();
                 let keys = put_batch(&store, &specs, false)?;
                 let acked: Vec<(Key, ObjectSpec)> = keys.iter().copied().zip(specs).collect();
                 log.ack(&acked)?;

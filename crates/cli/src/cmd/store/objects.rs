@@ -91,7 +91,7 @@ pub fn put(args: PutArgs, global: &Global) -> anyhow::Result<ExitCode> {
     }
     let store = open_store(global)?;
     let mut out = output::stdout();
-    let mut print = |out: &mut io::BufWriter<_>, key: Key, source: &PutSource| -> anyhow::Result<()> {
+    let print = |out: &mut io::BufWriter<_>, key: Key, source: &PutSource| -> anyhow::Result<()> {
         if global.json {
             json_line(out, &json!({ "key": key.to_hex(), "source": source.label() }))
         } else {
