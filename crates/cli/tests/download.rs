@@ -38,11 +38,21 @@ impl Server {
     }
 
     fn hits(&self, path: &str) -> Vec<HashMap<String, String>> {
-        self.seen.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, h)| h.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 }
 
-fn serve(mut stream: TcpStream, seen: &Mutex<Vec<(String, HashMap<String, String>)>>, route: &Route) {
+fn serve(
+    mut stream: TcpStream,
+    seen: &Mutex<Vec<(String, HashMap<String, String>)>>,
+    route: &Route,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -61,7 +71,10 @@ fn serve(mut stream: TcpStream, seen: &Mutex<Vec<(String, HashMap<String, String
     }
     seen.lock().unwrap().push((path.clone(), headers));
     let (status, body) = route(&path);
-    let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(&body);
 }
@@ -75,8 +88,10 @@ fn basin(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(name);
         }
     }
-    cmd.env("XDG_CONFIG_HOME", dir.join("no-xdg")).env("HOME", dir.join("no-home"));
-    cmd.env("BASIN_DOWNLOAD_BACKOFF_INITIAL_MS", "1").env("BASIN_DOWNLOAD_BACKOFF_MAX_MS", "5");
+    cmd.env("XDG_CONFIG_HOME", dir.join("no-xdg"))
+        .env("HOME", dir.join("no-home"));
+    cmd.env("BASIN_DOWNLOAD_BACKOFF_INITIAL_MS", "1")
+        .env("BASIN_DOWNLOAD_BACKOFF_MAX_MS", "5");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -108,21 +123,47 @@ fn downloads_print_sums_that_sha256sum_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let out = basin(
         dir.path(),
-        &["download", "--dest", "got", &server.url("/one.txt"), &server.url("/dir/two.bin")],
+        &[
+            "download",
+            "--dest",
+            "got",
+            &server.url("/one.txt"),
+            &server.url("/dir/two.bin"),
+        ],
         &[("BASIN_USER_AGENT", "archivist/2.0 (+mailto:me@example.org)")],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(std::fs::read(dir.path().join("got/one.txt")).unwrap(), b"first file\n");
-    assert_eq!(std::fs::read(dir.path().join("got/two.bin")).unwrap(), vec![42u8; 100_000]);
+    assert_eq!(
+        std::fs::read(dir.path().join("got/one.txt")).unwrap(),
+        b"first file\n"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("got/two.bin")).unwrap(),
+        vec![42u8; 100_000]
+    );
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(&format!("{}  got/one.txt", sha256_hex(b"first file\n"))), "{stdout}");
-    assert_eq!(server.hits("/one.txt")[0]["user-agent"], "archivist/2.0 (+mailto:me@example.org)");
-    assert!(text(&out.stderr).contains("2 downloaded, 0 skipped, 0 failed"), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!("{}  got/one.txt", sha256_hex(b"first file\n"))),
+        "{stdout}"
+    );
+    assert_eq!(
+        server.hits("/one.txt")[0]["user-agent"],
+        "archivist/2.0 (+mailto:me@example.org)"
+    );
+    assert!(
+        text(&out.stderr).contains("2 downloaded, 0 skipped, 0 failed"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // The printed lines are a valid sums file.
     if Command::new("sha256sum").arg("--version").output().is_ok() {
         std::fs::write(dir.path().join("SUMS"), &out.stdout).unwrap();
-        let check = Command::new("sha256sum").args(["-c", "SUMS"]).current_dir(dir.path()).output().unwrap();
+        let check = Command::new("sha256sum")
+            .args(["-c", "SUMS"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         assert!(check.status.success(), "{}", text(&check.stdout));
     }
 }
@@ -131,7 +172,11 @@ fn downloads_print_sums_that_sha256sum_accepts() {
 fn default_user_agent_names_basin() {
     let server = files_server();
     let dir = tempfile::tempdir().unwrap();
-    let out = basin(dir.path(), &["download", "-q", &server.url("/one.txt")], &[]);
+    let out = basin(
+        dir.path(),
+        &["download", "-q", &server.url("/one.txt")],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let agent = &server.hits("/one.txt")[0]["user-agent"];
     assert!(agent.starts_with("basin/"), "{agent}");
@@ -144,7 +189,15 @@ fn json_lines_carry_every_digest() {
     let dir = tempfile::tempdir().unwrap();
     let out = basin(
         dir.path(),
-        &["--json", "download", "--algo", "md5,sha256", "--output", "renamed.txt", &server.url("/one.txt")],
+        &[
+            "--json",
+            "download",
+            "--algo",
+            "md5,sha256",
+            "--output",
+            "renamed.txt",
+            &server.url("/one.txt"),
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -161,30 +214,65 @@ fn json_lines_carry_every_digest() {
 fn skip_failures_goes_on_and_writes_the_report() {
     let server = files_server();
     let dir = tempfile::tempdir().unwrap();
-    let list = "# my list\n\n".to_string() + &server.url("/missing") + "\n" + &server.url("/one.txt") + "\n";
+    let list = "# my list\n\n".to_string()
+        + &server.url("/missing")
+        + "\n"
+        + &server.url("/one.txt")
+        + "\n";
     std::fs::write(dir.path().join("urls.txt"), list).unwrap();
-    let out = basin(dir.path(), &["download", "--from", "urls.txt", "--dest", "d", "--skip-failures"], &[]);
-    assert_eq!(out.status.code(), Some(1), "a failure still shows in the exit status");
+    let out = basin(
+        dir.path(),
+        &[
+            "download",
+            "--from",
+            "urls.txt",
+            "--dest",
+            "d",
+            "--skip-failures",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failure still shows in the exit status"
+    );
     assert!(dir.path().join("d/one.txt").is_file());
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("d/download-failures.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("d/download-failures.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(report["attempted"], 2);
     assert_eq!(report["failures"][0]["url"], server.url("/missing"));
     assert_eq!(report["failures"][0]["status"], 404);
     assert_eq!(report["failures"][0]["attempts"], 1);
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("HTTP 404") && stderr.contains("download-failures.json"), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 404") && stderr.contains("download-failures.json"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn without_skip_failures_the_first_failure_stops() {
     let server = files_server();
     let dir = tempfile::tempdir().unwrap();
-    let out = basin(dir.path(), &["download", &server.url("/missing"), &server.url("/one.txt")], &[]);
+    let out = basin(
+        dir.path(),
+        &["download", &server.url("/missing"), &server.url("/one.txt")],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(server.hits("/one.txt").is_empty(), "nothing after the failure is fetched");
+    assert!(
+        server.hits("/one.txt").is_empty(),
+        "nothing after the failure is fetched"
+    );
     assert!(!dir.path().join("download-failures.json").exists());
-    assert!(text(&out.stderr).contains("1 not tried"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 not tried"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -192,24 +280,54 @@ fn no_clobber_keeps_existing_files() {
     let server = files_server();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("one.txt"), b"mine").unwrap();
-    let out = basin(dir.path(), &["download", "--no-clobber", &server.url("/one.txt")], &[]);
+    let out = basin(
+        dir.path(),
+        &["download", "--no-clobber", &server.url("/one.txt")],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(dir.path().join("one.txt")).unwrap(), b"mine");
-    assert!(text(&out.stderr).contains("skipped"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("skipped"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(server.hits("/one.txt").is_empty());
 }
 
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let out = basin(dir.path(), &["download", "--output", "x", "http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], &[]);
+    let out = basin(
+        dir.path(),
+        &[
+            "download",
+            "--output",
+            "x",
+            "http://127.0.0.1:9/a",
+            "http://127.0.0.1:9/b",
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = basin(dir.path(), &["download"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let out = basin(dir.path(), &["download", "--algo", "nosuch", "http://127.0.0.1:9/a"], &[]);
+    let out = basin(
+        dir.path(),
+        &["download", "--algo", "nosuch", "http://127.0.0.1:9/a"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let out = basin(dir.path(), &["download", "--output", "../escape", "http://127.0.0.1:9/a"], &[]);
+    let out = basin(
+        dir.path(),
+        &["download", "--output", "../escape", "http://127.0.0.1:9/a"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("must not contain `..`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("must not contain `..`"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!dir.path().parent().unwrap().join("escape").exists());
 }

@@ -81,7 +81,11 @@ impl Default for ArchiveLimits {
     /// Generous for real data (64 GiB a member, 1 TiB an archive, ten million entries) yet finite,
     /// so a bomb ends with an error.
     fn default() -> Self {
-        ArchiveLimits { member_bytes_max: 64 << 30, total_bytes_max: 1 << 40, members_max: 10_000_000 }
+        ArchiveLimits {
+            member_bytes_max: 64 << 30,
+            total_bytes_max: 1 << 40,
+            members_max: 10_000_000,
+        }
     }
 }
 
@@ -106,13 +110,25 @@ pub enum ArchiveError {
     #[error("cannot open {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
     #[error("cannot read {archive}{}: {source}", member_suffix(member))]
-    Read { archive: PathBuf, member: Option<String>, source: io::Error },
+    Read {
+        archive: PathBuf,
+        member: Option<String>,
+        source: io::Error,
+    },
     #[error("{archive} is not a valid zip archive: {message}")]
-    Zip { archive: PathBuf, member: Option<String>, message: String },
+    Zip {
+        archive: PathBuf,
+        member: Option<String>,
+        message: String,
+    },
     #[error("{archive}!{member} is encrypted; encrypted members are not hashed")]
     Encrypted { archive: PathBuf, member: String },
     #[error("{archive}!{member} expands to more than {limit_bytes} bytes")]
-    MemberTooLarge { archive: PathBuf, member: String, limit_bytes: u64 },
+    MemberTooLarge {
+        archive: PathBuf,
+        member: String,
+        limit_bytes: u64,
+    },
     #[error("{archive} expands to more than {limit_bytes} bytes in total")]
     TotalTooLarge { archive: PathBuf, limit_bytes: u64 },
     #[error("{archive} has more than {limit} entries")]
@@ -143,26 +159,45 @@ pub fn hash_members_with(
     limits: &ArchiveLimits,
     visit: &mut dyn FnMut(ArchiveMember) -> Result<(), ArchiveError>,
 ) -> Result<(), ArchiveError> {
-    let kind = archive_kind(path).ok_or_else(|| ArchiveError::NotAnArchive { path: path.to_path_buf() })?;
-    let file = File::open(path).map_err(|source| ArchiveError::Open { path: path.to_path_buf(), source })?;
-    let mut walk = Walk { archive: path, specs, limits, visit, total_bytes: 0, entries: 0 };
+    let kind = archive_kind(path).ok_or_else(|| ArchiveError::NotAnArchive {
+        path: path.to_path_buf(),
+    })?;
+    let file = File::open(path).map_err(|source| ArchiveError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut walk = Walk {
+        archive: path,
+        specs,
+        limits,
+        visit,
+        total_bytes: 0,
+        entries: 0,
+    };
     match kind {
         ArchiveKind::Zip => walk.zip(file),
         ArchiveKind::Tar => walk.tar(BufReader::new(file)),
         ArchiveKind::TarGz => walk.tar(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
         ArchiveKind::TarBz2 => walk.tar(bzip2::read::MultiBzDecoder::new(BufReader::new(file))),
-        ArchiveKind::TarXz => walk.tar(liblzma::read::XzDecoder::new_multi_decoder(BufReader::new(file))),
+        ArchiveKind::TarXz => walk.tar(liblzma::read::XzDecoder::new_multi_decoder(
+            BufReader::new(file),
+        )),
         ArchiveKind::TarZst => walk.tar(zstd_reader(path, file)?),
         ArchiveKind::Gz => walk.stream(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
         ArchiveKind::Bz2 => walk.stream(bzip2::read::MultiBzDecoder::new(BufReader::new(file))),
-        ArchiveKind::Xz => walk.stream(liblzma::read::XzDecoder::new_multi_decoder(BufReader::new(file))),
+        ArchiveKind::Xz => walk.stream(liblzma::read::XzDecoder::new_multi_decoder(
+            BufReader::new(file),
+        )),
         ArchiveKind::Zst => walk.stream(zstd_reader(path, file)?),
     }
 }
 
 fn zstd_reader(path: &Path, file: File) -> Result<impl Read, ArchiveError> {
-    zstd::stream::read::Decoder::new(file)
-        .map_err(|source| ArchiveError::Read { archive: path.to_path_buf(), member: None, source })
+    zstd::stream::read::Decoder::new(file).map_err(|source| ArchiveError::Read {
+        archive: path.to_path_buf(),
+        member: None,
+        source,
+    })
 }
 
 /// State of one pass over an archive: the limits and what has been spent of them.
@@ -221,7 +256,13 @@ impl Walk<'_> {
         let archive = self.archive.to_path_buf();
         match stop {
             None => {}
-            Some(HashStop::Io(source)) => return Err(ArchiveError::Read { archive, member: Some(member), source }),
+            Some(HashStop::Io(source)) => {
+                return Err(ArchiveError::Read {
+                    archive,
+                    member: Some(member),
+                    source,
+                })
+            }
             Some(HashStop::MemberTooLarge) => {
                 return Err(ArchiveError::MemberTooLarge {
                     archive,
@@ -230,17 +271,28 @@ impl Walk<'_> {
                 })
             }
             Some(HashStop::TotalTooLarge) => {
-                return Err(ArchiveError::TotalTooLarge { archive, limit_bytes: self.limits.total_bytes_max })
+                return Err(ArchiveError::TotalTooLarge {
+                    archive,
+                    limit_bytes: self.limits.total_bytes_max,
+                })
             }
         }
         let path = format!("{}!{}", self.archive.to_string_lossy(), member);
-        (self.visit)(ArchiveMember { path, size, digests: hasher.finalize() })
+        (self.visit)(ArchiveMember {
+            path,
+            size,
+            digests: hasher.finalize(),
+        })
     }
 
     /// A single compressed stream: one member named after the file without its suffix.
     fn stream(&mut self, mut reader: impl Read) -> Result<(), ArchiveError> {
         self.count_entry()?;
-        let name = self.archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = self
+            .archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let stem = match name.rfind('.') {
             Some(dot) if dot > 0 => &name[..dot],
             _ => name.as_str(),
@@ -251,8 +303,11 @@ impl Walk<'_> {
 
     fn tar(&mut self, reader: impl Read) -> Result<(), ArchiveError> {
         let archive_path = self.archive.to_path_buf();
-        let read_err =
-            |member: Option<String>, source: io::Error| ArchiveError::Read { archive: archive_path.clone(), member, source };
+        let read_err = |member: Option<String>, source: io::Error| ArchiveError::Read {
+            archive: archive_path.clone(),
+            member,
+            source,
+        };
         let mut archive = tar::Archive::new(reader);
         let entries = archive.entries().map_err(|e| read_err(None, e))?;
         for entry in entries {
@@ -263,7 +318,9 @@ impl Walk<'_> {
                 continue;
             }
             let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let Some(member) = normalise_member_path(&raw_name) else { continue };
+            let Some(member) = normalise_member_path(&raw_name) else {
+                continue;
+            };
             self.member(member, &mut entry)?;
         }
         Ok(())
@@ -272,27 +329,44 @@ impl Walk<'_> {
     fn zip(&mut self, file: File) -> Result<(), ArchiveError> {
         let archive_path = self.archive.to_path_buf();
         let zip_err = |member: Option<String>, e: zip::result::ZipError| match e {
-            zip::result::ZipError::Io(source) => ArchiveError::Read { archive: archive_path.clone(), member, source },
-            other => ArchiveError::Zip { archive: archive_path.clone(), member, message: other.to_string() },
+            zip::result::ZipError::Io(source) => ArchiveError::Read {
+                archive: archive_path.clone(),
+                member,
+                source,
+            },
+            other => ArchiveError::Zip {
+                archive: archive_path.clone(),
+                member,
+                message: other.to_string(),
+            },
         };
-        let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| zip_err(None, e))?;
+        let mut archive =
+            zip::ZipArchive::new(BufReader::new(file)).map_err(|e| zip_err(None, e))?;
         for index in 0..archive.len() {
             self.count_entry()?;
-            let raw_name = archive.name_for_index(index).and_then(Result::ok).map(|name| name.into_owned());
+            let raw_name = archive
+                .name_for_index(index)
+                .and_then(Result::ok)
+                .map(|name| name.into_owned());
             let entry = match archive.by_index(index) {
                 Ok(entry) => entry,
                 Err(zip::result::ZipError::UnsupportedArchive(message))
                     if message == zip::result::ZipError::PASSWORD_REQUIRED =>
                 {
                     let member = raw_name.unwrap_or_default();
-                    return Err(ArchiveError::Encrypted { archive: archive_path.clone(), member });
+                    return Err(ArchiveError::Encrypted {
+                        archive: archive_path.clone(),
+                        member,
+                    });
                 }
                 Err(e) => return Err(zip_err(raw_name, e)),
             };
             if !entry.is_file() || entry.is_symlink() {
                 continue;
             }
-            let Some(member) = raw_name.as_deref().and_then(normalise_member_path) else { continue };
+            let Some(member) = raw_name.as_deref().and_then(normalise_member_path) else {
+                continue;
+            };
             let mut entry = entry;
             // The zip reader checks each member's CRC-32 when it reaches the end, so a corrupt
             // member surfaces as a read error here rather than as a wrong digest.
@@ -344,10 +418,19 @@ mod tests {
 
     #[test]
     fn member_paths_are_confined() {
-        assert_eq!(normalise_member_path("../../etc/passwd").as_deref(), Some("etc/passwd"));
-        assert_eq!(normalise_member_path("/abs/./x//y").as_deref(), Some("abs/x/y"));
+        assert_eq!(
+            normalise_member_path("../../etc/passwd").as_deref(),
+            Some("etc/passwd")
+        );
+        assert_eq!(
+            normalise_member_path("/abs/./x//y").as_deref(),
+            Some("abs/x/y")
+        );
         assert_eq!(normalise_member_path("a/b/../c").as_deref(), Some("a/c"));
-        assert_eq!(normalise_member_path("C:\\win\\file").as_deref(), Some("win/file"));
+        assert_eq!(
+            normalise_member_path("C:\\win\\file").as_deref(),
+            Some("win/file")
+        );
         assert_eq!(normalise_member_path("../"), None);
         assert_eq!(normalise_member_path("/"), None);
     }

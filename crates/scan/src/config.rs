@@ -74,7 +74,10 @@ pub struct DownloadConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            hash: HashConfig { algorithms: vec!["sha256".to_string()], jobs: None },
+            hash: HashConfig {
+                algorithms: vec!["sha256".to_string()],
+                jobs: None,
+            },
             download: DownloadConfig::default(),
             catalog: None,
         }
@@ -154,14 +157,26 @@ pub struct Setting {
 
 /// Every setting, in the order `basin config show` prints them.
 pub const SETTINGS: &[Setting] = &[
-    Setting { key: "catalog", env: "BASIN_CATALOG", help: "catalog: SQLite file or postgres:// URL" },
+    Setting {
+        key: "catalog",
+        env: "BASIN_CATALOG",
+        help: "catalog: SQLite file or postgres:// URL",
+    },
     Setting {
         key: "hash.algorithms",
         env: "BASIN_ALGORITHMS",
         help: "algorithms, e.g. [\"sha256\", \"shake256:64\"]; env: comma-separated",
     },
-    Setting { key: "hash.jobs", env: "BASIN_JOBS", help: "worker threads (unset: one per core)" },
-    Setting { key: "download.user_agent", env: "BASIN_USER_AGENT", help: "User-Agent header" },
+    Setting {
+        key: "hash.jobs",
+        env: "BASIN_JOBS",
+        help: "worker threads (unset: one per core)",
+    },
+    Setting {
+        key: "download.user_agent",
+        env: "BASIN_USER_AGENT",
+        help: "User-Agent header",
+    },
     Setting {
         key: "download.retries_max",
         env: "BASIN_DOWNLOAD_RETRIES_MAX",
@@ -207,17 +222,32 @@ const ALGORITHMS_MAX: usize = 64;
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is {size_bytes} bytes; the limit is {limit_bytes}")]
-    TooLarge { path: PathBuf, size_bytes: u64, limit_bytes: u64 },
+    TooLarge {
+        path: PathBuf,
+        size_bytes: u64,
+        limit_bytes: u64,
+    },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("unknown key `{key}` in config file {path} (known keys: {known})")]
-    UnknownKey { key: String, path: PathBuf, known: String },
+    UnknownKey {
+        key: String,
+        path: PathBuf,
+        known: String,
+    },
     #[error("unknown setting `{key}` (known keys: {known})")]
     UnknownSetting { key: String, known: String },
     #[error("invalid value for `{key}` from {origin}: {message}")]
-    InvalidValue { key: String, origin: Origin, message: String },
+    InvalidValue {
+        key: String,
+        origin: Origin,
+        message: String,
+    },
 }
 
 /// A [`Config`] plus where each value came from.
@@ -267,10 +297,14 @@ impl LoadedConfig {
 
     /// Sets a value from a command-line flag, parsed like the environment variable of `key`.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        let setting = SETTINGS.iter().find(|s| s.key == key).ok_or_else(|| ConfigError::UnknownSetting {
-            key: key.to_string(),
-            known: known_keys(),
-        })?;
+        let setting =
+            SETTINGS
+                .iter()
+                .find(|s| s.key == key)
+                .ok_or_else(|| ConfigError::UnknownSetting {
+                    key: key.to_string(),
+                    known: known_keys(),
+                })?;
         self.apply_str(setting.key, value, Origin::Flag)
     }
 
@@ -280,7 +314,10 @@ impl LoadedConfig {
     }
 
     fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let read_err = |source| ConfigError::Read { path: path.to_path_buf(), source };
+        let read_err = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let size_bytes = std::fs::metadata(path).map_err(read_err)?.len();
         if size_bytes > FILE_BYTES_MAX {
             return Err(ConfigError::TooLarge {
@@ -290,29 +327,50 @@ impl LoadedConfig {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         let mut flat = Vec::new();
         flatten("", &table, &mut flat);
         for (key, value) in flat {
             let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
-                return Err(ConfigError::UnknownKey { key, path: path.to_path_buf(), known: known_keys() });
+                return Err(ConfigError::UnknownKey {
+                    key,
+                    path: path.to_path_buf(),
+                    known: known_keys(),
+                });
             };
             self.apply_toml(setting.key, value, Origin::File(path.to_path_buf()))?;
         }
         Ok(())
     }
 
-    fn apply_toml(&mut self, key: &'static str, value: &toml::Value, origin: Origin) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::InvalidValue { key: key.to_string(), origin: origin.clone(), message };
+    fn apply_toml(
+        &mut self,
+        key: &'static str,
+        value: &toml::Value,
+        origin: Origin,
+    ) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::InvalidValue {
+            key: key.to_string(),
+            origin: origin.clone(),
+            message,
+        };
         let parsed = match (key, value) {
             ("hash.algorithms", toml::Value::Array(items)) => {
                 let mut names = Vec::with_capacity(items.len());
                 for item in items {
                     match item {
                         toml::Value::String(s) => names.push(s.clone()),
-                        other => return Err(invalid(format!("expected a string, got {}", other.type_str()))),
+                        other => {
+                            return Err(invalid(format!(
+                                "expected a string, got {}",
+                                other.type_str()
+                            )))
+                        }
                     }
                 }
                 Value::List(names)
@@ -328,7 +386,12 @@ impl LoadedConfig {
         self.assign(key, parsed, origin)
     }
 
-    fn apply_str(&mut self, key: &'static str, value: &str, origin: Origin) -> Result<(), ConfigError> {
+    fn apply_str(
+        &mut self,
+        key: &'static str,
+        value: &str,
+        origin: Origin,
+    ) -> Result<(), ConfigError> {
         let parsed = match key {
             "hash.algorithms" => Value::List(split_list(value)),
             "catalog" | "download.user_agent" => Value::Text(value.to_string()),
@@ -347,8 +410,17 @@ impl LoadedConfig {
     }
 
     /// Validates a parsed value for `key` and stores it with its origin.
-    fn assign(&mut self, key: &'static str, value: Value, origin: Origin) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::InvalidValue { key: key.to_string(), origin: origin.clone(), message };
+    fn assign(
+        &mut self,
+        key: &'static str,
+        value: Value,
+        origin: Origin,
+    ) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::InvalidValue {
+            key: key.to_string(),
+            origin: origin.clone(),
+            message,
+        };
         let c = &mut self.config;
         match (key, value) {
             ("catalog", Value::Text(s)) => {
@@ -362,18 +434,27 @@ impl LoadedConfig {
                     return Err(invalid("needs at least one algorithm".into()));
                 }
                 if names.len() > ALGORITHMS_MAX {
-                    return Err(invalid(format!("{} algorithms; the limit is {ALGORITHMS_MAX}", names.len())));
+                    return Err(invalid(format!(
+                        "{} algorithms; the limit is {ALGORITHMS_MAX}",
+                        names.len()
+                    )));
                 }
                 for name in &names {
                     // Through the list parser so `all` is accepted as it is on the command line.
-                    basin_hash::parse_algo_list(name).map_err(|e| invalid(format!("`{name}`: {e}")))?;
+                    basin_hash::parse_algo_list(name)
+                        .map_err(|e| invalid(format!("`{name}`: {e}")))?;
                 }
                 c.hash.algorithms = names;
             }
-            ("hash.jobs", Value::Number(n)) => c.hash.jobs = Some(bounded(n, 1, JOBS_MAX, &invalid)? as usize),
+            ("hash.jobs", Value::Number(n)) => {
+                c.hash.jobs = Some(bounded(n, 1, JOBS_MAX, &invalid)? as usize)
+            }
             ("download.user_agent", Value::Text(s)) => {
                 // A header value: printable ASCII only, so nothing can inject another header.
-                if s.is_empty() || s.len() > USER_AGENT_CHARS_MAX || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                if s.is_empty()
+                    || s.len() > USER_AGENT_CHARS_MAX
+                    || !s.bytes().all(|b| (0x20..0x7f).contains(&b))
+                {
                     return Err(invalid(format!(
                         "must be 1 to {USER_AGENT_CHARS_MAX} printable ASCII characters"
                     )));
@@ -398,7 +479,13 @@ impl LoadedConfig {
             ("download.response_bytes_max", Value::Number(n)) => {
                 c.download.response_bytes_max = Some(bounded(n, 1, u64::MAX, &invalid)?)
             }
-            (_, value) => return Err(invalid(format!("expected {}, got {}", expected_kind(key), value.kind()))),
+            (_, value) => {
+                return Err(invalid(format!(
+                    "expected {}, got {}",
+                    expected_kind(key),
+                    value.kind()
+                )))
+            }
         }
         self.origins.insert(key, origin);
         Ok(())
@@ -419,10 +506,17 @@ impl LoadedConfig {
                 out.push_str(&format!("\n[{table}]\n"));
                 section = table;
             }
-            let origin = self.origins.get(setting.key).cloned().unwrap_or(Origin::Default);
+            let origin = self
+                .origins
+                .get(setting.key)
+                .cloned()
+                .unwrap_or(Origin::Default);
             match self.value_toml(setting.key) {
                 Some(value) => out.push_str(&format!("{name} = {value}  # {origin}\n")),
-                None => out.push_str(&format!("# {name} is unset  # {origin}; {}\n", setting.help)),
+                None => out.push_str(&format!(
+                    "# {name} is unset  # {origin}; {}\n",
+                    setting.help
+                )),
             }
         }
         out
@@ -433,7 +527,11 @@ impl LoadedConfig {
     pub fn to_json(&self) -> serde_json::Value {
         let mut settings = serde_json::Map::new();
         for setting in SETTINGS {
-            let origin = self.origins.get(setting.key).cloned().unwrap_or(Origin::Default);
+            let origin = self
+                .origins
+                .get(setting.key)
+                .cloned()
+                .unwrap_or(Origin::Default);
             let source = match &origin {
                 Origin::File(path) => serde_json::Value::String(path.display().to_string()),
                 Origin::Env(name) => serde_json::Value::String((*name).to_string()),
@@ -506,7 +604,12 @@ fn expected_kind(key: &str) -> &'static str {
     }
 }
 
-fn bounded(n: u64, min: u64, max: u64, invalid: &dyn Fn(String) -> ConfigError) -> Result<u64, ConfigError> {
+fn bounded(
+    n: u64,
+    min: u64,
+    max: u64,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<u64, ConfigError> {
     if n < min || n > max {
         return Err(invalid(format!("{n} is outside {min}..={max}")));
     }
@@ -514,20 +617,36 @@ fn bounded(n: u64, min: u64, max: u64, invalid: &dyn Fn(String) -> ConfigError) 
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn known_keys() -> String {
-    SETTINGS.iter().map(|s| s.key).collect::<Vec<_>>().join(", ")
+    SETTINGS
+        .iter()
+        .map(|s| s.key)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Flattens tables into dotted keys; non-table values are leaves (arrays included).
 fn flatten<'a>(prefix: &str, table: &'a toml::Table, out: &mut Vec<(String, &'a toml::Value)>) {
     for (name, value) in table {
-        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         match value {
             // Only known sections are descended into, so `[catalog]` as a table reports `catalog`.
-            toml::Value::Table(inner) if SETTINGS.iter().any(|s| s.key.starts_with(&format!("{key}."))) => {
+            toml::Value::Table(inner)
+                if SETTINGS
+                    .iter()
+                    .any(|s| s.key.starts_with(&format!("{key}."))) =>
+            {
                 flatten(&key, inner, out)
             }
             other => out.push((key, other)),
@@ -536,7 +655,11 @@ fn flatten<'a>(prefix: &str, table: &'a toml::Table, out: &mut Vec<(String, &'a 
 }
 
 /// The config file to read, if any: explicit, `$BASIN_CONFIG`, `./basin.toml`, XDG.
-fn find_file(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, cwd: &Path) -> Option<PathBuf> {
+fn find_file(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    cwd: &Path,
+) -> Option<PathBuf> {
     // Named files are returned even when missing, so reading them fails loudly.
     if let Some(path) = explicit {
         return Some(path.to_path_buf());
@@ -551,7 +674,11 @@ fn find_file(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, cwd:
     let config_home = env("XDG_CONFIG_HOME")
         .filter(|p| Path::new(p).is_absolute())
         .map(PathBuf::from)
-        .or_else(|| env("HOME").filter(|p| !p.is_empty()).map(|home| Path::new(&home).join(".config")))?;
+        .or_else(|| {
+            env("HOME")
+                .filter(|p| !p.is_empty())
+                .map(|home| Path::new(&home).join(".config"))
+        })?;
     let user = config_home.join("basin").join(FILE_NAME);
     user.is_file().then_some(user)
 }

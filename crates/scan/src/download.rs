@@ -100,17 +100,33 @@ pub enum DownloadError {
     #[error("invalid destination name `{name}`: {message}")]
     InvalidDestination { name: String, message: String },
     #[error("{url} would be saved to {path}, which {other_url} already uses in this run")]
-    DestinationCollision { url: String, path: PathBuf, other_url: String },
+    DestinationCollision {
+        url: String,
+        path: PathBuf,
+        other_url: String,
+    },
     #[error("{url}: server answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
     #[error("{url}: {kind}: {message}")]
-    Transport { url: String, kind: TransportKind, message: String },
+    Transport {
+        url: String,
+        kind: TransportKind,
+        message: String,
+    },
     #[error("{url}: body ended after {received_bytes} of {expected_bytes} bytes")]
-    Truncated { url: String, expected_bytes: u64, received_bytes: u64 },
+    Truncated {
+        url: String,
+        expected_bytes: u64,
+        received_bytes: u64,
+    },
     #[error("{url}: response is larger than the limit of {limit_bytes} bytes")]
     TooLarge { url: String, limit_bytes: u64 },
     #[error("{url}: asked for bytes from {expected_start}, got Content-Range `{content_range}`")]
-    BadContentRange { url: String, expected_start: u64, content_range: String },
+    BadContentRange {
+        url: String,
+        expected_start: u64,
+        content_range: String,
+    },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -147,7 +163,9 @@ impl DownloadError {
     /// Whether another attempt may succeed: network trouble, 5xx, 408, 429 and short bodies.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DownloadError::HttpStatus { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            DownloadError::HttpStatus { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
             DownloadError::Transport { kind, .. } => *kind != TransportKind::TooManyRedirects,
             DownloadError::Truncated { .. } | DownloadError::BadContentRange { .. } => true,
             _ => false,
@@ -214,7 +232,10 @@ pub struct DownloadFailure {
 pub enum DownloadOutcome {
     Downloaded(Downloaded),
     /// `no_clobber` and the destination existed.
-    Skipped { url: String, path: PathBuf },
+    Skipped {
+        url: String,
+        path: PathBuf,
+    },
     Failed(DownloadFailure),
 }
 
@@ -279,7 +300,11 @@ impl Downloader {
 
     /// Downloads one URL, retrying as configured. `progress(bytes_on_disk, total)` is called as
     /// bytes arrive.
-    pub fn download(&self, job: &DownloadJob, progress: &mut dyn FnMut(u64, Option<u64>)) -> DownloadOutcome {
+    pub fn download(
+        &self,
+        job: &DownloadJob,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> DownloadOutcome {
         let fail = |attempts, error| {
             DownloadOutcome::Failed(DownloadFailure {
                 url: job.url.clone(),
@@ -289,11 +314,24 @@ impl Downloader {
             })
         };
         if self.options.no_clobber && job.destination.exists() {
-            return DownloadOutcome::Skipped { url: job.url.clone(), path: job.destination.clone() };
+            return DownloadOutcome::Skipped {
+                url: job.url.clone(),
+                path: job.destination.clone(),
+            };
         }
-        if let Some(parent) = job.destination.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = job
+            .destination
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             if let Err(source) = fs::create_dir_all(parent) {
-                return fail(0, DownloadError::Io { path: parent.to_path_buf(), source });
+                return fail(
+                    0,
+                    DownloadError::Io {
+                        path: parent.to_path_buf(),
+                        source,
+                    },
+                );
             }
         }
         let part = part_path(&job.destination);
@@ -376,15 +414,22 @@ impl Downloader {
             }
             Err(ureq::Error::Status(status, response)) => {
                 return Err(AttemptFailure {
-                    error: DownloadError::HttpStatus { url: url.to_string(), status },
+                    error: DownloadError::HttpStatus {
+                        url: url.to_string(),
+                        status,
+                    },
                     retry_after: response.header("Retry-After").and_then(parse_retry_after),
                     retry_now: false,
                 })
             }
-            Err(ureq::Error::Transport(transport)) => return Err(transport_error(url, &transport).into()),
+            Err(ureq::Error::Transport(transport)) => {
+                return Err(transport_error(url, &transport).into())
+            }
         };
         let status = response.status();
-        let content_length = response.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
+        let content_length = response
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let (start, total) = if status == 206 {
             let content_range = response.header("Content-Range").unwrap_or("").to_string();
             match parse_content_range(&content_range) {
@@ -409,7 +454,11 @@ impl Downloader {
         if let (Some(limit), Some(total)) = (self.options.response_bytes_max, total) {
             if total > limit {
                 remove_part(part).map_err(io_err(part))?;
-                return Err(DownloadError::TooLarge { url: url.to_string(), limit_bytes: limit }.into());
+                return Err(DownloadError::TooLarge {
+                    url: url.to_string(),
+                    limit_bytes: limit,
+                }
+                .into());
             }
         }
         state.validator = strong_validator(&response);
@@ -431,7 +480,10 @@ impl Downloader {
                     retry_now: true,
                 });
             }
-            OpenOptions::new().append(true).open(part).map_err(io_err(part))?
+            OpenOptions::new()
+                .append(true)
+                .open(part)
+                .map_err(io_err(part))?
         } else {
             File::create(part).map_err(io_err(part))?
         };
@@ -455,7 +507,11 @@ impl Downloader {
                 if start + received + n as u64 > limit {
                     drop(file);
                     remove_part(part).map_err(io_err(part))?;
-                    return Err(DownloadError::TooLarge { url: url.to_string(), limit_bytes: limit }.into());
+                    return Err(DownloadError::TooLarge {
+                        url: url.to_string(),
+                        limit_bytes: limit,
+                    }
+                    .into());
                 }
             }
             file.write_all(&buffer[..n]).map_err(io_err(part))?;
@@ -478,7 +534,11 @@ impl Downloader {
         drop(file);
         fs::rename(part, &job.destination).map_err(io_err(&job.destination))?;
         sync_parent(&job.destination).map_err(io_err(&job.destination))?;
-        Ok(Done { size: start + received, digests: hasher.finalize(), resumed_from_bytes: start })
+        Ok(Done {
+            size: start + received,
+            digests: hasher.finalize(),
+            resumed_from_bytes: start,
+        })
     }
 }
 
@@ -502,7 +562,11 @@ struct AttemptFailure {
 
 impl From<DownloadError> for AttemptFailure {
     fn from(error: DownloadError) -> Self {
-        AttemptFailure { error, retry_after: None, retry_now: false }
+        AttemptFailure {
+            error,
+            retry_after: None,
+            retry_now: false,
+        }
     }
 }
 
@@ -532,7 +596,10 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// `bytes <first>-<last>/<total|*>` → (first, last, total).
@@ -564,7 +631,10 @@ fn transport_error(url: &str, transport: &ureq::Transport) -> DownloadError {
     let message = transport.to_string();
     let kind = match transport.kind() {
         K::InvalidUrl | K::UnknownScheme | K::InsecureRequestHttpsOnly | K::InvalidProxyUrl => {
-            return DownloadError::InvalidUrl { url: url.to_string(), message }
+            return DownloadError::InvalidUrl {
+                url: url.to_string(),
+                message,
+            }
         }
         K::Dns => TransportKind::Dns,
         K::ConnectionFailed | K::ProxyConnect | K::ProxyUnauthorized => TransportKind::Connect,
@@ -573,7 +643,12 @@ fn transport_error(url: &str, transport: &ureq::Transport) -> DownloadError {
         _ => {
             let timed_out = std::error::Error::source(transport)
                 .and_then(|s| s.downcast_ref::<io::Error>())
-                .is_some_and(|e| matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock));
+                .is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    )
+                });
             if timed_out {
                 TransportKind::Timeout
             } else {
@@ -581,20 +656,35 @@ fn transport_error(url: &str, transport: &ureq::Transport) -> DownloadError {
             }
         }
     };
-    DownloadError::Transport { url: url.to_string(), kind, message }
+    DownloadError::Transport {
+        url: url.to_string(),
+        kind,
+        message,
+    }
 }
 
-fn body_error(url: &str, error: io::Error, content_length: Option<u64>, received: u64) -> DownloadError {
+fn body_error(
+    url: &str,
+    error: io::Error,
+    content_length: Option<u64>,
+    received: u64,
+) -> DownloadError {
     match error.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            DownloadError::Transport { url: url.to_string(), kind: TransportKind::Timeout, message: error.to_string() }
-        }
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => DownloadError::Transport {
+            url: url.to_string(),
+            kind: TransportKind::Timeout,
+            message: error.to_string(),
+        },
         io::ErrorKind::UnexpectedEof if content_length.is_some() => DownloadError::Truncated {
             url: url.to_string(),
             expected_bytes: content_length.unwrap_or(0),
             received_bytes: received,
         },
-        _ => DownloadError::Transport { url: url.to_string(), kind: TransportKind::Io, message: error.to_string() },
+        _ => DownloadError::Transport {
+            url: url.to_string(),
+            kind: TransportKind::Io,
+            message: error.to_string(),
+        },
     }
 }
 
@@ -617,7 +707,10 @@ fn feed(reader: &mut dyn Read, hasher: &mut MultiHasher) -> io::Result<u64> {
 /// The temporary file a download is written to: `<destination>.part`, beside it so the final
 /// rename stays on one file system.
 pub fn part_path(destination: &Path) -> PathBuf {
-    let mut name = destination.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = destination
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".part");
     destination.with_file_name(name)
 }
@@ -633,7 +726,10 @@ fn remove_part(part: &Path) -> io::Result<()> {
 fn sync_parent(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         File::open(parent)?.sync_all()?;
     }
     #[cfg(not(unix))]
@@ -675,7 +771,10 @@ pub fn destination_for(url: &str, dest: &Path, layout: Layout) -> Result<PathBuf
 
 /// `name` as a path below `dest`: relative, no `..`, no root or prefix, not empty.
 pub fn confine_relative(name: &str, dest: &Path) -> Result<PathBuf, DownloadError> {
-    let invalid = |message: &str| DownloadError::InvalidDestination { name: name.to_string(), message: message.to_string() };
+    let invalid = |message: &str| DownloadError::InvalidDestination {
+        name: name.to_string(),
+        message: message.to_string(),
+    };
     let mut path = dest.to_path_buf();
     let mut parts = 0;
     for component in Path::new(name).components() {
@@ -686,7 +785,9 @@ pub fn confine_relative(name: &str, dest: &Path) -> Result<PathBuf, DownloadErro
             }
             Component::CurDir => {}
             Component::ParentDir => return Err(invalid("must not contain `..`")),
-            Component::RootDir | Component::Prefix(_) => return Err(invalid("must be a relative path")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(invalid("must be a relative path"))
+            }
         }
     }
     if parts == 0 || name.ends_with('/') {
@@ -696,13 +797,21 @@ pub fn confine_relative(name: &str, dest: &Path) -> Result<PathBuf, DownloadErro
 }
 
 fn parse_url(url: &str) -> Result<url::Url, DownloadError> {
-    let parsed =
-        url::Url::parse(url).map_err(|e| DownloadError::InvalidUrl { url: url.to_string(), message: e.to_string() })?;
+    let parsed = url::Url::parse(url).map_err(|e| DownloadError::InvalidUrl {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(DownloadError::UnsupportedScheme { url: url.to_string(), scheme: parsed.scheme().to_string() });
+        return Err(DownloadError::UnsupportedScheme {
+            url: url.to_string(),
+            scheme: parsed.scheme().to_string(),
+        });
     }
     if parsed.host_str().map_or(true, str::is_empty) {
-        return Err(DownloadError::InvalidUrl { url: url.to_string(), message: "no host".to_string() });
+        return Err(DownloadError::InvalidUrl {
+            url: url.to_string(),
+            message: "no host".to_string(),
+        });
     }
     Ok(parsed)
 }
@@ -739,7 +848,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(byte) = hex {
                 out.push(byte);
                 i += 3;
@@ -763,7 +874,12 @@ pub fn plan(
     let mut taken: HashMap<PathBuf, String> = HashMap::new();
     urls.iter()
         .map(|url| {
-            let fail = |error| DownloadFailure { url: url.clone(), path: None, attempts: 0, error };
+            let fail = |error| DownloadFailure {
+                url: url.clone(),
+                path: None,
+                attempts: 0,
+                error,
+            };
             parse_url(url).map_err(fail)?;
             let destination = match output {
                 Some(name) => confine_relative(name, dest),
@@ -778,7 +894,10 @@ pub fn plan(
                 }));
             }
             taken.insert(destination.clone(), url.clone());
-            Ok(DownloadJob { url: url.clone(), destination })
+            Ok(DownloadJob {
+                url: url.clone(),
+                destination,
+            })
         })
         .collect()
 }
@@ -819,14 +938,24 @@ pub struct FailureReport {
 }
 
 impl FailureReport {
-    pub fn new<'a>(attempted: usize, failures: impl IntoIterator<Item = &'a DownloadFailure>) -> FailureReport {
+    pub fn new<'a>(
+        attempted: usize,
+        failures: impl IntoIterator<Item = &'a DownloadFailure>,
+    ) -> FailureReport {
         let failures: Vec<FailureRecord> = failures.into_iter().map(FailureRecord::from).collect();
-        FailureReport { attempted, failed: failures.len(), failures }
+        FailureReport {
+            attempted,
+            failed: failures.len(),
+            failures,
+        }
     }
 
     /// Writes the report atomically (temporary file, fsync, rename).
     pub fn write(&self, path: &Path) -> Result<(), DownloadError> {
-        let io_err = |source| DownloadError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| DownloadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(io_err)?;
         }
@@ -849,17 +978,38 @@ mod tests {
     fn backoff_doubles_with_jitter_and_caps() {
         let initial = Duration::from_millis(100);
         let max = Duration::from_millis(1000);
-        assert_eq!(backoff_delay(1, initial, max, None, 0.999_999).as_millis(), 99);
-        assert_eq!(backoff_delay(1, initial, max, None, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff_delay(3, initial, max, None, 0.0), Duration::from_millis(200));
-        assert_eq!(backoff_delay(30, initial, max, None, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff_delay(2, initial, max, Some(Duration::from_secs(7)), 0.5), max);
-        assert_eq!(backoff_delay(2, initial, max, Some(Duration::from_millis(300)), 0.5), Duration::from_millis(300));
+        assert_eq!(
+            backoff_delay(1, initial, max, None, 0.999_999).as_millis(),
+            99
+        );
+        assert_eq!(
+            backoff_delay(1, initial, max, None, 0.0),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            backoff_delay(3, initial, max, None, 0.0),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            backoff_delay(30, initial, max, None, 0.0),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            backoff_delay(2, initial, max, Some(Duration::from_secs(7)), 0.5),
+            max
+        );
+        assert_eq!(
+            backoff_delay(2, initial, max, Some(Duration::from_millis(300)), 0.5),
+            Duration::from_millis(300)
+        );
     }
 
     #[test]
     fn content_range_parsing() {
-        assert_eq!(parse_content_range("bytes 10-19/20"), Some((10, 19, Some(20))));
+        assert_eq!(
+            parse_content_range("bytes 10-19/20"),
+            Some((10, 19, Some(20)))
+        );
         assert_eq!(parse_content_range("bytes 10-19/*"), Some((10, 19, None)));
         assert_eq!(parse_content_range("bytes 10-9/20"), None);
         assert_eq!(parse_content_range("bytes 10-20/20"), None);
@@ -869,7 +1019,10 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_dates() {
         assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -882,12 +1035,21 @@ mod tests {
         assert_eq!(flat("http://h/"), Path::new("/d/index.html"));
         assert_eq!(flat("http://h"), Path::new("/d/index.html"));
         assert_eq!(flat("http://h/a/%2e%2e"), Path::new("/d/index.html"));
-        assert_eq!(flat("http://h/a/..%2f..%2fetc%2fpasswd"), Path::new("/d/.._.._etc_passwd"));
+        assert_eq!(
+            flat("http://h/a/..%2f..%2fetc%2fpasswd"),
+            Path::new("/d/.._.._etc_passwd")
+        );
         assert_eq!(flat("http://h/x/../../y"), Path::new("/d/y"));
-        assert_eq!(tree("http://H:8080/a/%2e%2e/b/c%20d"), Path::new("/d/h_8080/b/c d"));
+        assert_eq!(
+            tree("http://H:8080/a/%2e%2e/b/c%20d"),
+            Path::new("/d/h_8080/b/c d")
+        );
         let long = format!("http://h/{}", "é".repeat(300));
         let name = flat(&long);
-        assert!(name.file_name().unwrap().len() <= SEGMENT_BYTES_MAX, "{name:?}");
+        assert!(
+            name.file_name().unwrap().len() <= SEGMENT_BYTES_MAX,
+            "{name:?}"
+        );
         for bad in ["ftp://h/x", "not a url", "mailto:a@b", "http://"] {
             assert!(destination_for(bad, dest, Layout::Flat).is_err(), "{bad}");
         }
@@ -896,22 +1058,38 @@ mod tests {
     #[test]
     fn output_names_are_confined() {
         let dest = Path::new("d");
-        assert_eq!(confine_relative("a/b.bin", dest).unwrap(), Path::new("d/a/b.bin"));
+        assert_eq!(
+            confine_relative("a/b.bin", dest).unwrap(),
+            Path::new("d/a/b.bin")
+        );
         for bad in ["../x", "/etc/passwd", "", ".", "a/../../x", "dir/"] {
             let err = confine_relative(bad, dest).unwrap_err();
-            assert!(matches!(err, DownloadError::InvalidDestination { .. }), "{bad}: {err:?}");
+            assert!(
+                matches!(err, DownloadError::InvalidDestination { .. }),
+                "{bad}: {err:?}"
+            );
         }
     }
 
     #[test]
     fn plan_reports_collisions() {
-        let urls = vec!["http://a/x/f.bin".to_string(), "http://b/y/f.bin".to_string(), "gopher://z".to_string()];
+        let urls = vec![
+            "http://a/x/f.bin".to_string(),
+            "http://b/y/f.bin".to_string(),
+            "gopher://z".to_string(),
+        ];
         let jobs = plan(&urls, Path::new("d"), None, Layout::Flat);
         assert!(jobs[0].is_ok());
         let second = jobs[1].as_ref().unwrap_err();
-        assert!(matches!(second.error, DownloadError::DestinationCollision { .. }), "got {second:?}");
+        assert!(
+            matches!(second.error, DownloadError::DestinationCollision { .. }),
+            "got {second:?}"
+        );
         let third = jobs[2].as_ref().unwrap_err();
-        assert!(matches!(third.error, DownloadError::UnsupportedScheme { .. }), "got {third:?}");
+        assert!(
+            matches!(third.error, DownloadError::UnsupportedScheme { .. }),
+            "got {third:?}"
+        );
         let tree = plan(&urls[..2], Path::new("d"), None, Layout::HostPath);
         assert!(tree.iter().all(Result::is_ok), "{tree:?}");
     }

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use basin_hash::{parse_algo_list, AlgoSpec, MultiHasher};
 use basin_scan::archive::{
-    archive_kind, hash_members, hash_members_with, ArchiveError, ArchiveKind, ArchiveLimits, ArchiveMember,
+    archive_kind, hash_members, hash_members_with, ArchiveError, ArchiveKind, ArchiveLimits,
+    ArchiveMember,
 };
 
 const SEED: u64 = 0x5eed_a2c4;
@@ -57,7 +58,13 @@ fn expected(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, (u64, Vec<Str
         .map(|(name, bytes)| {
             let mut hasher = MultiHasher::new(&specs());
             hasher.update(bytes);
-            (name.clone(), (bytes.len() as u64, hasher.finalize().iter().map(|d| d.to_hex()).collect()))
+            (
+                name.clone(),
+                (
+                    bytes.len() as u64,
+                    hasher.finalize().iter().map(|d| d.to_hex()).collect(),
+                ),
+            )
         })
         .collect()
 }
@@ -67,9 +74,16 @@ fn members_of(archive: &Path) -> BTreeMap<String, (u64, Vec<String>)> {
     let mut found = BTreeMap::new();
     let prefix = format!("{}!", archive.to_string_lossy());
     hash_members(archive, &specs(), &mut |m: ArchiveMember| {
-        let member = m.path.strip_prefix(&prefix).unwrap_or_else(|| panic!("{} lacks {prefix}", m.path)).to_string();
+        let member = m
+            .path
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{} lacks {prefix}", m.path))
+            .to_string();
         assert_eq!(m.digests.len(), 3);
-        found.insert(member, (m.size, m.digests.iter().map(|d| d.to_hex()).collect()));
+        found.insert(
+            member,
+            (m.size, m.digests.iter().map(|d| d.to_hex()).collect()),
+        );
         Ok(())
     })
     .unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
@@ -82,17 +96,23 @@ fn tar_bytes(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_size(0);
     dir.set_mode(0o755);
-    builder.append_data(&mut dir, "dir/", std::io::empty()).unwrap();
+    builder
+        .append_data(&mut dir, "dir/", std::io::empty())
+        .unwrap();
     for (name, bytes) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
-        builder.append_data(&mut header, name, bytes.as_slice()).unwrap();
+        builder
+            .append_data(&mut header, name, bytes.as_slice())
+            .unwrap();
     }
     let mut link = tar::Header::new_gnu();
     link.set_entry_type(tar::EntryType::Symlink);
     link.set_size(0);
-    builder.append_link(&mut link, "dir/link-to-a", "../a.txt").unwrap();
+    builder
+        .append_link(&mut link, "dir/link-to-a", "../a.txt")
+        .unwrap();
     builder.into_inner().unwrap()
 }
 
@@ -100,14 +120,25 @@ fn zip_file(path: &Path, files: &BTreeMap<String, Vec<u8>>) {
     use zip::write::SimpleFileOptions;
     use zip::CompressionMethod;
     let mut writer = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let methods = [CompressionMethod::Deflated, CompressionMethod::Stored, CompressionMethod::Bzip2, CompressionMethod::Zstd];
-    writer.add_directory("dir/", SimpleFileOptions::default()).unwrap();
+    let methods = [
+        CompressionMethod::Deflated,
+        CompressionMethod::Stored,
+        CompressionMethod::Bzip2,
+        CompressionMethod::Zstd,
+    ];
+    writer
+        .add_directory("dir/", SimpleFileOptions::default())
+        .unwrap();
     for (i, (name, bytes)) in files.iter().enumerate() {
-        let options = SimpleFileOptions::default().compression_method(methods[i % methods.len()]).large_file(false);
+        let options = SimpleFileOptions::default()
+            .compression_method(methods[i % methods.len()])
+            .large_file(false);
         writer.start_file(name.as_str(), options).unwrap();
         writer.write_all(bytes).unwrap();
     }
-    writer.add_symlink("dir/link", "../a.txt", SimpleFileOptions::default()).unwrap();
+    writer
+        .add_symlink("dir/link", "../a.txt", SimpleFileOptions::default())
+        .unwrap();
     writer.finish().unwrap();
 }
 
@@ -166,7 +197,12 @@ fn crate_built_archives_match_the_original_files() {
     for (path, kind) in &single {
         assert_eq!(archive_kind(path), Some(*kind));
         let found = members_of(path);
-        assert_eq!(found.keys().collect::<Vec<_>>(), ["b.bin"], "{}", path.display());
+        assert_eq!(
+            found.keys().collect::<Vec<_>>(),
+            ["b.bin"],
+            "{}",
+            path.display()
+        );
         assert_eq!(found["b.bin"], want["dir/b.bin"], "{}", path.display());
     }
 }
@@ -195,13 +231,23 @@ fn concatenated_streams_are_read_whole() {
 }
 
 fn tool(name: &str) -> bool {
-    Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success())
-        || Command::new("which").arg(name).output().is_ok_and(|o| o.status.success())
+    Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || Command::new("which")
+            .arg(name)
+            .output()
+            .is_ok_and(|o| o.status.success())
 }
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -216,13 +262,35 @@ fn system_tool_archives_match_the_original_files() {
     let mut checked = Vec::new();
 
     // tar and gzip are part of every Debian/macOS base system; the rest are checked when present.
-    assert!(tool("tar") && tool("gzip"), "tar and gzip are needed for this test");
-    run(Command::new("tar").arg("-cf").arg(out.join("s.tar")).arg("-C").arg(&src).arg("a.txt").arg("dir"));
-    run(Command::new("tar").arg("-czf").arg(out.join("s.tar.gz")).arg("-C").arg(&src).arg("a.txt").arg("dir"));
+    assert!(
+        tool("tar") && tool("gzip"),
+        "tar and gzip are needed for this test"
+    );
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(out.join("s.tar"))
+        .arg("-C")
+        .arg(&src)
+        .arg("a.txt")
+        .arg("dir"));
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(out.join("s.tar.gz"))
+        .arg("-C")
+        .arg(&src)
+        .arg("a.txt")
+        .arg("dir"));
     checked.extend(["s.tar", "s.tar.gz"]);
     for (tool_name, flag, name) in [("xz", "-J", "s.tar.xz"), ("bzip2", "-j", "s.tar.bz2")] {
         if tool(tool_name) {
-            run(Command::new("tar").arg(flag).arg("-cf").arg(out.join(name)).arg("-C").arg(&src).arg("a.txt").arg("dir"));
+            run(Command::new("tar")
+                .arg(flag)
+                .arg("-cf")
+                .arg(out.join(name))
+                .arg("-C")
+                .arg(&src)
+                .arg("a.txt")
+                .arg("dir"));
             checked.push(name);
         }
     }
@@ -238,7 +306,12 @@ fn system_tool_archives_match_the_original_files() {
         checked.push("s.tar.zst");
     }
     if tool("zip") {
-        run(Command::new("zip").arg("-qr").arg(out.join("s.zip")).arg("a.txt").arg("dir").current_dir(&src));
+        run(Command::new("zip")
+            .arg("-qr")
+            .arg(out.join("s.zip"))
+            .arg("a.txt")
+            .arg("dir")
+            .current_dir(&src));
         checked.push("s.zip");
     }
     for name in &checked {
@@ -248,16 +321,28 @@ fn system_tool_archives_match_the_original_files() {
     // Single-file compressors, keeping the input (`-k`).
     let single_src = src.join("dir/b.bin");
     let mut singles = vec![("gzip", "b.bin.gz")];
-    for (t, n) in [("bzip2", "b.bin.bz2"), ("xz", "b.bin.xz"), ("zstd", "b.bin.zst")] {
+    for (t, n) in [
+        ("bzip2", "b.bin.bz2"),
+        ("xz", "b.bin.xz"),
+        ("zstd", "b.bin.zst"),
+    ] {
         if tool(t) {
             singles.push((t, n));
         }
     }
     for (t, name) in singles {
         let compressed = src.join("dir").join(name);
-        run(Command::new(t).arg("-k").arg("-q").arg("-f").arg(&single_src));
+        run(Command::new(t)
+            .arg("-k")
+            .arg("-q")
+            .arg("-f")
+            .arg(&single_src));
         let found = members_of(&compressed);
-        assert_eq!(found.get("b.bin"), Some(&want["dir/b.bin"]), "{name}: {found:?}");
+        assert_eq!(
+            found.get("b.bin"),
+            Some(&want["dir/b.bin"]),
+            "{name}: {found:?}"
+        );
         std::fs::remove_file(&compressed).unwrap();
         checked.push(name);
     }
@@ -269,7 +354,11 @@ fn hostile_member_names_are_normalised() {
     let dir = tempfile::tempdir().unwrap();
     // tar's builder refuses `..`, so the names are written into the header bytes directly.
     let mut builder = tar::Builder::new(Vec::new());
-    for (name, body) in [("../../etc/passwd", &b"root"[..]), ("/abs/file", b"abs"), ("./a/./b/../c", b"c")] {
+    for (name, body) in [
+        ("../../etc/passwd", &b"root"[..]),
+        ("/abs/file", b"abs"),
+        ("./a/./b/../c", b"c"),
+    ] {
         let mut header = tar::Header::new_old();
         let field = &mut header.as_old_mut().name;
         field[..name.len()].copy_from_slice(name.as_bytes());
@@ -285,7 +374,9 @@ fn hostile_member_names_are_normalised() {
 
     let zip_path = dir.path().join("evil.zip");
     let mut writer = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
-    writer.start_file("../../../tmp/x", zip::write::SimpleFileOptions::default()).unwrap();
+    writer
+        .start_file("../../../tmp/x", zip::write::SimpleFileOptions::default())
+        .unwrap();
     writer.write_all(b"x").unwrap();
     writer.finish().unwrap();
     let names: Vec<String> = members_of(&zip_path).into_keys().collect();
@@ -297,18 +388,28 @@ fn zip_bomb_member_is_stopped_by_the_member_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bomb.zip");
     let mut writer = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
     writer.start_file("zeros", options).unwrap();
     let chunk = vec![0u8; 1 << 20];
     for _ in 0..16 {
         writer.write_all(&chunk).unwrap();
     }
     writer.finish().unwrap();
-    assert!(std::fs::metadata(&path).unwrap().len() < 100_000, "a bomb is small on disk");
+    assert!(
+        std::fs::metadata(&path).unwrap().len() < 100_000,
+        "a bomb is small on disk"
+    );
 
-    let limits = ArchiveLimits { member_bytes_max: 4 << 20, ..ArchiveLimits::default() };
+    let limits = ArchiveLimits {
+        member_bytes_max: 4 << 20,
+        ..ArchiveLimits::default()
+    };
     let err = hash_members_with(&path, &specs(), &limits, &mut |_| Ok(())).unwrap_err();
-    assert!(matches!(err, ArchiveError::MemberTooLarge { limit_bytes, .. } if limit_bytes == 4 << 20), "got {err:?}");
+    assert!(
+        matches!(err, ArchiveError::MemberTooLarge { limit_bytes, .. } if limit_bytes == 4 << 20),
+        "got {err:?}"
+    );
     assert!(err.to_string().contains("bomb.zip!zeros"), "{err}");
 }
 
@@ -324,28 +425,55 @@ fn total_and_count_limits_apply_across_members() {
     e.write_all(&tar_bytes(&files)).unwrap();
     std::fs::write(&path, e.finish().unwrap()).unwrap();
 
-    let total = ArchiveLimits { total_bytes_max: 1_000_000, ..ArchiveLimits::default() };
+    let total = ArchiveLimits {
+        total_bytes_max: 1_000_000,
+        ..ArchiveLimits::default()
+    };
     let mut seen = 0;
     let err = hash_members_with(&path, &specs(), &total, &mut |_| {
         seen += 1;
         Ok(())
     })
     .unwrap_err();
-    assert!(matches!(err, ArchiveError::TotalTooLarge { limit_bytes: 1_000_000, .. }), "got {err:?}");
-    assert_eq!(seen, 1, "the first member fits, the second crosses the total");
+    assert!(
+        matches!(
+            err,
+            ArchiveError::TotalTooLarge {
+                limit_bytes: 1_000_000,
+                ..
+            }
+        ),
+        "got {err:?}"
+    );
+    assert_eq!(
+        seen, 1,
+        "the first member fits, the second crosses the total"
+    );
 
     // Entries of every type count: the directory entry, three files, the symlink.
-    let count = ArchiveLimits { members_max: 3, ..ArchiveLimits::default() };
+    let count = ArchiveLimits {
+        members_max: 3,
+        ..ArchiveLimits::default()
+    };
     let err = hash_members_with(&path, &specs(), &count, &mut |_| Ok(())).unwrap_err();
-    assert!(matches!(err, ArchiveError::TooManyMembers { limit: 3, .. }), "got {err:?}");
+    assert!(
+        matches!(err, ArchiveError::TooManyMembers { limit: 3, .. }),
+        "got {err:?}"
+    );
 
     let single = dir.path().join("zeros.gz");
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     e.write_all(&vec![0u8; 3 << 20]).unwrap();
     std::fs::write(&single, e.finish().unwrap()).unwrap();
-    let small = ArchiveLimits { member_bytes_max: 1 << 20, ..ArchiveLimits::default() };
+    let small = ArchiveLimits {
+        member_bytes_max: 1 << 20,
+        ..ArchiveLimits::default()
+    };
     let err = hash_members_with(&single, &specs(), &small, &mut |_| Ok(())).unwrap_err();
-    assert!(matches!(err, ArchiveError::MemberTooLarge { .. }), "got {err:?}");
+    assert!(
+        matches!(err, ArchiveError::MemberTooLarge { .. }),
+        "got {err:?}"
+    );
 }
 
 #[test]
@@ -361,26 +489,43 @@ fn corrupt_member_is_an_error_not_a_wrong_digest() {
         *b ^= 0xff;
     }
     std::fs::write(&path, bytes).unwrap();
-    let err = hash_members(&path, &specs(), &mut |m| panic!("corrupt member reported as {m:?}")).unwrap_err();
-    assert!(matches!(err, ArchiveError::Read { .. } | ArchiveError::Zip { .. }), "got {err:?}");
+    let err = hash_members(&path, &specs(), &mut |m| {
+        panic!("corrupt member reported as {m:?}")
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::Read { .. } | ArchiveError::Zip { .. }),
+        "got {err:?}"
+    );
 
     let gz_path = dir.path().join("cut.gz");
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(&noise(100_000, SEED)).unwrap();
     let gz = e.finish().unwrap();
     std::fs::write(&gz_path, &gz[..gz.len() / 2]).unwrap();
-    let err = hash_members(&gz_path, &specs(), &mut |m| panic!("truncated stream reported as {m:?}")).unwrap_err();
+    let err = hash_members(&gz_path, &specs(), &mut |m| {
+        panic!("truncated stream reported as {m:?}")
+    })
+    .unwrap_err();
     assert!(matches!(err, ArchiveError::Read { .. }), "got {err:?}");
 }
 
 #[test]
 fn encrypted_zip_member_is_refused() {
-    assert!(tool("zip"), "the zip tool is needed to make an encrypted archive");
+    assert!(
+        tool("zip"),
+        "the zip tool is needed to make an encrypted archive"
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), b"secret").unwrap();
-    run(Command::new("zip").args(["-q", "-P", "pw", "enc.zip", "secret.txt"]).current_dir(dir.path()));
+    run(Command::new("zip")
+        .args(["-q", "-P", "pw", "enc.zip", "secret.txt"])
+        .current_dir(dir.path()));
     let err = hash_members(&dir.path().join("enc.zip"), &specs(), &mut |_| Ok(())).unwrap_err();
-    assert!(matches!(err, ArchiveError::Encrypted { ref member, .. } if member == "secret.txt"), "got {err:?}");
+    assert!(
+        matches!(err, ArchiveError::Encrypted { ref member, .. } if member == "secret.txt"),
+        "got {err:?}"
+    );
 }
 
 #[test]
@@ -404,7 +549,10 @@ fn non_archives_are_refused() {
     let path = dir.path().join("plain.txt");
     std::fs::write(&path, b"x").unwrap();
     let err = hash_members(&path, &specs(), &mut |_| Ok(())).unwrap_err();
-    assert!(matches!(err, ArchiveError::NotAnArchive { .. }), "got {err:?}");
+    assert!(
+        matches!(err, ArchiveError::NotAnArchive { .. }),
+        "got {err:?}"
+    );
     let missing = dir.path().join("missing.zip");
     let err = hash_members(&missing, &specs(), &mut |_| Ok(())).unwrap_err();
     assert!(matches!(err, ArchiveError::Open { .. }), "got {err:?}");

@@ -8,11 +8,18 @@ use std::path::{Path, PathBuf};
 use basin_scan::config::{default_user_agent, Config, ConfigError, LoadedConfig, Origin, SETTINGS};
 
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     move |name| map.get(name).cloned()
 }
 
-fn load(explicit: Option<&Path>, env: &[(&str, &str)], cwd: &Path) -> Result<LoadedConfig, ConfigError> {
+fn load(
+    explicit: Option<&Path>,
+    env: &[(&str, &str)],
+    cwd: &Path,
+) -> Result<LoadedConfig, ConfigError> {
     LoadedConfig::load_with(explicit, &env_of(env), cwd)
 }
 
@@ -31,9 +38,18 @@ fn no_file_no_env_gives_defaults() {
     assert_eq!(loaded.file, None);
     assert_eq!(loaded.config.hash.algorithms, ["sha256"]);
     assert_eq!(loaded.config.download.user_agent, default_user_agent());
-    assert!(default_user_agent().starts_with("basin/"), "{}", default_user_agent());
+    assert!(
+        default_user_agent().starts_with("basin/"),
+        "{}",
+        default_user_agent()
+    );
     for setting in SETTINGS {
-        assert_eq!(loaded.origin(setting.key), Some(&Origin::Default), "{}", setting.key);
+        assert_eq!(
+            loaded.origin(setting.key),
+            Some(&Origin::Default),
+            "{}",
+            setting.key
+        );
     }
 }
 
@@ -46,17 +62,31 @@ fn file_in_working_directory_then_environment_on_top() {
         "catalog = \"cat.db\"\n[hash]\nalgorithms = [\"md5\", \"shake256:64\"]\njobs = 2\n\
          [download]\nretries_max = 9\nuser_agent = \"from-file\"\n",
     );
-    let loaded = load(None, &[("BASIN_JOBS", "7"), ("BASIN_USER_AGENT", "")], cwd.path()).unwrap();
+    let loaded = load(
+        None,
+        &[("BASIN_JOBS", "7"), ("BASIN_USER_AGENT", "")],
+        cwd.path(),
+    )
+    .unwrap();
     let c = &loaded.config;
     assert_eq!(loaded.file.as_deref(), Some(file.as_path()));
     assert_eq!(c.catalog.as_deref(), Some("cat.db"));
     assert_eq!(c.hash.algorithms, ["md5", "shake256:64"]);
     assert_eq!(c.hash.jobs, Some(7), "environment beats the file");
     assert_eq!(c.download.retries_max, 9);
-    assert_eq!(c.download.user_agent, "from-file", "an empty variable counts as unset");
+    assert_eq!(
+        c.download.user_agent, "from-file",
+        "an empty variable counts as unset"
+    );
     assert_eq!(loaded.origin("hash.jobs"), Some(&Origin::Env("BASIN_JOBS")));
-    assert_eq!(loaded.origin("hash.algorithms"), Some(&Origin::File(file.clone())));
-    assert_eq!(loaded.origin("download.backoff_max_ms"), Some(&Origin::Default));
+    assert_eq!(
+        loaded.origin("hash.algorithms"),
+        Some(&Origin::File(file.clone()))
+    );
+    assert_eq!(
+        loaded.origin("download.backoff_max_ms"),
+        Some(&Origin::Default)
+    );
 }
 
 #[test]
@@ -72,13 +102,24 @@ fn explicit_file_beats_basin_config_which_beats_cwd_which_beats_xdg() {
     let env_s = env_file.to_str().unwrap();
 
     let only_xdg = load(None, &[("XDG_CONFIG_HOME", xdg_s)], &cwd).unwrap();
-    assert_eq!((only_xdg.config.hash.jobs, only_xdg.file), (Some(1), Some(xdg_file)));
+    assert_eq!(
+        (only_xdg.config.hash.jobs, only_xdg.file),
+        (Some(1), Some(xdg_file))
+    );
 
     let cwd_file = write(&cwd, "basin.toml", "[hash]\njobs = 4\n");
     let with_cwd = load(None, &[("XDG_CONFIG_HOME", xdg_s)], &cwd).unwrap();
-    assert_eq!((with_cwd.config.hash.jobs, with_cwd.file), (Some(4), Some(cwd_file)));
+    assert_eq!(
+        (with_cwd.config.hash.jobs, with_cwd.file),
+        (Some(4), Some(cwd_file))
+    );
 
-    let with_env = load(None, &[("XDG_CONFIG_HOME", xdg_s), ("BASIN_CONFIG", env_s)], &cwd).unwrap();
+    let with_env = load(
+        None,
+        &[("XDG_CONFIG_HOME", xdg_s), ("BASIN_CONFIG", env_s)],
+        &cwd,
+    )
+    .unwrap();
     assert_eq!(with_env.config.hash.jobs, Some(2));
 
     let with_explicit = load(Some(&explicit), &[("BASIN_CONFIG", env_s)], &cwd).unwrap();
@@ -98,8 +139,16 @@ fn named_files_must_exist() {
     let cwd = tempfile::tempdir().unwrap();
     let missing = cwd.path().join("nope.toml");
     let err = load(Some(&missing), &[], cwd.path()).unwrap_err();
-    assert!(matches!(err, ConfigError::Read { ref path, .. } if path == &missing), "got {err:?}");
-    let err = load(None, &[("BASIN_CONFIG", missing.to_str().unwrap())], cwd.path()).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Read { ref path, .. } if path == &missing),
+        "got {err:?}"
+    );
+    let err = load(
+        None,
+        &[("BASIN_CONFIG", missing.to_str().unwrap())],
+        cwd.path(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "got {err:?}");
 }
 
@@ -122,7 +171,10 @@ fn unknown_keys_name_the_key_and_the_file() {
             other => panic!("{text:?}: got {other:?}"),
         }
         let message = err.to_string();
-        assert!(message.contains(key) && message.contains(&file.display().to_string()), "{message}");
+        assert!(
+            message.contains(key) && message.contains(&file.display().to_string()),
+            "{message}"
+        );
     }
 }
 
@@ -132,19 +184,30 @@ fn invalid_values_are_errors_with_their_origin() {
     let cases = [
         ("[hash]\njobs = \"four\"\n", "hash.jobs"),
         ("[hash]\njobs = 0\n", "hash.jobs"),
-        ("[hash]\nalgorithms = [\"sha256\", \"nosuch\"]\n", "hash.algorithms"),
+        (
+            "[hash]\nalgorithms = [\"sha256\", \"nosuch\"]\n",
+            "hash.algorithms",
+        ),
         ("[hash]\nalgorithms = []\n", "hash.algorithms"),
         ("[hash]\nalgorithms = [1]\n", "hash.algorithms"),
         ("[download]\nretries_max = -1\n", "download.retries_max"),
-        ("[download]\nread_timeout_secs = 0\n", "download.read_timeout_secs"),
-        ("[download]\nuser_agent = \"a\\r\\nX-Injected: 1\"\n", "download.user_agent"),
+        (
+            "[download]\nread_timeout_secs = 0\n",
+            "download.read_timeout_secs",
+        ),
+        (
+            "[download]\nuser_agent = \"a\\r\\nX-Injected: 1\"\n",
+            "download.user_agent",
+        ),
         ("catalog = 5\n", "catalog"),
     ];
     for (text, key) in cases {
         let file = write(cwd.path(), "basin.toml", text);
         let err = load(None, &[], cwd.path()).unwrap_err();
         match &err {
-            ConfigError::InvalidValue { key: got, origin, .. } => {
+            ConfigError::InvalidValue {
+                key: got, origin, ..
+            } => {
                 assert_eq!(got, key, "{text:?}");
                 assert_eq!(origin, &Origin::File(file.clone()), "{text:?}");
             }
@@ -157,7 +220,10 @@ fn invalid_values_are_errors_with_their_origin() {
         matches!(err, ConfigError::InvalidValue { ref origin, .. } if origin == &Origin::Env("BASIN_DOWNLOAD_RETRIES_MAX")),
         "got {err:?}"
     );
-    assert!(err.to_string().contains("BASIN_DOWNLOAD_RETRIES_MAX"), "{err}");
+    assert!(
+        err.to_string().contains("BASIN_DOWNLOAD_RETRIES_MAX"),
+        "{err}"
+    );
 
     write(cwd.path(), "basin.toml", "[hash\n");
     let err = load(None, &[], cwd.path()).unwrap_err();
@@ -174,9 +240,21 @@ fn flags_override_everything_and_unknown_flags_are_refused() {
     assert_eq!(loaded.config.hash.algorithms, ["blake3", "sha256"]);
     assert_eq!(loaded.origin("hash.algorithms"), Some(&Origin::Flag));
     let err = loaded.set("hash.threads", "3").unwrap_err();
-    assert!(matches!(err, ConfigError::UnknownSetting { .. }), "got {err:?}");
+    assert!(
+        matches!(err, ConfigError::UnknownSetting { .. }),
+        "got {err:?}"
+    );
     let err = loaded.set("download.retries_max", "1001").unwrap_err();
-    assert!(matches!(err, ConfigError::InvalidValue { origin: Origin::Flag, .. }), "got {err:?}");
+    assert!(
+        matches!(
+            err,
+            ConfigError::InvalidValue {
+                origin: Origin::Flag,
+                ..
+            }
+        ),
+        "got {err:?}"
+    );
 }
 
 #[test]
@@ -187,11 +265,19 @@ fn printed_toml_reads_back_as_the_same_config() {
         "basin.toml",
         "catalog = \"postgres://u@h/db\"\n[hash]\nalgorithms = [\"md5\", \"sha3-256\"]\n[download]\nresponse_bytes_max = 1000\n",
     );
-    let loaded = load(None, &[("BASIN_USER_AGENT", "agent \"quoted\" \\ x")], cwd.path()).unwrap();
+    let loaded = load(
+        None,
+        &[("BASIN_USER_AGENT", "agent \"quoted\" \\ x")],
+        cwd.path(),
+    )
+    .unwrap();
     let printed = loaded.to_toml();
     assert!(printed.contains("jobs is unset"), "{printed}");
     assert!(printed.contains("# env BASIN_USER_AGENT"), "{printed}");
-    assert!(printed.contains("algorithms = [\"md5\", \"sha3-256\"]  # file "), "{printed}");
+    assert!(
+        printed.contains("algorithms = [\"md5\", \"sha3-256\"]  # file "),
+        "{printed}"
+    );
 
     let other = tempfile::tempdir().unwrap();
     write(other.path(), "basin.toml", &printed);
@@ -203,14 +289,19 @@ fn printed_toml_reads_back_as_the_same_config() {
 fn json_form_names_value_origin_and_source() {
     let cwd = tempfile::tempdir().unwrap();
     let file = write(cwd.path(), "basin.toml", "[download]\nretries_max = 2\n");
-    let json = load(None, &[("BASIN_JOBS", "6")], cwd.path()).unwrap().to_json();
+    let json = load(None, &[("BASIN_JOBS", "6")], cwd.path())
+        .unwrap()
+        .to_json();
     assert_eq!(json["config_file"], file.display().to_string());
     let s = &json["settings"];
     assert_eq!(s["hash.jobs"]["value"], 6);
     assert_eq!(s["hash.jobs"]["origin"], "env");
     assert_eq!(s["hash.jobs"]["source"], "BASIN_JOBS");
     assert_eq!(s["download.retries_max"]["origin"], "file");
-    assert_eq!(s["download.retries_max"]["source"], file.display().to_string());
+    assert_eq!(
+        s["download.retries_max"]["source"],
+        file.display().to_string()
+    );
     assert_eq!(s["catalog"]["value"], serde_json::Value::Null);
     assert_eq!(s["catalog"]["origin"], "default");
     assert_eq!(s.as_object().unwrap().len(), SETTINGS.len());

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use basin_hash::{parse_algo_list, MultiHasher};
 use basin_scan::download::{
-    plan, DownloadError, DownloadJob, DownloadOptions, DownloadOutcome, Downloader, FailureReport, Layout,
-    TransportKind,
+    plan, DownloadError, DownloadJob, DownloadOptions, DownloadOutcome, Downloader, FailureReport,
+    Layout, TransportKind,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -30,11 +30,17 @@ struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
     /// The start of a `Range: bytes=<start>-` header.
     fn range_start(&self) -> Option<usize> {
-        self.header("range")?.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()
+        self.header("range")?
+            .strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse()
+            .ok()
     }
 }
 
@@ -50,7 +56,11 @@ struct Reply {
 }
 
 fn reply(status: u16, body: &[u8]) -> Reply {
-    Reply { status, body: body.to_vec(), ..Reply::default() }
+    Reply {
+        status,
+        body: body.to_vec(),
+        ..Reply::default()
+    }
 }
 
 type Route = dyn Fn(&Request, usize) -> Reply + Send + Sync;
@@ -96,7 +106,14 @@ impl Server {
     }
 
     fn requests(&self, path: &str) -> Vec<Request> {
-        self.shared.requests.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
+        self.shared
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 }
 
@@ -127,7 +144,10 @@ fn serve(mut stream: TcpStream, shared: &Shared, route: &Route) {
             headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
         }
     }
-    let request = Request { path: path.clone(), headers };
+    let request = Request {
+        path: path.clone(),
+        headers,
+    };
     let (hit, generation) = {
         let mut requests = shared.requests.lock().unwrap();
         requests.push(request.clone());
@@ -153,7 +173,10 @@ fn serve(mut stream: TcpStream, shared: &Shared, route: &Route) {
     let _ = stream.flush();
     if reply.stall {
         let guard = shared.generation.lock().unwrap();
-        let _unused = shared.moved.wait_while(guard, |g| *g == generation).unwrap();
+        let _unused = shared
+            .moved
+            .wait_while(guard, |g| *g == generation)
+            .unwrap();
     }
     let _ = stream.write_all(&reply.body);
     let _ = stream.flush();
@@ -198,7 +221,10 @@ fn expected_hex(bytes: &[u8]) -> Vec<String> {
 }
 
 fn job(url: String, dest: &Path, name: &str) -> DownloadJob {
-    DownloadJob { url, destination: dest.join(name) }
+    DownloadJob {
+        url,
+        destination: dest.join(name),
+    }
 }
 
 fn downloaded(outcome: DownloadOutcome) -> basin_scan::download::Downloaded {
@@ -232,12 +258,18 @@ fn downloads_body_with_digests_and_user_agent() {
     let served = body.clone();
     let server = Server::start(move |_, _| reply(200, &served));
     let dir = tempfile::tempdir().unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/f.bin"), dir.path(), "f.bin"), &mut |_, _| {}));
+    let d = downloaded(Downloader::new(options()).download(
+        &job(server.url("/f.bin"), dir.path(), "f.bin"),
+        &mut |_, _| {},
+    ));
     assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), body);
     assert_eq!(d.size, body.len() as u64);
     assert_eq!(d.attempts, 1);
     assert_eq!(d.resumed_from_bytes, 0);
-    assert_eq!(d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(), expected_hex(&body));
+    assert_eq!(
+        d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(),
+        expected_hex(&body)
+    );
     let requests = server.requests("/f.bin");
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].header("user-agent"), Some("basin-test/1"));
@@ -249,8 +281,15 @@ fn downloads_body_with_digests_and_user_agent() {
 fn not_found_is_final_without_retry() {
     let server = Server::start(|_, _| reply(404, b"nope"));
     let dir = tempfile::tempdir().unwrap();
-    let f = failure(Downloader::new(options()).download(&job(server.url("/missing"), dir.path(), "m"), &mut |_, _| {}));
-    assert!(matches!(f.error, DownloadError::HttpStatus { status: 404, .. }), "got {:?}", f.error);
+    let f = failure(Downloader::new(options()).download(
+        &job(server.url("/missing"), dir.path(), "m"),
+        &mut |_, _| {},
+    ));
+    assert!(
+        matches!(f.error, DownloadError::HttpStatus { status: 404, .. }),
+        "got {:?}",
+        f.error
+    );
     assert_eq!(f.attempts, 1);
     assert_eq!(server.requests("/missing").len(), 1);
     assert!(!dir.path().join("m").exists());
@@ -259,9 +298,18 @@ fn not_found_is_final_without_retry() {
 
 #[test]
 fn server_error_then_success_is_retried() {
-    let server = Server::start(|_, hit| if hit == 1 { reply(500, b"oops") } else { reply(200, b"fine") });
+    let server = Server::start(|_, hit| {
+        if hit == 1 {
+            reply(500, b"oops")
+        } else {
+            reply(200, b"fine")
+        }
+    });
     let dir = tempfile::tempdir().unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/flaky"), dir.path(), "f"), &mut |_, _| {}));
+    let d = downloaded(
+        Downloader::new(options())
+            .download(&job(server.url("/flaky"), dir.path(), "f"), &mut |_, _| {}),
+    );
     assert_eq!(d.attempts, 2);
     assert_eq!(server.requests("/flaky").len(), 2);
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"fine");
@@ -273,7 +321,9 @@ fn persistent_server_error_gives_up_after_retries_max() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options();
     opts.retries_max = 2;
-    let f = failure(Downloader::new(opts).download(&job(server.url("/down"), dir.path(), "d"), &mut |_, _| {}));
+    let f = failure(
+        Downloader::new(opts).download(&job(server.url("/down"), dir.path(), "d"), &mut |_, _| {}),
+    );
     assert_eq!(f.attempts, 3);
     assert_eq!(server.requests("/down").len(), 3);
     assert_eq!(f.error.status(), Some(503));
@@ -283,13 +333,19 @@ fn persistent_server_error_gives_up_after_retries_max() {
 fn too_many_requests_with_retry_after_is_retried() {
     let server = Server::start(|_, hit| {
         if hit == 1 {
-            Reply { headers: vec![("Retry-After".into(), "0".into())], ..reply(429, b"slow down") }
+            Reply {
+                headers: vec![("Retry-After".into(), "0".into())],
+                ..reply(429, b"slow down")
+            }
         } else {
             reply(200, b"ok")
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/rate"), dir.path(), "r"), &mut |_, _| {}));
+    let d = downloaded(
+        Downloader::new(options())
+            .download(&job(server.url("/rate"), dir.path(), "r"), &mut |_, _| {}),
+    );
     assert_eq!(d.attempts, 2);
 }
 
@@ -298,11 +354,17 @@ fn ranged(body: Vec<u8>, truncate_first: bool) -> impl Fn(&Request, usize) -> Re
     move |request, hit| {
         if hit == 1 && truncate_first {
             let half = body.len() / 2;
-            return Reply { content_length: Some(body.len()), ..reply(200, &body[..half]) };
+            return Reply {
+                content_length: Some(body.len()),
+                ..reply(200, &body[..half])
+            };
         }
         match request.range_start() {
             Some(start) if start < body.len() => Reply {
-                headers: vec![("Content-Range".into(), format!("bytes {start}-{}/{}", body.len() - 1, body.len()))],
+                headers: vec![(
+                    "Content-Range".into(),
+                    format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+                )],
                 ..reply(206, &body[start..])
             },
             _ => reply(200, &body),
@@ -315,11 +377,17 @@ fn truncated_body_is_resumed_with_a_range_request() {
     let body = body_bytes(400_000, 2);
     let server = Server::start(ranged(body.clone(), true));
     let dir = tempfile::tempdir().unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/t"), dir.path(), "t"), &mut |_, _| {}));
+    let d = downloaded(
+        Downloader::new(options())
+            .download(&job(server.url("/t"), dir.path(), "t"), &mut |_, _| {}),
+    );
     assert_eq!(std::fs::read(dir.path().join("t")).unwrap(), body);
     assert_eq!(d.attempts, 2);
     assert_eq!(d.resumed_from_bytes, 200_000);
-    assert_eq!(d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(), expected_hex(&body));
+    assert_eq!(
+        d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(),
+        expected_hex(&body)
+    );
     let requests = server.requests("/t");
     assert_eq!(requests[1].header("range"), Some("bytes=200000-"));
 }
@@ -331,11 +399,26 @@ fn truncated_body_without_retries_is_a_failure_not_a_success() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options();
     opts.retries_max = 0;
-    let f = failure(Downloader::new(opts).download(&job(server.url("/t"), dir.path(), "t"), &mut |_, _| {}));
-    assert!(matches!(f.error, DownloadError::Truncated { .. } | DownloadError::Transport { .. }), "got {:?}", f.error);
-    assert!(!dir.path().join("t").exists(), "a short body must never get the final name");
+    let f = failure(
+        Downloader::new(opts).download(&job(server.url("/t"), dir.path(), "t"), &mut |_, _| {}),
+    );
+    assert!(
+        matches!(
+            f.error,
+            DownloadError::Truncated { .. } | DownloadError::Transport { .. }
+        ),
+        "got {:?}",
+        f.error
+    );
+    assert!(
+        !dir.path().join("t").exists(),
+        "a short body must never get the final name"
+    );
     // The partial bytes are kept for a later resume.
-    assert_eq!(std::fs::metadata(dir.path().join("t.part")).unwrap().len(), 5_000);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("t.part")).unwrap().len(),
+        5_000
+    );
 }
 
 #[test]
@@ -344,17 +427,29 @@ fn truncated_body_restarts_when_the_server_ignores_ranges() {
     let served = body.clone();
     let server = Server::start(move |_, hit| {
         if hit == 1 {
-            Reply { content_length: Some(served.len()), ..reply(200, &served[..1000]) }
+            Reply {
+                content_length: Some(served.len()),
+                ..reply(200, &served[..1000])
+            }
         } else {
             reply(200, &served)
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/n"), dir.path(), "n"), &mut |_, _| {}));
+    let d = downloaded(
+        Downloader::new(options())
+            .download(&job(server.url("/n"), dir.path(), "n"), &mut |_, _| {}),
+    );
     assert_eq!(std::fs::read(dir.path().join("n")).unwrap(), body);
     assert_eq!(d.resumed_from_bytes, 0);
-    assert_eq!(d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(), expected_hex(&body));
-    assert_eq!(server.requests("/n")[1].header("range"), Some("bytes=1000-"));
+    assert_eq!(
+        d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(),
+        expected_hex(&body)
+    );
+    assert_eq!(
+        server.requests("/n")[1].header("range"),
+        Some("bytes=1000-")
+    );
 }
 
 #[test]
@@ -363,11 +458,17 @@ fn part_file_from_an_earlier_run_is_resumed() {
     let server = Server::start(ranged(body.clone(), false));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("r.part"), &body[..12_345]).unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/r"), dir.path(), "r"), &mut |_, _| {}));
+    let d = downloaded(
+        Downloader::new(options())
+            .download(&job(server.url("/r"), dir.path(), "r"), &mut |_, _| {}),
+    );
     assert_eq!(d.resumed_from_bytes, 12_345);
     assert_eq!(d.attempts, 1);
     assert_eq!(std::fs::read(dir.path().join("r")).unwrap(), body);
-    assert_eq!(d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(), expected_hex(&body));
+    assert_eq!(
+        d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(),
+        expected_hex(&body)
+    );
     assert!(leftover_parts(dir.path()).is_empty());
 }
 
@@ -378,7 +479,10 @@ fn stale_part_file_is_replaced_when_the_server_answers_200() {
     let server = Server::start(move |_, _| reply(200, &served));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("s.part"), b"garbage from another version").unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/s"), dir.path(), "s"), &mut |_, _| {}));
+    let d = downloaded(
+        Downloader::new(options())
+            .download(&job(server.url("/s"), dir.path(), "s"), &mut |_, _| {}),
+    );
     assert_eq!(d.resumed_from_bytes, 0);
     assert_eq!(std::fs::read(dir.path().join("s")).unwrap(), body);
 }
@@ -390,14 +494,20 @@ fn wrong_content_range_restarts_from_zero() {
     let server = Server::start(move |request, _| match request.range_start() {
         // Claims to resume from the wrong offset.
         Some(_) => Reply {
-            headers: vec![("Content-Range".into(), format!("bytes 0-{}/{}", served.len() - 1, served.len()))],
+            headers: vec![(
+                "Content-Range".into(),
+                format!("bytes 0-{}/{}", served.len() - 1, served.len()),
+            )],
             ..reply(206, &served)
         },
         None => reply(200, &served),
     });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("w.part"), &body[..100]).unwrap();
-    let d = downloaded(Downloader::new(options()).download(&job(server.url("/w"), dir.path(), "w"), &mut |_, _| {}));
+    let d = downloaded(
+        Downloader::new(options())
+            .download(&job(server.url("/w"), dir.path(), "w"), &mut |_, _| {}),
+    );
     assert_eq!(std::fs::read(dir.path().join("w")).unwrap(), body);
     assert_eq!(d.resumed_from_bytes, 0);
     assert_eq!(d.attempts, 2);
@@ -408,26 +518,46 @@ fn wrong_content_range_restarts_from_zero() {
 
 #[test]
 fn slow_response_times_out_and_the_retry_succeeds() {
-    let server = Server::start(|_, hit| Reply { stall: hit == 1, ..reply(200, b"late but whole") });
+    let server = Server::start(|_, hit| Reply {
+        stall: hit == 1,
+        ..reply(200, b"late but whole")
+    });
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options();
     opts.read_timeout = Duration::from_millis(300);
-    let d = downloaded(Downloader::new(opts).download(&job(server.url("/slow"), dir.path(), "slow"), &mut |_, _| {}));
+    let d = downloaded(Downloader::new(opts).download(
+        &job(server.url("/slow"), dir.path(), "slow"),
+        &mut |_, _| {},
+    ));
     assert_eq!(d.attempts, 2);
     assert_eq!(server.requests("/slow").len(), 2);
-    assert_eq!(std::fs::read(dir.path().join("slow")).unwrap(), b"late but whole");
+    assert_eq!(
+        std::fs::read(dir.path().join("slow")).unwrap(),
+        b"late but whole"
+    );
 }
 
 #[test]
 fn slow_response_without_retries_fails_with_a_timeout() {
-    let server = Server::start(|_, _| Reply { stall: true, ..reply(200, b"never") });
+    let server = Server::start(|_, _| Reply {
+        stall: true,
+        ..reply(200, b"never")
+    });
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options();
     opts.read_timeout = Duration::from_millis(300);
     opts.retries_max = 0;
-    let f = failure(Downloader::new(opts).download(&job(server.url("/stuck"), dir.path(), "x"), &mut |_, _| {}));
+    let f = failure(
+        Downloader::new(opts).download(&job(server.url("/stuck"), dir.path(), "x"), &mut |_, _| {}),
+    );
     assert!(
-        matches!(f.error, DownloadError::Transport { kind: TransportKind::Timeout, .. }),
+        matches!(
+            f.error,
+            DownloadError::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            }
+        ),
         "got {:?}",
         f.error
     );
@@ -440,7 +570,10 @@ fn redirect_is_followed() {
     let body = body_bytes(1_000, 8);
     let served = body.clone();
     let server = Server::start(move |request, _| match request.path.as_str() {
-        "/old" => Reply { headers: vec![("Location".into(), "/new/file".into())], ..reply(302, b"") },
+        "/old" => Reply {
+            headers: vec![("Location".into(), "/new/file".into())],
+            ..reply(302, b"")
+        },
         _ => reply(200, &served),
     });
     let dir = tempfile::tempdir().unwrap();
@@ -450,7 +583,10 @@ fn redirect_is_followed() {
     let d = downloaded(Downloader::new(options()).download(&job, &mut |_, _| {}));
     assert_eq!(std::fs::read(&d.path).unwrap(), body);
     assert_eq!(server.requests("/new/file").len(), 1);
-    assert_eq!(server.requests("/new/file")[0].header("user-agent"), Some("basin-test/1"));
+    assert_eq!(
+        server.requests("/new/file")[0].header("user-agent"),
+        Some("basin-test/1")
+    );
 }
 
 #[test]
@@ -460,13 +596,25 @@ fn no_clobber_skips_existing_files_and_default_overwrites() {
     std::fs::write(dir.path().join("keep"), b"old").unwrap();
     let mut opts = options();
     opts.no_clobber = true;
-    let outcome = Downloader::new(opts).download(&job(server.url("/keep"), dir.path(), "keep"), &mut |_, _| {});
-    assert!(matches!(outcome, DownloadOutcome::Skipped { .. }), "got {outcome:?}");
+    let outcome = Downloader::new(opts).download(
+        &job(server.url("/keep"), dir.path(), "keep"),
+        &mut |_, _| {},
+    );
+    assert!(
+        matches!(outcome, DownloadOutcome::Skipped { .. }),
+        "got {outcome:?}"
+    );
     assert_eq!(std::fs::read(dir.path().join("keep")).unwrap(), b"old");
     assert_eq!(server.requests("/keep").len(), 0);
 
-    downloaded(Downloader::new(options()).download(&job(server.url("/keep"), dir.path(), "keep"), &mut |_, _| {}));
-    assert_eq!(std::fs::read(dir.path().join("keep")).unwrap(), b"new content");
+    downloaded(Downloader::new(options()).download(
+        &job(server.url("/keep"), dir.path(), "keep"),
+        &mut |_, _| {},
+    ));
+    assert_eq!(
+        std::fs::read(dir.path().join("keep")).unwrap(),
+        b"new content"
+    );
 }
 
 #[test]
@@ -475,8 +623,20 @@ fn responses_over_the_limit_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options();
     opts.response_bytes_max = Some(1000);
-    let f = failure(Downloader::new(opts).download(&job(server.url("/big"), dir.path(), "big"), &mut |_, _| {}));
-    assert!(matches!(f.error, DownloadError::TooLarge { limit_bytes: 1000, .. }), "got {:?}", f.error);
+    let f = failure(
+        Downloader::new(opts).download(&job(server.url("/big"), dir.path(), "big"), &mut |_, _| {}),
+    );
+    assert!(
+        matches!(
+            f.error,
+            DownloadError::TooLarge {
+                limit_bytes: 1000,
+                ..
+            }
+        ),
+        "got {:?}",
+        f.error
+    );
     assert_eq!(f.attempts, 1);
     assert!(leftover_parts(dir.path()).is_empty());
     assert!(!dir.path().join("big").exists());
@@ -485,13 +645,29 @@ fn responses_over_the_limit_are_refused() {
 #[test]
 fn connection_refused_is_retried_then_reported() {
     // A port that was just free: nothing listens there any more.
-    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options();
     opts.retries_max = 1;
-    let f = failure(Downloader::new(opts).download(&job(format!("http://{addr}/x"), dir.path(), "x"), &mut |_, _| {}));
+    let f = failure(Downloader::new(opts).download(
+        &job(format!("http://{addr}/x"), dir.path(), "x"),
+        &mut |_, _| {},
+    ));
     assert_eq!(f.attempts, 2);
-    assert!(matches!(f.error, DownloadError::Transport { kind: TransportKind::Connect, .. }), "got {:?}", f.error);
+    assert!(
+        matches!(
+            f.error,
+            DownloadError::Transport {
+                kind: TransportKind::Connect,
+                ..
+            }
+        ),
+        "got {:?}",
+        f.error
+    );
 }
 
 #[test]
@@ -507,7 +683,8 @@ fn keep_going_collects_failures_into_a_report() {
     let mut opts = options();
     opts.retries_max = 1;
     let mut seen = Vec::new();
-    let outcomes = Downloader::new(opts).download_all(jobs, true, &mut |o| seen.push(o.url().to_string()));
+    let outcomes =
+        Downloader::new(opts).download_all(jobs, true, &mut |o| seen.push(o.url().to_string()));
     assert_eq!(seen, urls);
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"a");
     let failures: Vec<_> = outcomes
@@ -518,8 +695,11 @@ fn keep_going_collects_failures_into_a_report() {
         })
         .collect();
     let report_path = dir.path().join("report.json");
-    FailureReport::new(outcomes.len(), failures).write(&report_path).unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    FailureReport::new(outcomes.len(), failures)
+        .write(&report_path)
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     assert_eq!(report["attempted"], 3);
     assert_eq!(report["failed"], 2);
     let entries = report["failures"].as_array().unwrap();
@@ -530,23 +710,43 @@ fn keep_going_collects_failures_into_a_report() {
     assert_eq!(entries[1]["url"], urls[2]);
     assert_eq!(entries[1]["status"], 500);
     assert_eq!(entries[1]["attempts"], 2);
-    assert!(entries[1]["error"].as_str().unwrap().contains("500"), "{report}");
+    assert!(
+        entries[1]["error"].as_str().unwrap().contains("500"),
+        "{report}"
+    );
 }
 
 #[test]
 fn without_keep_going_the_first_failure_stops_the_run() {
-    let server = Server::start(|request, _| if request.path == "/bad" { reply(404, b"") } else { reply(200, b"x") });
+    let server = Server::start(|request, _| {
+        if request.path == "/bad" {
+            reply(404, b"")
+        } else {
+            reply(200, b"x")
+        }
+    });
     let dir = tempfile::tempdir().unwrap();
     let urls = vec![server.url("/bad"), server.url("/good")];
-    let outcomes = Downloader::new(options()).download_all(plan(&urls, dir.path(), None, Layout::Flat), false, &mut |_| {});
+    let outcomes = Downloader::new(options()).download_all(
+        plan(&urls, dir.path(), None, Layout::Flat),
+        false,
+        &mut |_| {},
+    );
     assert_eq!(outcomes.len(), 1);
     assert_eq!(server.requests("/good").len(), 0);
 
     // A URL that cannot even be planned is a failure in its place, too.
     let urls = vec!["ftp://127.0.0.1/x".to_string(), server.url("/good")];
-    let outcomes = Downloader::new(options()).download_all(plan(&urls, dir.path(), None, Layout::Flat), false, &mut |_| {});
+    let outcomes = Downloader::new(options()).download_all(
+        plan(&urls, dir.path(), None, Layout::Flat),
+        false,
+        &mut |_| {},
+    );
     assert_eq!(outcomes.len(), 1);
-    assert!(matches!(&outcomes[0], DownloadOutcome::Failed(f) if f.attempts == 0), "got {outcomes:?}");
+    assert!(
+        matches!(&outcomes[0], DownloadOutcome::Failed(f) if f.attempts == 0),
+        "got {outcomes:?}"
+    );
     assert_eq!(server.requests("/good").len(), 0);
 }
 
@@ -554,15 +754,23 @@ fn without_keep_going_the_first_failure_stops_the_run() {
 fn host_path_layout_creates_folders_inside_dest() {
     let server = Server::start(|_, _| reply(200, b"deep"));
     let dir = tempfile::tempdir().unwrap();
-    let urls = vec![server.url("/a/b/%2e%2e/c.txt"), server.url("/x/..%2f..%2fescape")];
-    let jobs: Vec<DownloadJob> =
-        plan(&urls, dir.path(), None, Layout::HostPath).into_iter().map(Result::unwrap).collect();
+    let urls = vec![
+        server.url("/a/b/%2e%2e/c.txt"),
+        server.url("/x/..%2f..%2fescape"),
+    ];
+    let jobs: Vec<DownloadJob> = plan(&urls, dir.path(), None, Layout::HostPath)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let downloader = Downloader::new(options());
     for job in &jobs {
         assert!(job.destination.starts_with(dir.path()), "{job:?}");
         downloaded(downloader.download(job, &mut |_, _| {}));
     }
     let host = format!("127.0.0.1_{}", server.addr.port());
-    assert_eq!(std::fs::read(dir.path().join(&host).join("a/c.txt")).unwrap(), b"deep");
+    assert_eq!(
+        std::fs::read(dir.path().join(&host).join("a/c.txt")).unwrap(),
+        b"deep"
+    );
     assert!(dir.path().join(&host).join("x/.._.._escape").is_file());
 }

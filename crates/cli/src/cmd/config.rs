@@ -37,8 +37,9 @@ pub fn run(cmd: ConfigCommand, global: &Global) -> anyhow::Result<ExitCode> {
 fn show(args: ShowArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let mut loaded = LoadedConfig::load(args.config.as_deref())?;
     for assignment in &args.set {
-        let (key, value) =
-            assignment.split_once('=').with_context(|| format!("--set {assignment}: expected KEY=VALUE"))?;
+        let (key, value) = assignment
+            .split_once('=')
+            .with_context(|| format!("--set {assignment}: expected KEY=VALUE"))?;
         loaded.set(key.trim(), value)?;
     }
     if global.json {

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use basin_hash::SumsFormat;
 use basin_scan::config::LoadedConfig;
-use basin_scan::download::{plan, DownloadOptions, DownloadOutcome, Downloader, FailureReport, Layout};
+use basin_scan::download::{
+    plan, DownloadOptions, DownloadOutcome, Downloader, FailureReport, Layout,
+};
 
 use super::Global;
 
@@ -80,18 +82,30 @@ pub fn run(args: DownloadArgs, global: &Global) -> anyhow::Result<ExitCode> {
         bail!("no URLs given (pass URLs or --from FILE)");
     }
     if args.output.is_some() && urls.len() != 1 {
-        bail!("--output names one file, but {} URLs were given", urls.len());
+        bail!(
+            "--output names one file, but {} URLs were given",
+            urls.len()
+        );
     }
-    std::fs::create_dir_all(&args.dest).with_context(|| format!("creating {}", args.dest.display()))?;
+    std::fs::create_dir_all(&args.dest)
+        .with_context(|| format!("creating {}", args.dest.display()))?;
 
     let mut options = DownloadOptions::from_config(&config.download, algorithms.clone());
     options.no_clobber = args.no_clobber;
     let downloader = Downloader::new(options);
-    let layout = if args.tree { Layout::HostPath } else { Layout::Flat };
+    let layout = if args.tree {
+        Layout::HostPath
+    } else {
+        Layout::Flat
+    };
     let jobs = plan(&urls, &args.dest, args.output.as_deref(), layout);
 
     let bar = crate::progress::bar(urls.len() as u64, "download", global.quiet);
-    let sums_format = if algorithms.len() == 1 { SumsFormat::Gnu } else { SumsFormat::Bsd };
+    let sums_format = if algorithms.len() == 1 {
+        SumsFormat::Gnu
+    } else {
+        SumsFormat::Bsd
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut print_error = None;
@@ -127,20 +141,34 @@ pub fn run(args: DownloadArgs, global: &Global) -> anyhow::Result<ExitCode> {
         FailureReport::new(outcomes.len(), failures.iter().copied()).write(path)?;
     }
     if !global.quiet {
-        let downloaded = outcomes.iter().filter(|o| matches!(o, DownloadOutcome::Downloaded(_))).count();
-        let skipped = outcomes.iter().filter(|o| matches!(o, DownloadOutcome::Skipped { .. })).count();
+        let downloaded = outcomes
+            .iter()
+            .filter(|o| matches!(o, DownloadOutcome::Downloaded(_)))
+            .count();
+        let skipped = outcomes
+            .iter()
+            .filter(|o| matches!(o, DownloadOutcome::Skipped { .. }))
+            .count();
         let not_tried = urls.len() - outcomes.len();
-        let mut summary =
-            format!("basin download: {downloaded} downloaded, {skipped} skipped, {} failed", failures.len());
+        let mut summary = format!(
+            "basin download: {downloaded} downloaded, {skipped} skipped, {} failed",
+            failures.len()
+        );
         if not_tried > 0 {
-            summary.push_str(&format!(", {not_tried} not tried (use --skip-failures to go on)"));
+            summary.push_str(&format!(
+                ", {not_tried} not tried (use --skip-failures to go on)"
+            ));
         }
         if let (Some(path), false) = (&report_path, failures.is_empty()) {
             summary.push_str(&format!("; failures in {}", path.display()));
         }
         eprintln!("{summary}");
     }
-    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_outcome(
@@ -151,9 +179,11 @@ fn print_outcome(
     bar: &indicatif::ProgressBar,
 ) -> std::io::Result<()> {
     match outcome {
-        DownloadOutcome::Downloaded(d) => {
-            out.write_all(format.format_entry(&d.path.to_string_lossy(), d.size, &d.digests).as_bytes())
-        }
+        DownloadOutcome::Downloaded(d) => out.write_all(
+            format
+                .format_entry(&d.path.to_string_lossy(), d.size, &d.digests)
+                .as_bytes(),
+        ),
         DownloadOutcome::Skipped { path, .. } => {
             if !quiet {
                 bar.suspend(|| eprintln!("skipped {} (exists; --no-clobber)", path.display()));
@@ -162,7 +192,7 @@ fn print_outcome(
         }
         DownloadOutcome::Failed(f) => {
             // Failures are always reported, even with --quiet: they change the exit status.
-            bar.suspend(|| eprintln!("failed {} after {} attempt(s): {}", f.url, f.attempts, f.error));
+            bar.suspend(|| eprintln!("failed after {} attempt(s): {}", f.attempts, f.error));
             Ok(())
         }
         _ => Ok(()),
@@ -172,8 +202,11 @@ fn print_outcome(
 fn outcome_json(outcome: &DownloadOutcome) -> serde_json::Value {
     match outcome {
         DownloadOutcome::Downloaded(d) => {
-            let digests: serde_json::Map<String, serde_json::Value> =
-                d.digests.iter().map(|x| (x.spec.to_string(), x.to_hex().into())).collect();
+            let digests: serde_json::Map<String, serde_json::Value> = d
+                .digests
+                .iter()
+                .map(|x| (x.spec.to_string(), x.to_hex().into()))
+                .collect();
             serde_json::json!({
                 "status": "downloaded",
                 "url": d.url,
@@ -208,10 +241,17 @@ const URL_LIST_BYTES_MAX: u64 = 64 << 20;
 
 fn read_url_list(path: &Path) -> anyhow::Result<Vec<String>> {
     let reader: Box<dyn BufRead> = if path == Path::new("-") {
-        Box::new(std::io::BufReader::new(std::io::Read::take(std::io::stdin(), URL_LIST_BYTES_MAX)))
+        Box::new(std::io::BufReader::new(std::io::Read::take(
+            std::io::stdin(),
+            URL_LIST_BYTES_MAX,
+        )))
     } else {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        Box::new(std::io::BufReader::new(std::io::Read::take(file, URL_LIST_BYTES_MAX)))
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Box::new(std::io::BufReader::new(std::io::Read::take(
+            file,
+            URL_LIST_BYTES_MAX,
+        )))
     };
     let mut urls = Vec::new();
     for line in reader.lines() {
