@@ -15,9 +15,16 @@ const MAGIC: &[u8; 8] = b"BNBDATA1";
 #[non_exhaustive]
 pub enum DataError {
     #[error("cannot read workload file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("workload file {path} is malformed at byte {offset}: {reason}")]
-    Malformed { path: PathBuf, offset: usize, reason: &'static str },
+    Malformed {
+        path: PathBuf,
+        offset: usize,
+        reason: &'static str,
+    },
 }
 
 /// One workload file: object sets and index lists, in file order.
@@ -29,8 +36,15 @@ pub struct Workload {
 
 impl Workload {
     pub fn load(path: &Path) -> Result<Workload, DataError> {
-        let raw = std::fs::read(path).map_err(|source| DataError::Read { path: path.to_owned(), source })?;
-        let mut cursor = Cursor { raw: &raw, pos: 0, path };
+        let raw = std::fs::read(path).map_err(|source| DataError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cursor = Cursor {
+            raw: &raw,
+            pos: 0,
+            path,
+        };
         if cursor.take(MAGIC.len(), "magic")? != MAGIC {
             return Err(cursor.malformed("not a benchmark data file"));
         }
@@ -101,11 +115,19 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn malformed(&self, reason: &'static str) -> DataError {
-        DataError::Malformed { path: self.path.to_owned(), offset: self.pos, reason }
+        DataError::Malformed {
+            path: self.path.to_owned(),
+            offset: self.pos,
+            reason,
+        }
     }
 
     fn take(&mut self, len: usize, what: &'static str) -> Result<&[u8], DataError> {
-        let end = self.pos.checked_add(len).filter(|&end| end <= self.raw.len()).ok_or_else(|| self.malformed(what))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= self.raw.len())
+            .ok_or_else(|| self.malformed(what))?;
         let bytes = &self.raw[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -175,10 +197,15 @@ mod tests {
         let mut bytes = encode(&[vec![b"hello".to_vec()]], &[vec![0]]);
         bytes.truncate(bytes.len() - 9);
         std::fs::write(&path, &bytes).unwrap();
-        let err = Workload::load(&path).err().expect("truncated file accepted");
+        let err = Workload::load(&path)
+            .err()
+            .expect("truncated file accepted");
         assert!(matches!(err, DataError::Malformed { .. }), "got {err:?}");
         std::fs::write(&path, b"NOTDATA!\0\0\0\0").unwrap();
         let err = Workload::load(&path).err().expect("foreign file accepted");
-        assert!(matches!(err, DataError::Malformed { offset: 8, .. }), "got {err:?}");
+        assert!(
+            matches!(err, DataError::Malformed { offset: 8, .. }),
+            "got {err:?}"
+        );
     }
 }

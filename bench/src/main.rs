@@ -22,8 +22,8 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use basin_store::{
-    CleanOptions, Compression, HashAlgorithm, InitOptions, Key, LockWait, NoProgress, PackOptions, PackSelection,
-    RepackOptions, Source, Stats, Store,
+    CleanOptions, Compression, HashAlgorithm, InitOptions, Key, LockWait, NoProgress, PackOptions,
+    PackSelection, RepackOptions, Source, Stats, Store,
 };
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
@@ -100,9 +100,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let outcome = match &cli.command {
-        Command::Workload { store, data, batch_objects, single_puts } => {
-            run_scenario(store, |s| workload(s, data, *batch_objects, *single_puts))
-        }
+        Command::Workload {
+            store,
+            data,
+            batch_objects,
+            single_puts,
+        } => run_scenario(store, |s| workload(s, data, *batch_objects, *single_puts)),
         Command::Million { store, data } => run_scenario(store, |s| million(s, data)),
         Command::Big { store, size_mib } => run_scenario(store, |s| big(s, *size_mib)),
     };
@@ -113,10 +116,18 @@ fn main() {
 }
 
 /// Creates the store, runs one scenario, adds the common fields and writes the JSON.
-fn run_scenario(args: &StoreArgs, scenario: impl FnOnce(&Store) -> BenchResult<Map<String, Value>>) -> BenchResult<()> {
-    let hash = HashAlgorithm::from_str(&args.hash).map_err(|e| format!("--hash {}: {e}", args.hash))?;
+fn run_scenario(
+    args: &StoreArgs,
+    scenario: impl FnOnce(&Store) -> BenchResult<Map<String, Value>>,
+) -> BenchResult<()> {
+    let hash =
+        HashAlgorithm::from_str(&args.hash).map_err(|e| format!("--hash {}: {e}", args.hash))?;
     // Raw records as disk-objectstore's `compress=False`; durability is not optional in basin.
-    let opts = InitOptions { hash, compression: Compression::None, ..InitOptions::default() };
+    let opts = InitOptions {
+        hash,
+        compression: Compression::None,
+        ..InitOptions::default()
+    };
     let store = Store::init(&args.dir, &opts)?;
     let mut result = scenario(&store)?;
     result.insert("tool".into(), json!("basin"));
@@ -124,11 +135,13 @@ fn run_scenario(args: &StoreArgs, scenario: impl FnOnce(&Store) -> BenchResult<M
     result.insert("maxrss_mb".into(), json!(peak_rss_mib()));
     drop(store);
     if !args.keep {
-        std::fs::remove_dir_all(&args.dir).map_err(|e| format!("removing {}: {e}", args.dir.display()))?;
+        std::fs::remove_dir_all(&args.dir)
+            .map_err(|e| format!("removing {}: {e}", args.dir.display()))?;
     }
     let text = serde_json::to_string_pretty(&Value::Object(result))?;
     if let Some(path) = &args.json_out {
-        std::fs::write(path, format!("{text}\n")).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, format!("{text}\n"))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     println!("{text}");
     Ok(())
@@ -141,7 +154,13 @@ struct Steps {
 }
 
 impl Steps {
-    fn time<T>(&mut self, name: &str, objects: u64, bytes: u64, f: impl FnOnce() -> BenchResult<T>) -> BenchResult<T> {
+    fn time<T>(
+        &mut self,
+        name: &str,
+        objects: u64,
+        bytes: u64,
+        f: impl FnOnce() -> BenchResult<T>,
+    ) -> BenchResult<T> {
         let start = Instant::now();
         let out = f().map_err(|e| format!("step {name}: {e}"))?;
         let seconds = start.elapsed().as_secs_f64();
@@ -151,7 +170,10 @@ impl Steps {
 
     fn record(&mut self, name: &str, seconds: f64, objects: u64, bytes: u64) {
         eprintln!("  basin {name:24} {seconds:9.3} s");
-        self.steps.insert(name.into(), json!({"seconds": seconds, "objects": objects, "bytes": bytes}));
+        self.steps.insert(
+            name.into(),
+            json!({"seconds": seconds, "objects": objects, "bytes": bytes}),
+        );
     }
 }
 
@@ -181,7 +203,11 @@ fn index_file_bytes(dir: &Path) -> BenchResult<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(basin_store::INDEX_FILE) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(basin_store::INDEX_FILE)
+        {
             total += entry.metadata()?.len();
         }
     }
@@ -189,16 +215,30 @@ fn index_file_bytes(dir: &Path) -> BenchResult<u64> {
 }
 
 fn pack_options() -> PackOptions {
-    PackOptions { compression: Some(Compression::None), validate: true }
+    PackOptions {
+        compression: Some(Compression::None),
+        validate: true,
+    }
 }
 
-fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize) -> BenchResult<Map<String, Value>> {
+fn workload(
+    store: &Store,
+    data: &Path,
+    batch_objects: usize,
+    single_puts: usize,
+) -> BenchResult<Map<String, Value>> {
     let w = Workload::load(data)?;
-    ensure(w.set_count() == 2 && w.list_count() == 5, || "workload file needs 2 sets and 5 lists".into())?;
+    ensure(w.set_count() == 2 && w.list_count() == 5, || {
+        "workload file needs 2 sets and 5 lists".into()
+    })?;
     let n = w.set_len(0);
     let payload = w.set_bytes(0);
     let payload2 = w.set_bytes(1);
-    let batch_objects = if batch_objects == 0 { n.max(1) } else { batch_objects };
+    let batch_objects = if batch_objects == 0 {
+        n.max(1)
+    } else {
+        batch_objects
+    };
     let mut t = Steps::default();
 
     // a. loose writes, one durability round per batch
@@ -214,13 +254,21 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
         }
         Ok(keys)
     })?;
-    ensure(keys.len() == n, || format!("batch commit returned {} keys for {n} objects", keys.len()))?;
+    ensure(keys.len() == n, || {
+        format!("batch commit returned {} keys for {n} objects", keys.len())
+    })?;
 
     // a1. single durable puts on a subset, in a second store so the main one holds exactly N objects
     let single = single_puts.min(n);
     if single > 0 {
         let side_dir = store.path().with_extension("single-puts");
-        let side = Store::init(&side_dir, &InitOptions { hash: store.config().hash, ..InitOptions::default() })?;
+        let side = Store::init(
+            &side_dir,
+            &InitOptions {
+                hash: store.config().hash,
+                ..InitOptions::default()
+            },
+        )?;
         let start = Instant::now();
         for obj in w.objects(0).take(single) {
             side.put(obj)?;
@@ -228,7 +276,12 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
         let seconds = start.elapsed().as_secs_f64();
         let bytes: u64 = w.objects(0).take(single).map(|o| o.len() as u64).sum();
         t.record("a1_single_put_subset", seconds, single as u64, bytes);
-        t.record("a1_single_put_extrapolated", seconds * n as f64 / single as f64, n as u64, payload);
+        t.record(
+            "a1_single_put_extrapolated",
+            seconds * n as f64 / single as f64,
+            n as u64,
+            payload,
+        );
         drop(side);
         std::fs::remove_dir_all(&side_dir)?;
     }
@@ -236,11 +289,15 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
     let read_each = |order: &[u32]| -> BenchResult<()> {
         for &i in order {
             let got = store.get(&keys[i as usize])?;
-            ensure(got == w.object(0, i as usize), || format!("object {i} read back wrong"))?;
+            ensure(got == w.object(0, i as usize), || {
+                format!("object {i} read back wrong")
+            })?;
         }
         Ok(())
     };
-    t.time("a2_read_loose", n as u64, payload, || read_each(w.list(LIST_A2_ORDER)))?;
+    t.time("a2_read_loose", n as u64, payload, || {
+        read_each(w.list(LIST_A2_ORDER))
+    })?;
 
     // b. pack every loose object; basin removes the loose copies as each pack is committed
     t.time("b_pack", n as u64, payload, || {
@@ -256,14 +313,26 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
         })?;
     }
     let stats = store.stats()?;
-    ensure(stats.loose_objects == 0 && stats.packed_objects == n as u64, || {
-        format!("after packing: {} loose, {} packed, want 0 and {n}", stats.loose_objects, stats.packed_objects)
+    ensure(
+        stats.loose_objects == 0 && stats.packed_objects == n as u64,
+        || {
+            format!(
+                "after packing: {} loose, {} packed, want 0 and {n}",
+                stats.loose_objects, stats.packed_objects
+            )
+        },
+    )?;
+
+    t.time("c_read_packed", n as u64, payload, || {
+        read_each(w.list(LIST_C_ORDER))
     })?;
 
-    t.time("c_read_packed", n as u64, payload, || read_each(w.list(LIST_C_ORDER)))?;
-
     let position: HashMap<Key, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-    let bulk_keys: Vec<Key> = w.list(LIST_C2_ORDER).iter().map(|&i| keys[i as usize]).collect();
+    let bulk_keys: Vec<Key> = w
+        .list(LIST_C2_ORDER)
+        .iter()
+        .map(|&i| keys[i as usize])
+        .collect();
     t.time("c2_read_many", n as u64, payload, || {
         let mut visited = 0usize;
         store.read_many(&bulk_keys, &mut |key, bytes| {
@@ -271,10 +340,14 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
             visited += 1;
             match position.get(&key) {
                 Some(&i) if bytes == w.object(0, i) => Ok(()),
-                _ => Err(basin_store::Error::InvalidArgument(format!("read_many returned wrong bytes for {key}"))),
+                _ => Err(basin_store::Error::InvalidArgument(format!(
+                    "read_many returned wrong bytes for {key}"
+                ))),
             }
         })?;
-        ensure(visited == n, || format!("read_many visited {visited} of {n}"))
+        ensure(visited == n, || {
+            format!("read_many visited {visited} of {n}")
+        })
     })?;
 
     let probe: Vec<Key> = w
@@ -307,23 +380,35 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
         let mut iter = sources.into_iter().map(Ok);
         Ok(m.write_packed(&mut iter, &pack_options(), &NoProgress)?)
     })?;
-    ensure(keys2.len() == w.set_len(1), || format!("write_packed returned {} keys", keys2.len()))?;
+    ensure(keys2.len() == w.set_len(1), || {
+        format!("write_packed returned {} keys", keys2.len())
+    })?;
     let stats_after_d = store.stats()?;
 
     t.time("e_validate", 2 * n as u64, payload + payload2, || {
         let m = store.maintenance(LockWait::Fail)?;
         let report = m.validate(&NoProgress)?;
-        ensure(report.is_ok(), || format!("validate found {} problems", report.problems.len()))
+        ensure(report.is_ok(), || {
+            format!("validate found {} problems", report.problems.len())
+        })
     })?;
 
     let all_key = |i: usize| if i < n { keys[i] } else { keys2[i - n] };
-    let all_object = |i: usize| if i < n { w.object(0, i) } else { w.object(1, i - n) };
+    let all_object = |i: usize| {
+        if i < n {
+            w.object(0, i)
+        } else {
+            w.object(1, i - n)
+        }
+    };
     let doomed_idx = w.list(LIST_DELETE_ORDER);
     let doomed: Vec<Key> = doomed_idx.iter().map(|&i| all_key(i as usize)).collect();
     t.time("f1_delete", doomed.len() as u64, 0, || {
         let m = store.maintenance(LockWait::Fail)?;
         let deleted = m.delete(&doomed)?.len();
-        ensure(deleted == doomed.len(), || format!("delete removed {deleted} of {}", doomed.len()))
+        ensure(deleted == doomed.len(), || {
+            format!("delete removed {deleted} of {}", doomed.len())
+        })
     })?;
     let mut is_doomed = vec![false; 2 * n];
     for &i in doomed_idx {
@@ -333,24 +418,41 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
     let remaining_bytes: u64 = survivors.iter().map(|&i| all_object(i).len() as u64).sum();
     t.time("f2_repack", survivors.len() as u64, remaining_bytes, || {
         let m = store.maintenance(LockWait::Fail)?;
-        let opts = RepackOptions { all: true, ..RepackOptions::default() };
+        let opts = RepackOptions {
+            all: true,
+            ..RepackOptions::default()
+        };
         Ok(m.repack(&opts, &NoProgress)?)
     })?;
     t.time("f3_clean_vacuum", survivors.len() as u64, 0, || {
         let m = store.maintenance(LockWait::Fail)?;
-        let opts = CleanOptions { vacuum: true, ..CleanOptions::default() };
+        let opts = CleanOptions {
+            vacuum: true,
+            ..CleanOptions::default()
+        };
         Ok(m.clean(&opts, &NoProgress)?)
     })?;
     for &i in survivors.iter().take(200) {
-        ensure(store.get(&all_key(i))? == all_object(i), || format!("object {i} wrong after repack"))?;
+        ensure(store.get(&all_key(i))? == all_object(i), || {
+            format!("object {i} wrong after repack")
+        })?;
     }
     for key in doomed.iter().take(200) {
-        ensure(!store.has(key)?, || format!("deleted object {key} still present"))?;
+        ensure(!store.has(key)?, || {
+            format!("deleted object {key} still present")
+        })?;
     }
     let stats_end = store.stats()?;
-    ensure(stats_end.packed_objects + stats_end.loose_objects == survivors.len() as u64, || {
-        format!("{} objects at the end, want {}", stats_end.packed_objects + stats_end.loose_objects, survivors.len())
-    })?;
+    ensure(
+        stats_end.packed_objects + stats_end.loose_objects == survivors.len() as u64,
+        || {
+            format!(
+                "{} objects at the end, want {}",
+                stats_end.packed_objects + stats_end.loose_objects,
+                survivors.len()
+            )
+        },
+    )?;
 
     let mut out = Map::new();
     out.insert("steps".into(), Value::Object(t.steps));
@@ -365,7 +467,9 @@ fn workload(store: &Store, data: &Path, batch_objects: usize, single_puts: usize
 
 fn million(store: &Store, data: &Path) -> BenchResult<Map<String, Value>> {
     let w = Workload::load(data)?;
-    ensure(w.set_count() == 1 && w.list_count() == 1, || "million file needs 1 set and 1 list".into())?;
+    ensure(w.set_count() == 1 && w.list_count() == 1, || {
+        "million file needs 1 set and 1 list".into()
+    })?;
     let n = w.set_len(0);
     let payload = w.set_bytes(0);
     let mut t = Steps::default();
@@ -375,7 +479,9 @@ fn million(store: &Store, data: &Path) -> BenchResult<Map<String, Value>> {
         let mut iter = sources.into_iter().map(Ok);
         Ok(m.write_packed(&mut iter, &pack_options(), &NoProgress)?)
     })?;
-    ensure(keys.len() == n, || format!("write_packed returned {} keys for {n}", keys.len()))?;
+    ensure(keys.len() == n, || {
+        format!("write_packed returned {} keys for {n}", keys.len())
+    })?;
     // Small objects repeat (the empty one, one-byte ones), so expected bytes are looked up per key.
     let position: HashMap<Key, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let wanted: Vec<Key> = w.list(0).iter().map(|&i| keys[i as usize]).collect();
@@ -386,10 +492,14 @@ fn million(store: &Store, data: &Path) -> BenchResult<Map<String, Value>> {
             visited += 1;
             match position.get(&key) {
                 Some(&i) if bytes == w.object(0, i) => Ok(()),
-                _ => Err(basin_store::Error::InvalidArgument(format!("read_many returned wrong bytes for {key}"))),
+                _ => Err(basin_store::Error::InvalidArgument(format!(
+                    "read_many returned wrong bytes for {key}"
+                ))),
             }
         })?;
-        ensure(visited == position.len(), || format!("read_many visited {visited} of {} distinct", position.len()))
+        ensure(visited == position.len(), || {
+            format!("read_many visited {visited} of {} distinct", position.len())
+        })
     })?;
     let stats = store.stats()?;
     let mut out = Map::new();
@@ -420,10 +530,14 @@ fn big(store: &Store, size_mib: u64) -> BenchResult<Map<String, Value>> {
                 break;
             }
             expected.fill_at(pos, &mut want[..got]);
-            ensure(buf[..got] == want[..got], || format!("big object differs near byte {pos}"))?;
+            ensure(buf[..got] == want[..got], || {
+                format!("big object differs near byte {pos}")
+            })?;
             pos += got as u64;
         }
-        ensure(pos == size_bytes, || format!("big object read {pos} of {size_bytes} bytes"))
+        ensure(pos == size_bytes, || {
+            format!("big object read {pos} of {size_bytes} bytes")
+        })
     })?;
     let mut out = Map::new();
     out.insert("steps".into(), Value::Object(t.steps));

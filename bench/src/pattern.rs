@@ -28,7 +28,11 @@ impl PatternReader {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             block.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
         }
-        PatternReader { block, len_bytes, pos: 0 }
+        PatternReader {
+            block,
+            len_bytes,
+            pos: 0,
+        }
     }
 
     /// Writes the stream's bytes `[pos, pos + out.len())` into `out` (the caller keeps it in range).

@@ -9,11 +9,13 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 type Route = dyn Fn(&str) -> (u16, Vec<u8>) + Send + Sync;
+/// Each request's path and headers (names lower-cased), in arrival order.
+type Seen = Mutex<Vec<(String, HashMap<String, String>)>>;
 
 /// A server answering `route(path)`; it records each request's path and headers.
 struct Server {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+    seen: Arc<Seen>,
 }
 
 impl Server {
@@ -48,11 +50,7 @@ impl Server {
     }
 }
 
-fn serve(
-    mut stream: TcpStream,
-    seen: &Mutex<Vec<(String, HashMap<String, String>)>>,
-    route: &Route,
-) {
+fn serve(mut stream: TcpStream, seen: &Seen, route: &Route) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {

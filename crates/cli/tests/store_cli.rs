@@ -537,3 +537,56 @@ fn backup_clean_rebuild_and_import_store() {
     }
     other.basin(&["validate"]).ok();
 }
+
+#[test]
+fn pack_leaves_a_damaged_loose_file_and_exits_1() {
+    let h = Harness::with_store();
+    let good = h.put("good", b"good content");
+    let bad = h.put("bad", b"content that will be damaged");
+    let path = loose_path(&h.store(), &bad);
+    let mut bytes = fs::read(&path).expect("read loose file");
+    bytes[0] ^= 1;
+    fs::write(&path, &bytes).expect("damage loose file");
+
+    let run = h.basin(&["pack"]).expect_code(1);
+    assert!(run.stderr.contains(&bad.to_hex()[2..]), "damaged file named: {}", run.stderr);
+    assert!(path.exists(), "damaged loose file left in place");
+    assert!(!loose_path(&h.store(), &good).exists(), "the good object was packed");
+    assert_eq!(h.get(&good), b"good content");
+}
+
+#[test]
+fn import_dos_container() {
+    // A container written by disk-objectstore 1.5.0 itself (see crates/store/tests/import_dos.rs),
+    // copied because opening its SQLite index may touch the -wal/-shm files.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../store/tests/fixtures/dos-container");
+    let expected: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&fs::read(fixture.with_extension("expected.json")).expect("manifest")).expect("json");
+    let h = Harness::new();
+    copy_tree(&fixture, &h.path("dos"));
+    h.basin(&["init", "--hash", "sha256"]).ok();
+    let report = h.basin(&["import-dos", "--json", h.path("dos").to_str().unwrap()]).ok().json();
+    assert_eq!(report["objects"], expected.len(), "{report}");
+    for (hex, content) in &expected {
+        assert_eq!(h.get(&parse_key(hex)), content.as_bytes(), "object {hex}");
+    }
+    let again = h.basin(&["import-dos", h.path("dos").to_str().unwrap()]).ok().text();
+    assert!(again.contains("already present"), "human report: {again}");
+    h.basin(&["validate"]).ok();
+
+    let run = h.basin(&["import-dos", h.path("nothing-here").to_str().unwrap()]).expect_code(2);
+    assert!(run.stderr.contains("nothing-here"), "names the path: {}", run.stderr);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for entry in fs::read_dir(from).expect("list fixture") {
+        let entry = entry.expect("entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), dest).expect("copy fixture file");
+        }
+    }
+}

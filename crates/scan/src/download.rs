@@ -99,12 +99,8 @@ pub enum DownloadError {
     UnsupportedScheme { url: String, scheme: String },
     #[error("invalid destination name `{name}`: {message}")]
     InvalidDestination { name: String, message: String },
-    #[error("{url} would be saved to {path}, which {other_url} already uses in this run")]
-    DestinationCollision {
-        url: String,
-        path: PathBuf,
-        other_url: String,
-    },
+    #[error("destination {path} is already used by {other_url} in this run")]
+    DestinationCollision { path: PathBuf, other_url: String },
     #[error("{url}: server answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
     #[error("{url}: {kind}: {message}")]
@@ -519,12 +515,16 @@ impl Downloader {
             received += n as u64;
             progress(start + received, total);
         }
-        if let Some(expected) = content_length {
-            if received != expected {
+        // The whole file must be there: the resource size from `Content-Range` when resuming,
+        // else this response's `Content-Length`. Without either, the body ended cleanly (chunked
+        // encoding detects a cut itself).
+        let expected_size = total.or(content_length.map(|length| start + length));
+        if let Some(expected) = expected_size {
+            if start + received != expected {
                 file.sync_data().map_err(io_err(part))?;
                 return Err(DownloadError::Truncated {
                     url: url.to_string(),
-                    expected_bytes: start + expected,
+                    expected_bytes: expected,
                     received_bytes: start + received,
                 }
                 .into());
@@ -807,11 +807,14 @@ fn parse_url(url: &str) -> Result<url::Url, DownloadError> {
             scheme: parsed.scheme().to_string(),
         });
     }
-    if parsed.host_str().map_or(true, str::is_empty) {
-        return Err(DownloadError::InvalidUrl {
-            url: url.to_string(),
-            message: "no host".to_string(),
-        });
+    match parsed.host_str() {
+        Some(host) if !host.is_empty() => {}
+        _ => {
+            return Err(DownloadError::InvalidUrl {
+                url: url.to_string(),
+                message: "no host".to_string(),
+            })
+        }
     }
     Ok(parsed)
 }
@@ -888,7 +891,6 @@ pub fn plan(
             .map_err(fail)?;
             if let Some(other) = taken.get(&destination) {
                 return Err(fail(DownloadError::DestinationCollision {
-                    url: url.clone(),
                     path: destination,
                     other_url: other.clone(),
                 }));

@@ -37,7 +37,7 @@ fn sources() -> BTreeMap<String, Vec<u8>> {
     println!("seed {SEED:#x}");
     let mut files = BTreeMap::new();
     files.insert("a.txt".to_string(), b"hello archive\n".to_vec());
-    files.insert("dir/b.bin".to_string(), noise(1_300_000, SEED));
+    files.insert("dir/b.bin".to_string(), noise(700_000, SEED));
     files.insert("dir/sub/empty".to_string(), Vec::new());
     files.insert("dir/sub/zeros".to_string(), vec![0u8; 300_000]);
     files

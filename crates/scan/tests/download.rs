@@ -774,3 +774,41 @@ fn host_path_layout_creates_folders_inside_dest() {
     );
     assert!(dir.path().join(&host).join("x/.._.._escape").is_file());
 }
+
+#[test]
+fn short_ranges_are_stitched_into_the_whole_file() {
+    // A server that never sends more than 10,000 bytes per response, announcing the full size.
+    let body = body_bytes(45_000, 9);
+    let served = body.clone();
+    let server = Server::start(move |request, _| {
+        let start = request.range_start().unwrap_or(0);
+        let end = (start + 10_000).min(served.len());
+        match request.range_start() {
+            None => Reply {
+                content_length: Some(served.len()),
+                ..reply(200, &served[..end])
+            },
+            Some(_) => Reply {
+                headers: vec![(
+                    "Content-Range".into(),
+                    format!("bytes {start}-{}/{}", end - 1, served.len()),
+                )],
+                ..reply(206, &served[start..end])
+            },
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options();
+    opts.retries_max = 5;
+    let d = downloaded(
+        Downloader::new(opts)
+            .download(&job(server.url("/pieces"), dir.path(), "p"), &mut |_, _| {}),
+    );
+    assert_eq!(d.attempts, 5);
+    assert_eq!(d.resumed_from_bytes, 40_000);
+    assert_eq!(std::fs::read(dir.path().join("p")).unwrap(), body);
+    assert_eq!(
+        d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(),
+        expected_hex(&body)
+    );
+}

@@ -921,7 +921,7 @@ fn b22_pack_validation_catches_corrupt_loose() {
     let r = pack_with(s, PackSelection::All, None);
     assert_eq!(r.packed, 1, "{r:?}");
     assert_eq!(r.corrupt.len(), 1, "{r:?}");
-    assert!(r.corrupt[0].contains(&a.to_hex()), "report must name the file: {r:?}");
+    assert!(r.corrupt[0].contains(&path_a.display().to_string()), "report must name the file: {r:?}");
     assert!(path_a.exists(), "the corrupt file is evidence: keep it");
     assert_eq!(location(s, &a), Location::Loose, "corrupt content must not be packed");
     let e = s.get(&a).expect_err("get of a corrupt loose object");

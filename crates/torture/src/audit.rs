@@ -50,7 +50,7 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
     let required = ledger.must_exist_objects();
     report.objects_required = required.len() as u64;
 
-    let mut problem = |report: &mut AuditReport, text: String| report.problems.push(text);
+    let problem = |report: &mut AuditReport, text: String| report.problems.push(text);
 
     // get, one by one.
     for (key, spec) in &required {

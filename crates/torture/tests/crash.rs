@@ -97,6 +97,30 @@ fn kill_cycles(kind: &str, kind_index: u64) {
     );
 }
 
+/// What the worker's output told so far.
+struct Observed<'a> {
+    kind: &'a str,
+    inside_operation: bool,
+    last_phase: Option<String>,
+    /// Shared across a kind's kills: the last duration of a finished operation.
+    operation_micros: &'a mut u64,
+}
+
+impl Observed<'_> {
+    fn note(&mut self, line: &str) {
+        if line.strip_prefix("begin ") == Some(self.kind) {
+            self.inside_operation = true;
+        } else if let Some(rest) = line.strip_prefix("end ").and_then(|l| l.strip_prefix(self.kind)) {
+            self.inside_operation = false;
+            if let Ok(micros) = rest.trim().parse::<u64>() {
+                *self.operation_micros = micros.max(100);
+            }
+        } else if let Some(phase) = line.strip_prefix("phase ") {
+            self.last_phase = Some(phase.to_string());
+        }
+    }
+}
+
 /// Starts a worker, kills it at a random instant inside its operation, waits for it to die.
 fn kill_once(
     kind: &str,
@@ -134,46 +158,35 @@ fn kill_once(
         }
     });
     let begin = format!("begin {kind}");
-    let mut inside_operation = false;
-    let mut last_phase = None;
-    let mut note = |line: &str, inside_operation: &mut bool, last_phase: &mut Option<String>| {
-        if line == begin {
-            *inside_operation = true;
-        } else if let Some(rest) = line.strip_prefix(&format!("end {kind} ")) {
-            *inside_operation = false;
-            if let Ok(micros) = rest.parse::<u64>() {
-                *operation_micros = micros.max(100);
-            }
-        } else if let Some(phase) = line.strip_prefix("phase ") {
-            *last_phase = Some(phase.to_string());
-        }
-    };
+    let mut seen = Observed { kind, inside_operation: false, last_phase: None, operation_micros };
     loop {
         let Ok(line) = lines.recv() else {
             let status = child.wait().map_err(|e| format!("wait for worker: {e}"))?;
             let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             return Err(format!("worker exited ({status}) before its operation began:\n{stderr}"));
         };
-        note(&line, &mut inside_operation, &mut last_phase);
+        seen.note(&line);
         if line == begin {
             break;
         }
     }
     // The random wait is the point: the kill lands at an instant chosen by the seed.
-    let delay_micros = rng.random_range(0..=*operation_micros + *operation_micros / 4);
+    let estimate = *seen.operation_micros;
+    let delay_micros = rng.random_range(0..=estimate + estimate / 4);
     std::thread::sleep(Duration::from_micros(delay_micros));
     // Child::kill sends SIGKILL on Unix: no destructor, no flush, no unlock runs.
     child.kill().map_err(|e| format!("kill worker: {e}"))?;
     let status = child.wait().map_err(|e| format!("wait for killed worker: {e}"))?;
     drain.join().map_err(|_| "output drain thread panicked".to_string())?;
     for line in lines.try_iter() {
-        note(&line, &mut inside_operation, &mut last_phase);
+        seen.note(&line);
     }
     if status.code().is_some() {
         // It exited on its own before the kill: that is a worker failure, not a crash.
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         return Err(format!("worker exited ({status}) before the kill:\n{stderr}"));
     }
+    let Observed { inside_operation, last_phase, .. } = seen;
     Ok(Kill { inside_operation, last_phase, delay_micros })
 }
 

@@ -261,7 +261,10 @@ struct HashPrinter<'a> {
 
 impl ScanObserver for HashPrinter<'_> {
     fn file_done(&mut self, root: &ScanRoot, outcome: &FileOutcome) -> io::Result<()> {
-        let shown = root.display_path(&outcome.rel_path);
+        // hashdeep writes and audits absolute paths (unless -l); so do we in its format.
+        let absolute = self.format == Some(SumsFormat::Hashdeep);
+        let show = |rel: &str| if absolute { root.abs_path(rel).to_string_lossy().into_owned() } else { root.display_path(rel) };
+        let shown = show(&outcome.rel_path);
         let mut record_failure = |rel_path: &str, shown: &str, message: &str| -> io::Result<()> {
             self.bar.suspend(|| eprintln!("basin: {shown}: {message}"));
             self.failed.push(shown.to_string());
@@ -279,7 +282,7 @@ impl ScanObserver for HashPrinter<'_> {
             Err(message) => record_failure(&outcome.rel_path, &shown, message)?,
         }
         for m in &outcome.members {
-            let member_shown = root.display_path(&m.rel_path);
+            let member_shown = show(&m.rel_path);
             match &m.result {
                 Ok(digests) => {
                     if let Some(format) = self.format {

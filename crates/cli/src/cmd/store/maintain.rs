@@ -30,7 +30,8 @@ pub fn pack(args: PackArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let report = maintenance.pack_loose(&selection, &opts, &progress)?;
     drop(progress);
     output::report("packed", &report, global.json)?;
-    Ok(ExitCode::SUCCESS)
+    warn_skipped(&report.skipped, "loose files could not be read and were left for the next pack", global);
+    Ok(problems_found(&report.corrupt, "loose files do not match their key and were left in place; run `basin validate`", global))
 }
 
 pub fn import(args: ImportArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -143,7 +144,7 @@ pub fn rebuild_index(args: LockArgs, global: &Global) -> anyhow::Result<ExitCode
     let report = maintenance.rebuild_index(&progress)?;
     drop(progress);
     output::report("rebuilt index", &report, global.json)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(problems_found(&report.unreadable_packs, "packs could not be read; their objects are not in the index", global))
 }
 
 pub fn backup(args: BackupArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -163,7 +164,7 @@ pub fn import_store(args: ImportFromArgs, global: &Global) -> anyhow::Result<Exi
     let report = maintenance.import_store(&args.src, &progress)?;
     drop(progress);
     output::report(&format!("imported store {}", args.src.display()), &report, global.json)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(problems_found(&report.corrupt, "source objects do not match their key and were not imported", global))
 }
 
 pub fn import_dos(args: ImportFromArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -173,5 +174,30 @@ pub fn import_dos(args: ImportFromArgs, global: &Global) -> anyhow::Result<ExitC
     let report = maintenance.import_dos(&args.src, &progress)?;
     drop(progress);
     output::report(&format!("imported disk-objectstore container {}", args.src.display()), &report, global.json)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(problems_found(&report.corrupt, "source objects do not match their key and were not imported", global))
+}
+
+/// Exit code for a finished operation that met damaged data: the listed items go to stderr (they
+/// are already in the `--json` report) and the exit code is 1, as for `validate`.
+fn problems_found(items: &[String], what: &str, global: &Global) -> ExitCode {
+    if items.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if !global.json {
+        eprintln!("basin: {} {what}:", items.len());
+        for item in items {
+            eprintln!("  {item}");
+        }
+    }
+    ExitCode::from(EXIT_NO)
+}
+
+/// Notes items an operation passed over without it being a problem (they are retried next time).
+fn warn_skipped(items: &[String], what: &str, global: &Global) {
+    if !items.is_empty() && !global.quiet && !global.json {
+        eprintln!("basin: {} {what}:", items.len());
+        for item in items {
+            eprintln!("  {item}");
+        }
+    }
 }

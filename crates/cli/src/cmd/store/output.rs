@@ -63,8 +63,9 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// A maintenance report: with `--json` the report itself as a document; otherwise a title line
-/// and one `label  value` line per counter, byte counts also in human units. The lines come from
-/// the report's own fields so new counters show up without touching the CLI.
+/// and one `label  value` line per counter in the report's field order (serde_json's
+/// `preserve_order`), byte counts also in human units. The lines come from the report's own
+/// fields so new counters show up without touching the CLI.
 pub fn report(title: &str, report: &impl Serialize, json: bool) -> anyhow::Result<()> {
     if json {
         return json_document(report);
@@ -85,12 +86,13 @@ pub fn report(title: &str, report: &impl Serialize, json: bool) -> anyhow::Resul
 fn field_text(name: &str, value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::Number(n) => match n.as_u64() {
-            Some(bytes) if name.ends_with("_bytes") && bytes >= 1024 => format!("{bytes} ({})", human_bytes(bytes)),
+            Some(bytes) if name.split('_').any(|word| word == "bytes") && bytes >= 1024 => format!("{bytes} ({})", human_bytes(bytes)),
             _ => n.to_string(),
         },
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
         serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::Array(items) if items.is_empty() => "none".to_string(),
         serde_json::Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
             items.iter().map(|i| field_text("", i)).collect::<Vec<_>>().join(", ")
         }
@@ -113,8 +115,10 @@ mod tests {
     #[test]
     fn report_fields_read_as_text() {
         assert_eq!(field_text("pack_file_bytes", &serde_json::json!(2048)), "2048 (2.0 KiB)");
+        assert_eq!(field_text("bytes_after", &serde_json::json!(4096)), "4096 (4.0 KiB)");
         assert_eq!(field_text("objects", &serde_json::json!(2048)), "2048");
         assert_eq!(field_text("vacuumed", &serde_json::json!(true)), "yes");
         assert_eq!(field_text("packs", &serde_json::json!([1, 2])), "1, 2");
+        assert_eq!(field_text("corrupt", &serde_json::json!([])), "none");
     }
 }
