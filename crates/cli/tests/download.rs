@@ -8,18 +8,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-type Route = dyn Fn(&str) -> (u16, Vec<u8>) + Send + Sync;
+type Route = dyn Fn(&str, usize) -> (u16, Vec<u8>) + Send + Sync;
 /// Each request's path and headers (names lower-cased), in arrival order.
 type Seen = Mutex<Vec<(String, HashMap<String, String>)>>;
 
-/// A server answering `route(path)`; it records each request's path and headers.
+/// A server answering `route(path, hit)` (`hit` counts requests to that path from 1); it records
+/// each request's path and headers.
 struct Server {
     addr: SocketAddr,
     seen: Arc<Seen>,
 }
 
 impl Server {
-    fn start(route: impl Fn(&str) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Server {
+    fn start(route: impl Fn(&str, usize) -> (u16, Vec<u8>) + Send + Sync + 'static) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -67,8 +68,12 @@ fn serve(mut stream: TcpStream, seen: &Seen, route: &Route) {
             headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
         }
     }
-    seen.lock().unwrap().push((path.clone(), headers));
-    let (status, body) = route(&path);
+    let hit = {
+        let mut seen = seen.lock().unwrap();
+        seen.push((path.clone(), headers));
+        seen.iter().filter(|(p, _)| *p == path).count()
+    };
+    let (status, body) = route(&path, hit);
     let head = format!(
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -107,9 +112,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn files_server() -> Server {
-    Server::start(|path| match path {
+    Server::start(|path, hit| match path {
         "/one.txt" => (200, b"first file\n".to_vec()),
         "/dir/two.bin" => (200, vec![42u8; 100_000]),
+        "/flaky" if hit == 1 => (503, b"busy".to_vec()),
         "/flaky" => (200, b"flaky".to_vec()),
         _ => (404, b"not here".to_vec()),
     })
@@ -328,4 +334,33 @@ fn usage_errors_exit_2() {
         text(&out.stderr)
     );
     assert!(!dir.path().parent().unwrap().join("escape").exists());
+}
+
+#[test]
+fn retries_follow_flags_over_config() {
+    let server = files_server();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("basin.toml"),
+        "[download]\nretries_max = 3\n",
+    )
+    .unwrap();
+    let out = basin(
+        dir.path(),
+        &["download", "--retries", "0", &server.url("/flaky")],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("HTTP 503"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(server.hits("/flaky").len(), 1);
+
+    // The config file's retries let the second attempt succeed.
+    let out = basin(dir.path(), &["download", &server.url("/flaky")], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(server.hits("/flaky").len(), 2);
+    assert_eq!(std::fs::read(dir.path().join("flaky")).unwrap(), b"flaky");
 }

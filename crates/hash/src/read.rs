@@ -201,8 +201,9 @@ pub fn hash_reader_pipelined<R: Read>(
 }
 
 /// Hashes an open file with the strategy in `options`; `size_hint_bytes` (from a stat) picks the
-/// single-thread or the pipelined path. Returns the bytes actually hashed, which the caller
-/// compares with the size it expected to detect files changing underneath.
+/// single-thread or the pipelined path. Returns the bytes actually hashed (the single-thread path
+/// reads at most `size_hint_bytes`), which the caller compares with the size it expected, and
+/// re-stats, to detect files changing underneath.
 pub fn hash_file(
     file: &mut File,
     size_hint_bytes: u64,
@@ -221,7 +222,9 @@ pub fn hash_file(
             Ok((map.len() as u64, digests))
         }
         _ if size_hint_bytes >= options.pipeline_min_bytes => hash_reader_pipelined(file, specs, options),
-        _ => hash_reader(file, specs, buffer),
+        // Reading exactly the expected size saves the EOF read per small file; a file that grew
+        // or shrank meanwhile is caught by the caller comparing sizes before and after.
+        _ => hash_reader(Read::take(file, size_hint_bytes), specs, buffer),
     }
 }
 

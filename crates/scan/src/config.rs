@@ -17,8 +17,9 @@
 //! ```
 //! use basin_scan::config::{LoadedConfig, Origin};
 //! let env = |name: &str| (name == "BASIN_JOBS").then(|| "3".to_string());
-//! let dir = std::env::temp_dir();
-//! let loaded = LoadedConfig::load_with(None, &env, &dir).unwrap();
+//! // A working directory without a basin.toml; the injected environment has no HOME or XDG.
+//! let cwd = std::path::Path::new("/nonexistent");
+//! let loaded = LoadedConfig::load_with(None, &env, cwd).unwrap();
 //! assert_eq!(loaded.config.hash.jobs, Some(3));
 //! assert_eq!(loaded.origin("hash.jobs"), Some(&Origin::Env("BASIN_JOBS")));
 //! ```

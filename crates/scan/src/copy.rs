@@ -231,7 +231,7 @@ pub fn copy_tree(
         return Err(e);
     }
     flush(&mut source_rows, &mut dest_rows, &mut catalog)?;
-    if let (Some(c), Some(((_, srun), (_, drun)))) = (catalog.as_deref_mut(), ids) {
+    if let (Some(c), Some(((_, srun), (_, drun)))) = (catalog, ids) {
         c.finish_run(srun, &counters)?;
         c.finish_run(drun, &counters)?;
     }

@@ -335,7 +335,7 @@ pub fn scan(
     }
     flush(&mut pending, &mut catalog)?;
     summary.counters.files_skipped = files_skipped.load(Ordering::Relaxed);
-    if let (Some(catalog), Some((_, run_id))) = (catalog.as_deref_mut(), ids) {
+    if let (Some(catalog), Some((_, run_id))) = (catalog, ids) {
         catalog.finish_run(run_id, &summary.counters)?;
     }
     summary.elapsed = started.elapsed();

@@ -89,6 +89,9 @@ fn specs_of(digests: &[Digest]) -> Vec<AlgoSpec> {
     specs
 }
 
+/// A member's size and digests (or why it could not be read), keyed by its `archive!member` path.
+type MemberResult = (u64, Result<Vec<Digest>, String>);
+
 enum Task {
     Check { expected: Expected, members: Vec<Expected> },
     New { rel_path: String },
@@ -177,7 +180,7 @@ pub fn verify(
                             let mut specs: Vec<AlgoSpec> = members.iter().flat_map(|m| specs_of(&m.digests)).collect();
                             specs.sort();
                             specs.dedup();
-                            let mut found: HashMap<String, (u64, Result<Vec<Digest>, String>)> = hash_archive_members(&path, &expected.rel_path, &specs)
+                            let mut found: HashMap<String, MemberResult> = hash_archive_members(&path, &expected.rel_path, &specs)
                                 .into_iter()
                                 .map(|m| (m.rel_path, (m.size_bytes, m.result)))
                                 .collect();
@@ -189,7 +192,7 @@ pub fn verify(
                                 };
                                 out.push(VerifyOutcome { rel_path: m.rel_path, verdict });
                             }
-                            let mut extra: Vec<(String, (u64, Result<Vec<Digest>, String>))> = found.into_iter().collect();
+                            let mut extra: Vec<(String, MemberResult)> = found.into_iter().collect();
                             extra.sort_by(|a, b| a.0.cmp(&b.0));
                             for (rel_path, (_, result)) in extra {
                                 let verdict = match result {

@@ -38,8 +38,13 @@ pub(crate) fn list_loose(root: &Path, prefix_len: u8) -> Result<Vec<Key>> {
     if p == 0 {
         for e in fs::read_dir(&dir).at("list", &dir)? {
             let e = e.at("list", &dir)?;
-            if let Some(k) = e.file_name().to_str().and_then(|n| n.parse::<Key>().ok()) {
-                out.push(k);
+            // Only the exact lowercase spelling is an object: the store never writes another.
+            if let Some(name) = e.file_name().to_str() {
+                if let Ok(k) = name.parse::<Key>() {
+                    if k.to_hex() == name {
+                        out.push(k);
+                    }
+                }
             }
         }
         return Ok(out);

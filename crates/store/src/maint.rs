@@ -49,6 +49,9 @@ pub enum LockWait {
 /// Proof that this process holds the maintenance lock; maintenance operations hang off it.
 pub struct Maintenance<'s> {
     pub(crate) store: &'s Store,
+    /// Maintenance's own index connection, so readers sharing the store handle never wait on
+    /// the handle's connection while a long operation runs.
+    index: std::sync::Mutex<Index>,
     _lock: File,
 }
 
@@ -78,7 +81,8 @@ impl Store {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let _ = file.set_len(0);
         let _ = file.write_all_at_start(format!("pid {} on {} since unix time {since}", std::process::id(), host.trim()).as_bytes());
-        Ok(Maintenance { store: self, _lock: file })
+        let index = Index::open(self.path(), &self.config().container_id)?;
+        Ok(Maintenance { store: self, index: std::sync::Mutex::new(index), _lock: file })
     }
 }
 
@@ -209,6 +213,10 @@ impl<'s> Maintenance<'s> {
         self.store
     }
 
+    pub(crate) fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn appender(&self, exclude: HashSet<u64>) -> Appender<'s> {
         let c = self.store.config();
         Appender::new(self.store.path(), c.hash, c.container_id_bytes(), c.pack_size_target_bytes, exclude)
@@ -224,7 +232,7 @@ impl<'s> Maintenance<'s> {
         exclude: HashSet<u64>,
         f: impl FnOnce(&mut Index, &mut Appender<'s>) -> Result<T>,
     ) -> Result<T> {
-        let mut index = self.store.index();
+        let mut index = self.index();
         let mut app = self.appender(exclude);
         match f(&mut index, &mut app) {
             Ok(v) => match app.finish(&mut index, false) {
@@ -481,7 +489,7 @@ impl<'s> Maintenance<'s> {
         let store = self.store;
         let mut report = RepackReport::default();
         let (candidates, all_packs) = {
-            let mut index = store.index();
+            let mut index = self.index();
             let packs = index.packs()?;
             let live = index.live_bytes_per_pack()?;
             let mut c = Vec::new();
@@ -567,7 +575,7 @@ impl<'s> Maintenance<'s> {
         });
         p.finish();
         result?;
-        let mut index = store.index();
+        let mut index = self.index();
         index.checkpoint_and_vacuum(false)?;
         for r in index.packs()? {
             report.bytes_after += fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id));
@@ -589,7 +597,7 @@ impl<'s> Maintenance<'s> {
         }
         let loose_keys = loose::list_loose(root, store.config().loose_prefix_len)?;
         let packed: Vec<Key> = {
-            let mut index = store.index();
+            let mut index = self.index();
             let mut v = Vec::new();
             for k in loose_keys {
                 if index.get(&k)?.is_some() {
@@ -600,7 +608,7 @@ impl<'s> Maintenance<'s> {
         };
         report.loose_copies_removed = remove_loose(store, &packed);
         p.advance(report.loose_copies_removed);
-        let mut index = store.index();
+        let mut index = self.index();
         for row in index.packs()? {
             let path = pack::pack_path(root, row.id);
             let len = fsutil::file_len_or_zero(&path);
@@ -653,7 +661,7 @@ impl<'s> Maintenance<'s> {
             }
         }
         // A broken index file cannot even take a DELETE: start it afresh.
-        let mut index = store.index();
+        let mut index = self.index();
         let healthy = index.quick_check().map(|v| v.is_empty()).unwrap_or(false);
         let index_high_water = if healthy { index.pack_id_high_water().unwrap_or(0) } else { 0 };
         if !healthy {
@@ -666,6 +674,7 @@ impl<'s> Maintenance<'s> {
                 }
             }
             *index = Index::open(root, &store.config().container_id)?;
+            store.reopen_index()?;
         }
         let tx = index.begin()?;
         tx.clear_all()?;

@@ -175,6 +175,12 @@ impl Store {
         lock(&self.index)
     }
 
+    /// Reopens this handle's index connection (after the index file was recreated).
+    pub(crate) fn reopen_index(&self) -> Result<()> {
+        *self.index() = Index::open(&self.root, &self.config.container_id)?;
+        Ok(())
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
         match lock(&self.poisoned).as_ref() {
             Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),

@@ -99,7 +99,7 @@ impl Maintenance<'_> {
         //    under it except for appends past their committed ends, which we do not copy.
         let snapshot = dest.join(format!("{INDEX_FILE}.backup-{}.tmp", uuid::Uuid::new_v4().simple()));
         let packs = {
-            let mut index = store.index();
+            let mut index = self.index();
             index.snapshot_into(&snapshot)?;
             index.packs()?
         };

@@ -201,7 +201,7 @@ impl Maintenance<'_> {
         let mut report = ValidationReport::default();
 
         // SQLite's own view first: a broken index makes the row checks meaningless.
-        let mut index = store.index();
+        let mut index = self.index();
         match index.quick_check() {
             Ok(v) => report.problems.extend(v.into_iter().map(|detail| Problem::IndexCheck { detail })),
             Err(e) => report.problems.push(Problem::IndexCheck { detail: e.to_string() }),
