@@ -40,7 +40,9 @@ impl FromStr for Compression {
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, level) = match s.split_once(':') {
             Some((n, l)) => {
-                let level: i32 = l.parse().map_err(|_| format!("bad compression level '{l}' in '{s}'"))?;
+                let level: i32 = l
+                    .parse()
+                    .map_err(|_| format!("bad compression level '{l}' in '{s}'"))?;
                 if !(1..=22).contains(&level) {
                     return Err(format!("compression level {level} out of range 1..=22"));
                 }
@@ -53,7 +55,9 @@ impl FromStr for Compression {
             "none" if s == "none" => Ok(Compression::None),
             "zstd" => Ok(Compression::Zstd { level }),
             "auto" => Ok(Compression::Auto { level }),
-            _ => Err(format!("unknown compression '{s}' (expected none, zstd[:LEVEL] or auto[:LEVEL])")),
+            _ => Err(format!(
+                "unknown compression '{s}' (expected none, zstd[:LEVEL] or auto[:LEVEL])"
+            )),
         }
     }
 }
@@ -121,7 +125,9 @@ impl StoreConfig {
             )));
         }
         if opts.pack_size_target_bytes == 0 {
-            return Err(Error::InvalidArgument("pack size target must be > 0".into()));
+            return Err(Error::InvalidArgument(
+                "pack size target must be > 0".into(),
+            ));
         }
         Ok(StoreConfig {
             format_version: STORE_FORMAT_VERSION,
@@ -159,29 +165,48 @@ impl StoreConfig {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotAStore { path: dir.to_path_buf(), reason: format!("no {CONFIG_FILE}") })
+                return Err(Error::NotAStore {
+                    path: dir.to_path_buf(),
+                    reason: format!("no {CONFIG_FILE}"),
+                })
             }
             Err(e) => return Err(Error::io("read", &path, e)),
         };
         // Check the version before the rest so a newer store says "newer", not "unknown key".
-        let raw: toml::Table =
-            toml::from_str(&text).map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?;
+        let raw: toml::Table = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if let Some(v) = raw.get("format_version").and_then(|v| v.as_integer()) {
             if v > STORE_FORMAT_VERSION as i64 {
-                return Err(Error::NewerFormat { path, found: v as u32, supported: STORE_FORMAT_VERSION });
+                return Err(Error::NewerFormat {
+                    path,
+                    found: v as u32,
+                    supported: STORE_FORMAT_VERSION,
+                });
             }
         }
-        let f: ConfigFile =
-            toml::from_str(&text).map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?;
-        let bad = |message: String| Error::Config { path: path.clone(), message };
+        let f: ConfigFile = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let bad = |message: String| Error::Config {
+            path: path.clone(),
+            message,
+        };
         let hash = f.hash.parse().map_err(bad)?;
         let compression = f.compression.parse().map_err(bad)?;
         let mut id = [0u8; 16];
         if f.container_id.len() != 32 || hex::decode_to_slice(&f.container_id, &mut id).is_err() {
-            return Err(bad(format!("container_id '{}' is not 32 hex digits", f.container_id)));
+            return Err(bad(format!(
+                "container_id '{}' is not 32 hex digits",
+                f.container_id
+            )));
         }
         if f.pack_size_target_bytes == 0 || f.loose_prefix_len > 8 {
-            return Err(bad("pack_size_target_bytes must be > 0 and loose_prefix_len <= 8".into()));
+            return Err(bad(
+                "pack_size_target_bytes must be > 0 and loose_prefix_len <= 8".into(),
+            ));
         }
         Ok(StoreConfig {
             format_version: f.format_version,

@@ -13,7 +13,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     #[error("{op} {}: {source}", path.display())]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 
     #[error("{} is not a basin store: {reason}", path.display())]
     NotAStore { path: PathBuf, reason: String },
@@ -22,7 +26,11 @@ pub enum Error {
     NotEmpty { path: PathBuf },
 
     #[error("{} has store format version {found}; this basin reads version {supported} (upgrade basin)", path.display())]
-    NewerFormat { path: PathBuf, found: u32, supported: u32 },
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
 
     #[error("bad configuration in {}: {message}", path.display())]
     Config { path: PathBuf, message: String },
@@ -31,22 +39,42 @@ pub enum Error {
     NotFound { key: Key },
 
     #[error("pack {pack} offset {offset}: {reason}")]
-    CorruptRecord { pack: u64, offset: u64, reason: FormatError },
+    CorruptRecord {
+        pack: u64,
+        offset: u64,
+        reason: FormatError,
+    },
 
     #[error("pack {pack} offset {offset}: record holds {found}, index expected {expected}")]
-    WrongRecord { pack: u64, offset: u64, expected: Key, found: Key },
+    WrongRecord {
+        pack: u64,
+        offset: u64,
+        expected: Key,
+        found: Key,
+    },
 
     #[error("pack {pack}: {reason}")]
     CorruptPack { pack: u64, reason: String },
 
     #[error("object {key} at {location}: content hashes to {actual}")]
-    HashMismatch { key: Key, location: String, actual: Key },
+    HashMismatch {
+        key: Key,
+        location: String,
+        actual: Key,
+    },
 
     #[error("object {key} at {location}: {detail}")]
-    CorruptObject { key: Key, location: String, detail: String },
+    CorruptObject {
+        key: Key,
+        location: String,
+        detail: String,
+    },
 
     #[error("index {}: {source}", path.display())]
-    Index { path: PathBuf, source: rusqlite::Error },
+    Index {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
 
     #[error("index {}: {detail}", path.display())]
     IndexCorrupt { path: PathBuf, detail: String },
@@ -58,7 +86,12 @@ pub enum Error {
     Poisoned { reason: String },
 
     #[error("range {offset}+{len} is outside object {key} of {size} bytes")]
-    OutOfRange { key: Key, offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        key: Key,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
 
     #[error("{0}")]
     InvalidArgument(String),
@@ -69,7 +102,11 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     /// True when the error says the object does not exist (as opposed to a failure reading it).

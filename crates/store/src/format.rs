@@ -121,7 +121,10 @@ impl PackHeader {
 
     pub fn decode(b: &[u8]) -> Result<PackHeader, FormatError> {
         if b.len() < PACK_HEADER_BYTES {
-            return Err(FormatError::Truncated { need: PACK_HEADER_BYTES as u64, have: b.len() as u64 });
+            return Err(FormatError::Truncated {
+                need: PACK_HEADER_BYTES as u64,
+                have: b.len() as u64,
+            });
         }
         if b[0..8] != PACK_MAGIC {
             return Err(FormatError::BadMagic);
@@ -139,7 +142,12 @@ impl PackHeader {
         }
         let mut container_id = [0u8; 16];
         container_id.copy_from_slice(&b[24..40]);
-        Ok(PackHeader { version, hash, pack_id: u64_at(b, 16), container_id })
+        Ok(PackHeader {
+            version,
+            hash,
+            pack_id: u64_at(b, 16),
+            container_id,
+        })
     }
 }
 
@@ -184,7 +192,10 @@ impl RecordHeader {
     /// Parses and checks a record header: magic, header checksum, kind, flags, plausible lengths.
     pub fn decode(b: &[u8]) -> Result<RecordHeader, FormatError> {
         if b.len() < RECORD_HEADER_BYTES {
-            return Err(FormatError::Truncated { need: RECORD_HEADER_BYTES as u64, have: b.len() as u64 });
+            return Err(FormatError::Truncated {
+                need: RECORD_HEADER_BYTES as u64,
+                have: b.len() as u64,
+            });
         }
         if b[0..4] != RECORD_MAGIC {
             return Err(FormatError::BadMagic);
@@ -208,7 +219,9 @@ impl RecordHeader {
         let raw_len = u64_at(b, 8);
         let stored_len = u64_at(b, 16);
         if raw_len > RECORD_PAYLOAD_BYTES_MAX || stored_len > RECORD_PAYLOAD_BYTES_MAX {
-            return Err(FormatError::BadLength(format!("raw {raw_len}, stored {stored_len}")));
+            return Err(FormatError::BadLength(format!(
+                "raw {raw_len}, stored {stored_len}"
+            )));
         }
         if flags & FLAG_ZSTD == 0 && kind == RecordKind::Object && raw_len != stored_len {
             return Err(FormatError::BadLength(format!(
@@ -216,11 +229,20 @@ impl RecordHeader {
             )));
         }
         if kind == RecordKind::Tombstone && stored_len != TOMBSTONE_PAYLOAD_BYTES {
-            return Err(FormatError::BadLength(format!("tombstone payload {stored_len}")));
+            return Err(FormatError::BadLength(format!(
+                "tombstone payload {stored_len}"
+            )));
         }
         let mut key = [0u8; KEY_BYTES];
         key.copy_from_slice(&b[24..24 + KEY_BYTES]);
-        Ok(RecordHeader { kind, flags, hash, raw_len, stored_len, key: Key::from_bytes(key) })
+        Ok(RecordHeader {
+            kind,
+            flags,
+            hash,
+            raw_len,
+            stored_len,
+            key: Key::from_bytes(key),
+        })
     }
 }
 
@@ -258,7 +280,10 @@ pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError> {
     let header = RecordHeader::decode(b)?;
     let total = header.record_len();
     if (b.len() as u64) < total {
-        return Err(FormatError::Truncated { need: total, have: b.len() as u64 });
+        return Err(FormatError::Truncated {
+            need: total,
+            have: b.len() as u64,
+        });
     }
     let payload_end = RECORD_HEADER_BYTES + header.stored_len as usize;
     let mut sum = crc32fast::Hasher::new();
@@ -287,9 +312,15 @@ pub fn encode_tombstone(before: Position) -> [u8; TOMBSTONE_PAYLOAD_BYTES as usi
 
 pub fn decode_tombstone(payload: &[u8]) -> Result<Position, FormatError> {
     if payload.len() != TOMBSTONE_PAYLOAD_BYTES as usize {
-        return Err(FormatError::BadLength(format!("tombstone payload {}", payload.len())));
+        return Err(FormatError::BadLength(format!(
+            "tombstone payload {}",
+            payload.len()
+        )));
     }
-    Ok(Position { pack: u64_at(payload, 0), offset: u64_at(payload, 8) })
+    Ok(Position {
+        pack: u64_at(payload, 0),
+        offset: u64_at(payload, 8),
+    })
 }
 
 /// The footer that ends a sealed pack.
@@ -318,7 +349,10 @@ impl Footer {
     /// Parses the last [`FOOTER_BYTES`] of a pack of `file_len` bytes.
     pub fn decode(b: &[u8], file_len: u64) -> Result<Footer, FormatError> {
         if b.len() != FOOTER_BYTES {
-            return Err(FormatError::Truncated { need: FOOTER_BYTES as u64, have: b.len() as u64 });
+            return Err(FormatError::Truncated {
+                need: FOOTER_BYTES as u64,
+                have: b.len() as u64,
+            });
         }
         if b[32..40] != FOOTER_MAGIC {
             return Err(FormatError::BadMagic);
@@ -330,7 +364,11 @@ impl Footer {
         if version != PACK_FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion(version));
         }
-        let footer = Footer { table_offset: u64_at(b, 0), entry_count: u64_at(b, 8), table_crc: u32_at(b, 16) };
+        let footer = Footer {
+            table_offset: u64_at(b, 0),
+            entry_count: u64_at(b, 8),
+            table_crc: u32_at(b, 16),
+        };
         let table_bytes = footer
             .entry_count
             .checked_mul(TABLE_ENTRY_BYTES as u64)
@@ -353,7 +391,10 @@ impl Footer {
 /// Encodes the key table of a sealed pack. `entries` must be sorted by (key, offset), no repeats
 /// (a key may appear twice: an object and a later tombstone of it).
 pub fn encode_table(entries: &[(Key, u64)]) -> Vec<u8> {
-    debug_assert!(entries.windows(2).all(|w| w[0] < w[1]), "table must be sorted and unique");
+    debug_assert!(
+        entries.windows(2).all(|w| w[0] < w[1]),
+        "table must be sorted and unique"
+    );
     let mut out = Vec::with_capacity(entries.len() * TABLE_ENTRY_BYTES);
     for (key, offset) in entries {
         out.extend_from_slice(key.as_bytes());
@@ -366,7 +407,10 @@ pub fn encode_table(entries: &[(Key, u64)]) -> Vec<u8> {
 pub fn decode_table(b: &[u8], footer: &Footer) -> Result<Vec<(Key, u64)>, FormatError> {
     let need = footer.entry_count.saturating_mul(TABLE_ENTRY_BYTES as u64);
     if b.len() as u64 != need {
-        return Err(FormatError::Truncated { need, have: b.len() as u64 });
+        return Err(FormatError::Truncated {
+            need,
+            have: b.len() as u64,
+        });
     }
     if crc32fast::hash(b) != footer.table_crc {
         return Err(FormatError::TableChecksum);
@@ -396,19 +440,31 @@ pub fn encode_frame_table(frame_sizes: &[u32], out: &mut Vec<u8>) {
 }
 
 /// Frame layout of a compressed payload: (offset within payload, compressed size) per frame.
-pub fn decode_frame_table(payload_tail: &[u8], stored_len: u64, raw_len: u64) -> Result<Vec<(u64, u32)>, FormatError> {
+pub fn decode_frame_table(
+    payload_tail: &[u8],
+    stored_len: u64,
+    raw_len: u64,
+) -> Result<Vec<(u64, u32)>, FormatError> {
     // `payload_tail` is the end of the payload; it must hold at least the count.
     if payload_tail.len() < 4 {
-        return Err(FormatError::Truncated { need: 4, have: payload_tail.len() as u64 });
+        return Err(FormatError::Truncated {
+            need: 4,
+            have: payload_tail.len() as u64,
+        });
     }
     let count = u32_at(payload_tail, payload_tail.len() - 4) as u64;
     let expect_frames = raw_len.div_ceil(FRAME_RAW_BYTES).max(1);
     if count != expect_frames {
-        return Err(FormatError::BadLength(format!("{count} frames for {raw_len} raw bytes")));
+        return Err(FormatError::BadLength(format!(
+            "{count} frames for {raw_len} raw bytes"
+        )));
     }
     let table_bytes = 4 * count + 4;
     if (payload_tail.len() as u64) < table_bytes || table_bytes > stored_len {
-        return Err(FormatError::Truncated { need: table_bytes, have: payload_tail.len() as u64 });
+        return Err(FormatError::Truncated {
+            need: table_bytes,
+            have: payload_tail.len() as u64,
+        });
     }
     let start = payload_tail.len() - table_bytes as usize;
     let mut frames = Vec::with_capacity(count as usize);
@@ -458,7 +514,10 @@ mod tests {
         for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
-            assert!(decode_record(&bad).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decode_record(&bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 
@@ -466,22 +525,38 @@ mod tests {
     fn footer_and_table_round_trip() {
         let entries = vec![(key(1), 48u64), (key(2), 200), (key(9), 4000)];
         let table = encode_table(&entries);
-        let footer = Footer { table_offset: 5000, entry_count: 3, table_crc: crc32fast::hash(&table) };
+        let footer = Footer {
+            table_offset: 5000,
+            entry_count: 3,
+            table_crc: crc32fast::hash(&table),
+        };
         let fb = footer.encode();
         let file_len = 5000 + table.len() as u64 + FOOTER_BYTES as u64;
         assert_eq!(Footer::decode(&fb, file_len).expect("footer"), footer);
         assert_eq!(decode_table(&table, &footer).expect("table"), entries);
-        assert!(Footer::decode(&fb, file_len + 1).is_err(), "length mismatch must be caught");
+        assert!(
+            Footer::decode(&fb, file_len + 1).is_err(),
+            "length mismatch must be caught"
+        );
         let mut unsorted = encode_table(&[(key(1), 2)]);
         unsorted.extend_from_slice(&encode_table(&[(key(1), 2)]));
-        let f2 = Footer { table_offset: 48, entry_count: 2, table_crc: crc32fast::hash(&unsorted) };
+        let f2 = Footer {
+            table_offset: 48,
+            entry_count: 2,
+            table_crc: crc32fast::hash(&unsorted),
+        };
         let err = decode_table(&unsorted, &f2).expect_err("duplicate keys");
         assert_eq!(err, FormatError::TableOrder(1));
     }
 
     #[test]
     fn pack_header_round_trip() {
-        let h = PackHeader { version: 1, hash: HashAlgorithm::Sha256, pack_id: 42, container_id: [3; 16] };
+        let h = PackHeader {
+            version: 1,
+            hash: HashAlgorithm::Sha256,
+            pack_id: 42,
+            container_id: [3; 16],
+        };
         assert_eq!(PackHeader::decode(&h.encode()).expect("decode"), h);
         let mut b = h.encode();
         b[17] ^= 1;

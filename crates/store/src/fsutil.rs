@@ -20,7 +20,11 @@ pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         uuid::Uuid::new_v4().simple()
     ));
-    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).at("create", &tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .at("create", &tmp)?;
     f.write_all(bytes).at("write", &tmp)?;
     f.sync_all().at("fsync", &tmp)?;
     drop(f);
@@ -40,7 +44,11 @@ pub(crate) fn syncfs(any_path: &Path) -> Result<bool> {
     // SAFETY: `f` is an open descriptor for the duration of the call.
     let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
     if rc != 0 {
-        return Err(crate::error::Error::io("syncfs", any_path, std::io::Error::last_os_error()));
+        return Err(crate::error::Error::io(
+            "syncfs",
+            any_path,
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(true)
 }
@@ -101,7 +109,12 @@ pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on an open descriptor; failure only loses the head start.
     unsafe {
-        libc::sync_file_range(f.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

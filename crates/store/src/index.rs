@@ -32,7 +32,10 @@ pub struct IndexRow {
 
 impl IndexRow {
     pub fn position(&self) -> Position {
-        Position { pack: self.pack, offset: self.offset }
+        Position {
+            pack: self.pack,
+            offset: self.offset,
+        }
     }
 }
 
@@ -105,8 +108,10 @@ fn key_of(b: Vec<u8>, path: &Path) -> Result<Key> {
 }
 
 fn nonneg(v: i64, what: &str, path: &Path) -> Result<u64> {
-    u64::try_from(v)
-        .map_err(|_| Error::IndexCorrupt { path: path.to_path_buf(), detail: format!("negative {what}: {v}") })
+    u64::try_from(v).map_err(|_| Error::IndexCorrupt {
+        path: path.to_path_buf(),
+        detail: format!("negative {what}: {v}"),
+    })
 }
 
 impl Index {
@@ -115,12 +120,24 @@ impl Index {
         let path = dir.join(INDEX_FILE);
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| Error::Index { path: path.clone(), source: e })?;
-        let idx = Index { conn, path, snapshot_since: None };
+        .map_err(|e| Error::Index {
+            path: path.clone(),
+            source: e,
+        })?;
+        let idx = Index {
+            conn,
+            path,
+            snapshot_since: None,
+        };
         idx.setup(container_id).map_err(|e| match e {
-            Error::Index { path, source } if is_corruption(&source) => Error::IndexCorrupt { path, detail: source.to_string() },
+            Error::Index { path, source } if is_corruption(&source) => Error::IndexCorrupt {
+                path,
+                detail: source.to_string(),
+            },
             other => other,
         })?;
         Ok(idx)
@@ -128,9 +145,15 @@ impl Index {
 
     fn err(&self, e: rusqlite::Error) -> Error {
         if is_corruption(&e) {
-            return Error::IndexCorrupt { path: self.path.clone(), detail: e.to_string() };
+            return Error::IndexCorrupt {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            };
         }
-        Error::Index { path: self.path.clone(), source: e }
+        Error::Index {
+            path: self.path.clone(),
+            source: e,
+        }
     }
 
     fn setup(&self, container_id: &str) -> Result<()> {
@@ -148,7 +171,11 @@ impl Index {
         self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
         let have: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE name='container_id'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE name='container_id'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
         match have {
@@ -175,7 +202,10 @@ impl Index {
     /// safe to use: a key's bytes never change, and a row whose pack was repacked away since is
     /// detected when the pack file is gone. A miss proves nothing: ask [`Index::get`].
     pub(crate) fn get_recent(&mut self, key: &Key) -> Result<Option<IndexRow>> {
-        if !self.snapshot_since.is_some_and(|t| t.elapsed() < SNAPSHOT_AGE_MAX) {
+        if self
+            .snapshot_since
+            .is_none_or(|t| t.elapsed() >= SNAPSHOT_AGE_MAX)
+        {
             self.begin_snapshot()?;
         }
         self.lookup(key)
@@ -193,7 +223,10 @@ impl Index {
     /// Ends the read snapshot if it is past its age, so an idle handle does not hold back WAL
     /// checkpoints of other processes.
     pub(crate) fn end_stale_snapshot(&mut self) {
-        if self.snapshot_since.is_some_and(|t| t.elapsed() >= SNAPSHOT_AGE_MAX) {
+        if self
+            .snapshot_since
+            .is_some_and(|t| t.elapsed() >= SNAPSHOT_AGE_MAX)
+        {
             let _ = self.end_snapshot();
         }
     }
@@ -215,18 +248,34 @@ impl Index {
     fn lookup(&self, key: &Key) -> Result<Option<IndexRow>> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT pack, offset, raw_len, stored_len, flags FROM objects WHERE key = ?1")
+            .prepare_cached(
+                "SELECT pack, offset, raw_len, stored_len, flags FROM objects WHERE key = ?1",
+            )
             .map_err(|e| self.err(e))?;
         let row = st
             .query_row([&key.as_bytes()[..]], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?, r.get::<_, i64>(4)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
             })
             .optional()
             .map_err(|e| self.err(e))?;
-        row.map(|(pack, offset, raw, stored, flags)| self.row(pack, offset, raw, stored, flags)).transpose()
+        row.map(|(pack, offset, raw, stored, flags)| self.row(pack, offset, raw, stored, flags))
+            .transpose()
     }
 
-    fn row(&self, pack: i64, offset: i64, raw: i64, stored: Option<i64>, flags: i64) -> Result<IndexRow> {
+    fn row(
+        &self,
+        pack: i64,
+        offset: i64,
+        raw: i64,
+        stored: Option<i64>,
+        flags: i64,
+    ) -> Result<IndexRow> {
         let raw_len = nonneg(raw, "raw_len", &self.path)?;
         Ok(IndexRow {
             pack: nonneg(pack, "pack", &self.path)?,
@@ -249,18 +298,27 @@ impl Index {
         self.end_snapshot()?;
         let v: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE name='pack_id_high_water'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE name='pack_id_high_water'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     /// Every row, in key order, fed to `visit`.
-    pub(crate) fn for_each(&mut self, visit: &mut dyn FnMut(Key, IndexRow) -> Result<()>) -> Result<()> {
+    pub(crate) fn for_each(
+        &mut self,
+        visit: &mut dyn FnMut(Key, IndexRow) -> Result<()>,
+    ) -> Result<()> {
         self.end_snapshot()?;
         let mut st = self
             .conn
-            .prepare("SELECT key, pack, offset, raw_len, stored_len, flags FROM objects ORDER BY key")
+            .prepare(
+                "SELECT key, pack, offset, raw_len, stored_len, flags FROM objects ORDER BY key",
+            )
             .map_err(|e| self.err(e))?;
         let mut rows = st.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
@@ -288,19 +346,36 @@ impl Index {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(|e| self.err(e))?;
-        Ok((nonneg(n, "count", &self.path)?, nonneg(raw, "sum", &self.path)?, nonneg(stored, "sum", &self.path)?))
+        Ok((
+            nonneg(n, "count", &self.path)?,
+            nonneg(raw, "sum", &self.path)?,
+            nonneg(stored, "sum", &self.path)?,
+        ))
     }
 
     pub(crate) fn packs(&mut self) -> Result<Vec<PackRow>> {
         self.end_snapshot()?;
-        let mut st = self.conn.prepare_cached("SELECT id, sealed, end_bytes FROM packs ORDER BY id").map_err(|e| self.err(e))?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, sealed, end_bytes FROM packs ORDER BY id")
+            .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
             let (id, sealed, end) = r.map_err(|e| self.err(e))?;
-            out.push(PackRow { id: nonneg(id, "pack id", &self.path)?, sealed: sealed != 0, end_bytes: nonneg(end, "end_bytes", &self.path)? });
+            out.push(PackRow {
+                id: nonneg(id, "pack id", &self.path)?,
+                sealed: sealed != 0,
+                end_bytes: nonneg(end, "end_bytes", &self.path)?,
+            });
         }
         Ok(out)
     }
@@ -318,10 +393,13 @@ impl Index {
                 crate::format::TOMBSTONE_PAYLOAD_BYTES
             ))
             .map_err(|e| self.err(e))?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
         for r in rows {
             let (pack, bytes) = r.map_err(|e| self.err(e))?;
-            *out.entry(nonneg(pack, "pack", &self.path)?).or_insert(0) += nonneg(bytes, "bytes", &self.path)?;
+            *out.entry(nonneg(pack, "pack", &self.path)?).or_insert(0) +=
+                nonneg(bytes, "bytes", &self.path)?;
         }
         Ok(out)
     }
@@ -332,7 +410,9 @@ impl Index {
         let mut out = Vec::new();
         let mut st = self
             .conn
-            .prepare("SELECT key, pack, offset, raw_len, stored_len, flags FROM objects WHERE pack = ?1")
+            .prepare(
+                "SELECT key, pack, offset, raw_len, stored_len, flags FROM objects WHERE pack = ?1",
+            )
             .map_err(|e| self.err(e))?;
         let mut rows = st.query([pack as i64]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
@@ -360,11 +440,23 @@ impl Index {
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let key = key_of(r.get(0).map_err(|e| self.err(e))?, &self.path)?;
-            let g = |i: usize| -> Result<u64> { nonneg(r.get::<_, i64>(i).map_err(|e| self.err(e))?, "position", &self.path) };
+            let g = |i: usize| -> Result<u64> {
+                nonneg(
+                    r.get::<_, i64>(i).map_err(|e| self.err(e))?,
+                    "position",
+                    &self.path,
+                )
+            };
             out.push(TombstoneRow {
                 key,
-                at: Position { pack: g(1)?, offset: g(2)? },
-                before: Position { pack: g(3)?, offset: g(4)? },
+                at: Position {
+                    pack: g(1)?,
+                    offset: g(2)?,
+                },
+                before: Position {
+                    pack: g(3)?,
+                    offset: g(4)?,
+                },
             });
         }
         Ok(out)
@@ -375,8 +467,14 @@ impl Index {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| Error::Index { path: self.path.clone(), source: e })?;
-        Ok(IndexTx { tx, path: self.path.clone() })
+            .map_err(|e| Error::Index {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        Ok(IndexTx {
+            tx,
+            path: self.path.clone(),
+        })
     }
 
     pub(crate) fn checkpoint_and_vacuum(&mut self, vacuum: bool) -> Result<()> {
@@ -393,14 +491,21 @@ impl Index {
                 self.conn.execute_batch("VACUUM").map_err(|e| self.err(e))?;
             }
         }
-        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").map_err(|e| self.err(e))
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .map_err(|e| self.err(e))
     }
 
     /// `PRAGMA quick_check`: the first problems SQLite itself finds, empty when fine.
     pub(crate) fn quick_check(&mut self) -> Result<Vec<String>> {
         self.end_snapshot()?;
-        let mut st = self.conn.prepare("PRAGMA quick_check(20)").map_err(|e| self.err(e))?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        let mut st = self
+            .conn
+            .prepare("PRAGMA quick_check(20)")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
             let line = r.map_err(|e| self.err(e))?;
@@ -429,7 +534,10 @@ pub(crate) struct IndexTx<'a> {
 
 impl IndexTx<'_> {
     fn err(&self, e: rusqlite::Error) -> Error {
-        Error::Index { path: self.path.clone(), source: e }
+        Error::Index {
+            path: self.path.clone(),
+            source: e,
+        }
     }
 
     pub(crate) fn put(&self, key: &Key, row: &IndexRow) -> Result<()> {
@@ -440,22 +548,35 @@ impl IndexTx<'_> {
             )
             .map_err(|e| self.err(e))?;
         let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
-        st.execute(params![&key.as_bytes()[..], row.pack as i64, row.offset as i64, row.raw_len as i64, stored, row.flags as i64])
-            .map_err(|e| self.err(e))?;
+        st.execute(params![
+            &key.as_bytes()[..],
+            row.pack as i64,
+            row.offset as i64,
+            row.raw_len as i64,
+            stored,
+            row.flags as i64
+        ])
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     pub(crate) fn remove(&self, key: &Key) -> Result<bool> {
-        let mut st = self.tx.prepare_cached("DELETE FROM objects WHERE key = ?1").map_err(|e| self.err(e))?;
+        let mut st = self
+            .tx
+            .prepare_cached("DELETE FROM objects WHERE key = ?1")
+            .map_err(|e| self.err(e))?;
         Ok(st.execute([&key.as_bytes()[..]]).map_err(|e| self.err(e))? > 0)
     }
 
     pub(crate) fn put_pack(&self, p: &PackRow) -> Result<()> {
         let mut st = self
             .tx
-            .prepare_cached("INSERT OR REPLACE INTO packs(id, sealed, end_bytes) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT OR REPLACE INTO packs(id, sealed, end_bytes) VALUES (?1, ?2, ?3)",
+            )
             .map_err(|e| self.err(e))?;
-        st.execute(params![p.id as i64, p.sealed as i64, p.end_bytes as i64]).map_err(|e| self.err(e))?;
+        st.execute(params![p.id as i64, p.sealed as i64, p.end_bytes as i64])
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -470,8 +591,12 @@ impl IndexTx<'_> {
     }
 
     pub(crate) fn remove_pack(&self, id: u64) -> Result<()> {
-        self.tx.execute("DELETE FROM packs WHERE id = ?1", [id as i64]).map_err(|e| self.err(e))?;
-        self.tx.execute("DELETE FROM tombstones WHERE pack = ?1", [id as i64]).map_err(|e| self.err(e))?;
+        self.tx
+            .execute("DELETE FROM packs WHERE id = ?1", [id as i64])
+            .map_err(|e| self.err(e))?;
+        self.tx
+            .execute("DELETE FROM tombstones WHERE pack = ?1", [id as i64])
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -501,6 +626,8 @@ impl IndexTx<'_> {
 
     pub(crate) fn commit(self) -> Result<()> {
         let path = self.path;
-        self.tx.commit().map_err(|e| Error::Index { path, source: e })
+        self.tx
+            .commit()
+            .map_err(|e| Error::Index { path, source: e })
     }
 }

@@ -68,7 +68,9 @@ impl FromStr for HashAlgorithm {
         match s.to_ascii_lowercase().as_str() {
             "blake3" => Ok(HashAlgorithm::Blake3),
             "sha256" | "sha-256" => Ok(HashAlgorithm::Sha256),
-            other => Err(format!("unknown hash algorithm '{other}' (expected blake3 or sha256)")),
+            other => Err(format!(
+                "unknown hash algorithm '{other}' (expected blake3 or sha256)"
+            )),
         }
     }
 }
@@ -142,7 +144,9 @@ impl FromStr for Key {
     type Err = KeyParseError;
     fn from_str(s: &str) -> Result<Key, KeyParseError> {
         let mut k = [0u8; KEY_BYTES];
-        hex::decode_to_slice(s, &mut k).map_err(|_| KeyParseError { text: s.chars().take(80).collect() })?;
+        hex::decode_to_slice(s, &mut k).map_err(|_| KeyParseError {
+            text: s.chars().take(80).collect(),
+        })?;
         Ok(Key(k))
     }
 }

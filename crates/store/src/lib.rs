@@ -40,16 +40,19 @@ mod store;
 mod transfer;
 mod validate;
 
-pub use config::{Compression, InitOptions, StoreConfig, CONFIG_FILE, PACK_SIZE_TARGET_BYTES_DEFAULT, STORE_FORMAT_VERSION};
+pub use config::{
+    Compression, InitOptions, StoreConfig, CONFIG_FILE, PACK_SIZE_TARGET_BYTES_DEFAULT,
+    STORE_FORMAT_VERSION,
+};
 pub use error::{Error, Result};
 pub use index::INDEX_FILE;
 pub use key::{HashAlgorithm, Key, KeyHasher, KeyParseError, KEY_BYTES};
 pub use maint::{
-    CleanOptions, CleanReport, LockWait, Maintenance, PackOptions, PackReport, PackSelection, RebuildReport, RepackOptions,
-    RepackReport, Source,
+    CleanOptions, CleanReport, LockWait, Maintenance, PackOptions, PackReport, PackSelection,
+    RebuildReport, RepackOptions, RepackReport, Source,
 };
 pub use progress::{NoProgress, Progress, Unit};
 pub use reader::ObjectReader;
-pub use store::{Location, LooseBatch, ObjectMeta, Stats, Store};
+pub use store::{Location, LooseBatch, ObjectMeta, ReadManyVisitor, Stats, Store};
 pub use transfer::{BackupReport, ImportReport};
 pub use validate::{Problem, ValidationReport};

@@ -52,8 +52,14 @@ pub(crate) fn list_loose(root: &Path, prefix_len: u8) -> Result<Vec<Key>> {
     for e in fs::read_dir(&dir).at("list", &dir)? {
         let e = e.at("list", &dir)?;
         let name = e.file_name();
-        let Some(prefix) = name.to_str() else { continue };
-        if prefix.len() != p || !prefix.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        let Some(prefix) = name.to_str() else {
+            continue;
+        };
+        if prefix.len() != p
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             continue;
         }
         let sub = e.path();
@@ -85,7 +91,11 @@ pub(crate) fn read_loose(path: &Path, key: &Key, hash: HashAlgorithm) -> Result<
     };
     let actual = hash.hash(&bytes);
     if actual != *key {
-        return Err(Error::HashMismatch { key: *key, location: path.display().to_string(), actual });
+        return Err(Error::HashMismatch {
+            key: *key,
+            location: path.display().to_string(),
+            actual,
+        });
     }
     Ok(Some(bytes))
 }
@@ -114,15 +124,25 @@ pub(crate) struct SandboxFile {
 impl SandboxFile {
     pub(crate) fn create(dir: &Path) -> Result<SandboxFile> {
         let path = dir.join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&path).at("create", &path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at("create", &path)?;
         // Exclusive advisory lock: released by the kernel when the process dies.
-        file.try_lock().map_err(|e| Error::io("lock", &path, std::io::Error::other(e.to_string())))?;
+        file.try_lock()
+            .map_err(|e| Error::io("lock", &path, std::io::Error::other(e.to_string())))?;
         Ok(SandboxFile { path, file })
     }
 }
 
 /// Streams `r` into `out` while hashing; returns (key, length).
-pub(crate) fn copy_hashing(r: &mut dyn Read, out: &mut dyn Write, hash: HashAlgorithm, path: &Path) -> Result<(Key, u64)> {
+pub(crate) fn copy_hashing(
+    r: &mut dyn Read,
+    out: &mut dyn Write,
+    hash: HashAlgorithm,
+    path: &Path,
+) -> Result<(Key, u64)> {
     let mut h = hash.hasher();
     let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
     let mut total = 0u64;
@@ -149,19 +169,32 @@ pub(crate) fn install(sandbox: &Path, dest: &Path) -> Result<PathBuf> {
 }
 
 /// Sandbox entries a dead or finished writer left behind: unlocked and older than `grace`.
-pub(crate) fn stale_sandbox_entries(root: &Path, grace: std::time::Duration) -> Result<Vec<PathBuf>> {
+pub(crate) fn stale_sandbox_entries(
+    root: &Path,
+    grace: std::time::Duration,
+) -> Result<Vec<PathBuf>> {
     let dir = root.join(SANDBOX_DIR);
     let mut out = Vec::new();
     let now = std::time::SystemTime::now();
     for e in fs::read_dir(&dir).at("list", &dir)? {
         let e = e.at("list", &dir)?;
         let path = e.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
         if age < grace {
             continue;
         }
-        let lock_target = if meta.is_dir() { path.join("lock") } else { path.clone() };
+        let lock_target = if meta.is_dir() {
+            path.join("lock")
+        } else {
+            path.clone()
+        };
         let free = match OpenOptions::new().read(true).open(&lock_target) {
             Ok(f) => f.try_lock().is_ok(),
             Err(_) => true,

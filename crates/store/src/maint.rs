@@ -60,7 +60,13 @@ impl Store {
     pub fn maintenance(&self, wait: LockWait) -> Result<Maintenance<'_>> {
         self.check_writable()?;
         let path = self.path().join(LOCKS_DIR).join(MAINTENANCE_LOCK);
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at("open", &path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at("open", &path)?;
         match wait {
             LockWait::Block => file.lock().at("lock", &path)?,
             LockWait::Fail => {
@@ -71,18 +77,36 @@ impl Store {
                     let mut holder = String::new();
                     let _ = file.read_to_string(&mut holder);
                     let holder = holder.trim();
-                    let holder = if holder.is_empty() { String::new() } else { format!(" ({holder})") };
+                    let holder = if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({holder})")
+                    };
                     return Err(Error::Locked { path, holder });
                 }
             }
         }
         // Who holds it, for the message another process shows; advisory only.
         let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let _ = file.set_len(0);
-        let _ = file.write_all_at_start(format!("pid {} on {} since unix time {since}", std::process::id(), host.trim()).as_bytes());
+        let _ = file.write_all_at_start(
+            format!(
+                "pid {} on {} since unix time {since}",
+                std::process::id(),
+                host.trim()
+            )
+            .as_bytes(),
+        );
         let index = Index::open(self.path(), &self.config().container_id)?;
-        Ok(Maintenance { store: self, index: std::sync::Mutex::new(index), _lock: file })
+        Ok(Maintenance {
+            store: self,
+            index: std::sync::Mutex::new(index),
+            _lock: file,
+        })
     }
 }
 
@@ -116,7 +140,10 @@ pub struct PackOptions {
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions { compression: None, validate: true }
+        PackOptions {
+            compression: None,
+            validate: true,
+        }
     }
 }
 
@@ -137,7 +164,10 @@ pub struct PackReport {
 /// One object to write directly into a pack.
 pub enum Source {
     Bytes(Vec<u8>),
-    Reader { reader: Box<dyn Read + Send>, size_hint: u64 },
+    Reader {
+        reader: Box<dyn Read + Send>,
+        size_hint: u64,
+    },
     File(PathBuf),
 }
 
@@ -154,7 +184,11 @@ pub struct RepackOptions {
 
 impl Default for RepackOptions {
     fn default() -> Self {
-        RepackOptions { all: false, garbage_ratio_min: 0.2, compression: None }
+        RepackOptions {
+            all: false,
+            garbage_ratio_min: 0.2,
+            compression: None,
+        }
     }
 }
 
@@ -178,7 +212,10 @@ pub struct CleanOptions {
 
 impl Default for CleanOptions {
     fn default() -> Self {
-        CleanOptions { vacuum: true, sandbox_grace: Duration::from_secs(10) }
+        CleanOptions {
+            vacuum: true,
+            sandbox_grace: Duration::from_secs(10),
+        }
     }
 }
 
@@ -204,8 +241,13 @@ pub struct RebuildReport {
 
 /// A loose object read for packing: small ones encoded in memory, large ones streamed later.
 enum Prepared {
-    InMemory { raw_len: u64, enc: compress::Encoded },
-    Large { path: PathBuf },
+    InMemory {
+        raw_len: u64,
+        enc: compress::Encoded,
+    },
+    Large {
+        path: PathBuf,
+    },
 }
 
 impl<'s> Maintenance<'s> {
@@ -219,7 +261,13 @@ impl<'s> Maintenance<'s> {
 
     fn appender(&self, exclude: HashSet<u64>) -> Appender<'s> {
         let c = self.store.config();
-        Appender::new(self.store.path(), c.hash, c.container_id_bytes(), c.pack_size_target_bytes, exclude)
+        Appender::new(
+            self.store.path(),
+            c.hash,
+            c.container_id_bytes(),
+            c.pack_size_target_bytes,
+            exclude,
+        )
     }
 
     fn policy(&self, opts: &PackOptions) -> Compression {
@@ -248,7 +296,12 @@ impl<'s> Maintenance<'s> {
 
     /// Moves loose objects into packs. Loose copies are deleted batch by batch, right after the
     /// index commit that makes their packed copies reachable, so disk use never doubles.
-    pub fn pack_loose(&self, sel: &PackSelection, opts: &PackOptions, p: &dyn Progress) -> Result<PackReport> {
+    pub fn pack_loose(
+        &self,
+        sel: &PackSelection,
+        opts: &PackOptions,
+        p: &dyn Progress,
+    ) -> Result<PackReport> {
         let store = self.store;
         let cfg = store.config();
         let mut keys = match sel {
@@ -257,7 +310,9 @@ impl<'s> Maintenance<'s> {
             PackSelection::Prefix(prefix) => {
                 let prefix = prefix.to_ascii_lowercase();
                 if !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(Error::InvalidArgument(format!("key prefix '{prefix}' is not hex")));
+                    return Err(Error::InvalidArgument(format!(
+                        "key prefix '{prefix}' is not hex"
+                    )));
                 }
                 loose::list_loose(store.path(), cfg.loose_prefix_len)?
                     .into_iter()
@@ -281,7 +336,9 @@ impl<'s> Maintenance<'s> {
                 for (key, prep) in prepared {
                     match prep {
                         Ok(None) => {} // vanished: packed by someone else or deleted
-                        Err(why) if why.starts_with("corrupt:") => report.corrupt.push(why[8..].to_string()),
+                        Err(why) if why.starts_with("corrupt:") => {
+                            report.corrupt.push(why[8..].to_string())
+                        }
                         Err(why) => report.skipped.push(why),
                         Ok(Some(_)) if index.get(&key)?.is_some() => {
                             report.already_packed += 1;
@@ -289,7 +346,15 @@ impl<'s> Maintenance<'s> {
                         }
                         Ok(Some(Prepared::InMemory { raw_len, enc })) => {
                             pending_bytes += enc.payload.len() as u64;
-                            app.append(index, &NewRecord { key, raw_len, compressed: enc.compressed, payload: &enc.payload })?;
+                            app.append(
+                                index,
+                                &NewRecord {
+                                    key,
+                                    raw_len,
+                                    compressed: enc.compressed,
+                                    payload: &enc.payload,
+                                },
+                            )?;
                             report.packed += 1;
                             report.packed_bytes += raw_len;
                             to_remove.push(key);
@@ -304,8 +369,22 @@ impl<'s> Maintenance<'s> {
                                 }
                             };
                             let name = path.display().to_string();
-                            match append_stream(app, index, &mut f, &name, store.config().hash, policy, &HashSet::new(), Some(key))?.1 {
-                                Streamed::Written { raw_len, stored_len } => {
+                            match append_stream(
+                                app,
+                                index,
+                                &mut f,
+                                &name,
+                                store.config().hash,
+                                policy,
+                                &HashSet::new(),
+                                Some(key),
+                            )?
+                            .1
+                            {
+                                Streamed::Written {
+                                    raw_len,
+                                    stored_len,
+                                } => {
                                     pending_bytes += stored_len;
                                     report.packed += 1;
                                     report.packed_bytes += raw_len;
@@ -315,9 +394,9 @@ impl<'s> Maintenance<'s> {
                                     report.already_packed += 1;
                                     to_remove.push(key);
                                 }
-                                Streamed::Mismatch { actual } => {
-                                    report.corrupt.push(format!("{name}: content hashes to {actual}"))
-                                }
+                                Streamed::Mismatch { actual } => report
+                                    .corrupt
+                                    .push(format!("{name}: content hashes to {actual}")),
                             }
                         }
                     }
@@ -371,7 +450,9 @@ impl<'s> Maintenance<'s> {
                                 large.push((base + i, Source::File(path)));
                             }
                         }
-                        Source::Reader { reader, size_hint } if size_hint > IN_MEMORY_OBJECT_BYTES_MAX => {
+                        Source::Reader { reader, size_hint }
+                            if size_hint > IN_MEMORY_OBJECT_BYTES_MAX =>
+                        {
                             large.push((base + i, Source::Reader { reader, size_hint }))
                         }
                         Source::Reader { mut reader, .. } => {
@@ -392,7 +473,10 @@ impl<'s> Maintenance<'s> {
                         let key = hash.hash(&b);
                         let raw_len = b.len() as u64;
                         let enc = match policy {
-                            Compression::None => Ok(compress::Encoded { payload: b, compressed: false }),
+                            Compression::None => Ok(compress::Encoded {
+                                payload: b,
+                                compressed: false,
+                            }),
                             _ => compress::encode(&b, policy),
                         };
                         (i, key, raw_len, enc)
@@ -405,18 +489,36 @@ impl<'s> Maintenance<'s> {
                     }
                     let enc = enc.map_err(|e| Error::io("compress", key.to_hex(), e))?;
                     pending_bytes += enc.payload.len() as u64;
-                    app.append(index, &NewRecord { key, raw_len, compressed: enc.compressed, payload: &enc.payload })?;
+                    app.append(
+                        index,
+                        &NewRecord {
+                            key,
+                            raw_len,
+                            compressed: enc.compressed,
+                            payload: &enc.payload,
+                        },
+                    )?;
                     session.insert(key);
                 }
                 for (i, src) in large {
                     let (mut reader, name): (Box<dyn Read>, String) = match src {
-                        Source::File(path) => {
-                            (Box::new(File::open(&path).at("open", &path)?), path.display().to_string())
-                        }
+                        Source::File(path) => (
+                            Box::new(File::open(&path).at("open", &path)?),
+                            path.display().to_string(),
+                        ),
                         Source::Reader { reader, .. } => (reader, "reader".to_string()),
                         Source::Bytes(_) => continue,
                     };
-                    let (key, outcome) = append_stream(app, index, &mut *reader, &name, hash, policy, &session, None)?;
+                    let (key, outcome) = append_stream(
+                        app,
+                        index,
+                        &mut *reader,
+                        &name,
+                        hash,
+                        policy,
+                        &session,
+                        None,
+                    )?;
                     keys[i] = key;
                     if let Streamed::Written { stored_len, .. } = outcome {
                         session.insert(key);
@@ -472,10 +574,15 @@ impl<'s> Maintenance<'s> {
         fsutil::remove_files(&loose_paths);
         for lp in &loose_paths {
             if lp.exists() {
-                return Err(Error::io("delete", lp, std::io::Error::other("file is still there after unlink")));
+                return Err(Error::io(
+                    "delete",
+                    lp,
+                    std::io::Error::other("file is still there after unlink"),
+                ));
             }
         }
-        let dirs: std::collections::BTreeSet<&Path> = loose_paths.iter().filter_map(|p| p.parent()).collect();
+        let dirs: std::collections::BTreeSet<&Path> =
+            loose_paths.iter().filter_map(|p| p.parent()).collect();
         for d in dirs {
             fsutil::fsync_dir(d)?;
         }
@@ -496,11 +603,20 @@ impl<'s> Maintenance<'s> {
             for row in &packs {
                 let path = pack::pack_path(store.path(), row.id);
                 let file = File::open(&path).at("open pack", &path)?;
-                let records = pack::records_end(row, &file)?.saturating_sub(PACK_HEADER_BYTES as u64);
+                let records =
+                    pack::records_end(row, &file)?.saturating_sub(PACK_HEADER_BYTES as u64);
                 let live_bytes = live.get(&row.id).copied().unwrap_or(0);
                 let garbage = records.saturating_sub(live_bytes);
-                let ratio = if records == 0 { 1.0 } else { garbage as f64 / records as f64 };
-                if opts.all || opts.compression.is_some() || (ratio >= opts.garbage_ratio_min && garbage > 0) || live_bytes == 0 {
+                let ratio = if records == 0 {
+                    1.0
+                } else {
+                    garbage as f64 / records as f64
+                };
+                if opts.all
+                    || opts.compression.is_some()
+                    || (ratio >= opts.garbage_ratio_min && garbage > 0)
+                    || live_bytes == 0
+                {
                     c.push(*row);
                 }
             }
@@ -510,7 +626,11 @@ impl<'s> Maintenance<'s> {
             return Ok(report);
         }
         let rewriting: HashSet<u64> = candidates.iter().map(|r| r.id).collect();
-        let keep_min_pack = all_packs.iter().filter(|r| !rewriting.contains(&r.id)).map(|r| r.id).min();
+        let keep_min_pack = all_packs
+            .iter()
+            .filter(|r| !rewriting.contains(&r.id))
+            .map(|r| r.id)
+            .min();
         p.start("repack", Some(candidates.len() as u64), Unit::Packs);
         let result = self.with_appender(rewriting.clone(), |index, app| {
             let tombstones = index.tombstones()?;
@@ -527,34 +647,57 @@ impl<'s> Maintenance<'s> {
                     app.copy_record(index, &file, key, irow)?;
                     report.objects_moved += 1;
                 }
-                pack::for_each_record(&file, row.id, &rows, REPACK_SPAN_BYTES, &mut |key, irow, rec| {
-                    let (header, payload) = crate::format::decode_record(rec)
-                        .map_err(|reason| Error::CorruptRecord { pack: irow.pack, offset: irow.offset, reason })?;
-                    pack::check_header(&header, key, irow)?;
-                    match opts.compression {
-                        None => {
-                            app.append_raw_record(index, &header, payload)?;
+                pack::for_each_record(
+                    &file,
+                    row.id,
+                    &rows,
+                    REPACK_SPAN_BYTES,
+                    &mut |key, irow, rec| {
+                        let (header, payload) =
+                            crate::format::decode_record(rec).map_err(|reason| {
+                                Error::CorruptRecord {
+                                    pack: irow.pack,
+                                    offset: irow.offset,
+                                    reason,
+                                }
+                            })?;
+                        pack::check_header(&header, key, irow)?;
+                        match opts.compression {
+                            None => {
+                                app.append_raw_record(index, &header, payload)?;
+                            }
+                            Some(policy) => {
+                                let raw = if header.is_compressed() {
+                                    compress::decompress_all(payload, header.raw_len).map_err(
+                                        |detail| Error::CorruptObject {
+                                            key: *key,
+                                            location: format!(
+                                                "pack {} offset {}",
+                                                irow.pack, irow.offset
+                                            ),
+                                            detail,
+                                        },
+                                    )?
+                                } else {
+                                    payload.to_vec()
+                                };
+                                let enc = compress::encode(&raw, policy)
+                                    .map_err(|e| Error::io("compress", key.to_hex(), e))?;
+                                app.append(
+                                    index,
+                                    &NewRecord {
+                                        key: *key,
+                                        raw_len: header.raw_len,
+                                        compressed: enc.compressed,
+                                        payload: &enc.payload,
+                                    },
+                                )?;
+                            }
                         }
-                        Some(policy) => {
-                            let raw = if header.is_compressed() {
-                                compress::decompress_all(payload, header.raw_len).map_err(|detail| Error::CorruptObject {
-                                    key: *key,
-                                    location: format!("pack {} offset {}", irow.pack, irow.offset),
-                                    detail,
-                                })?
-                            } else {
-                                payload.to_vec()
-                            };
-                            let enc = compress::encode(&raw, policy).map_err(|e| Error::io("compress", key.to_hex(), e))?;
-                            app.append(
-                                index,
-                                &NewRecord { key: *key, raw_len: header.raw_len, compressed: enc.compressed, payload: &enc.payload },
-                            )?;
-                        }
-                    }
-                    report.objects_moved += 1;
-                    Ok(())
-                })?;
+                        report.objects_moved += 1;
+                        Ok(())
+                    },
+                )?;
                 for t in tombstones.iter().filter(|t| t.at.pack == row.id) {
                     // Needed while some pack that stays could hold a record it kills.
                     if keep_min_pack.is_some_and(|m| m <= t.before.pack) {
@@ -588,10 +731,17 @@ impl<'s> Maintenance<'s> {
     pub fn clean(&self, opts: &CleanOptions, p: &dyn Progress) -> Result<CleanReport> {
         let store = self.store;
         let root = store.path();
-        let mut report = CleanReport { index_bytes_before: index_bytes(root), ..Default::default() };
+        let mut report = CleanReport {
+            index_bytes_before: index_bytes(root),
+            ..Default::default()
+        };
         p.start("clean", None, Unit::Objects);
         for path in loose::stale_sandbox_entries(root, opts.sandbox_grace)? {
-            let r = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            let r = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
             r.at("remove sandbox leftover", &path)?;
             report.sandbox_removed += 1;
         }
@@ -613,8 +763,12 @@ impl<'s> Maintenance<'s> {
             let path = pack::pack_path(root, row.id);
             let len = fsutil::file_len_or_zero(&path);
             if !row.sealed && len > row.end_bytes {
-                let f = OpenOptions::new().write(true).open(&path).at("open pack", &path)?;
-                f.set_len(row.end_bytes).at("truncate crash tail of", &path)?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .at("open pack", &path)?;
+                f.set_len(row.end_bytes)
+                    .at("truncate crash tail of", &path)?;
                 fsutil::datasync(&f, &path)?;
                 report.tail_bytes_truncated += len - row.end_bytes;
             }
@@ -663,7 +817,11 @@ impl<'s> Maintenance<'s> {
         // A broken index file cannot even take a DELETE: start it afresh.
         let mut index = self.index();
         let healthy = index.quick_check().map(|v| v.is_empty()).unwrap_or(false);
-        let index_high_water = if healthy { index.pack_id_high_water().unwrap_or(0) } else { 0 };
+        let index_high_water = if healthy {
+            index.pack_id_high_water().unwrap_or(0)
+        } else {
+            0
+        };
         if !healthy {
             for suffix in ["", "-wal", "-shm"] {
                 let path = root.join(format!("{INDEX_FILE}{suffix}"));
@@ -714,51 +872,96 @@ fn rebuild_scan_pack(
     let path = pack::pack_path(store.path(), id);
     let file = File::open(&path).at("open pack", &path)?;
     let header = pack::read_pack_header(&file, id)?;
-    if header.hash != store.config().hash || header.container_id != store.config().container_id_bytes() || header.pack_id != id {
-        return Err(Error::CorruptPack { pack: id, reason: "pack header belongs to another store or pack id".into() });
+    if header.hash != store.config().hash
+        || header.container_id != store.config().container_id_bytes()
+        || header.pack_id != id
+    {
+        return Err(Error::CorruptPack {
+            pack: id,
+            reason: "pack header belongs to another store or pack id".into(),
+        });
     }
     let len = file.metadata().at("stat", &path)?.len();
-    let mut note = |offset: u64, h: &crate::format::RecordHeader, payload: Option<&[u8]>| -> Result<()> {
-        let pos = Position { pack: id, offset };
-        match h.kind {
-            RecordKind::Object => {
-                let row = IndexRow { pack: id, offset, raw_len: h.raw_len, stored_len: h.stored_len, flags: h.flags };
-                let e = latest.entry(h.key).or_insert(row);
-                if row.position() > e.position() {
-                    *e = row;
+    let mut note =
+        |offset: u64, h: &crate::format::RecordHeader, payload: Option<&[u8]>| -> Result<()> {
+            let pos = Position { pack: id, offset };
+            match h.kind {
+                RecordKind::Object => {
+                    let row = IndexRow {
+                        pack: id,
+                        offset,
+                        raw_len: h.raw_len,
+                        stored_len: h.stored_len,
+                        flags: h.flags,
+                    };
+                    let e = latest.entry(h.key).or_insert(row);
+                    if row.position() > e.position() {
+                        *e = row;
+                    }
+                }
+                RecordKind::Tombstone => {
+                    let payload = match payload {
+                        Some(p) => p.to_vec(),
+                        None => {
+                            let mut b = vec![0u8; crate::format::TOMBSTONE_PAYLOAD_BYTES as usize];
+                            pack::read_exact_at(
+                                &file,
+                                &mut b,
+                                offset + crate::format::RECORD_HEADER_BYTES as u64,
+                                id,
+                            )?;
+                            b
+                        }
+                    };
+                    let before = crate::format::decode_tombstone(&payload).map_err(|reason| {
+                        Error::CorruptRecord {
+                            pack: id,
+                            offset,
+                            reason,
+                        }
+                    })?;
+                    tombstones.push(TombstoneRow {
+                        key: h.key,
+                        at: pos,
+                        before,
+                    });
                 }
             }
-            RecordKind::Tombstone => {
-                let payload = match payload {
-                    Some(p) => p.to_vec(),
-                    None => {
-                        let mut b = vec![0u8; crate::format::TOMBSTONE_PAYLOAD_BYTES as usize];
-                        pack::read_exact_at(&file, &mut b, offset + crate::format::RECORD_HEADER_BYTES as u64, id)?;
-                        b
-                    }
-                };
-                let before = crate::format::decode_tombstone(&payload)
-                    .map_err(|reason| Error::CorruptRecord { pack: id, offset, reason })?;
-                tombstones.push(TombstoneRow { key: h.key, at: pos, before });
-            }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     if let Ok(Some((_footer, table))) = pack::read_sealed_table(&file, id, len) {
         for (key, offset) in table {
             let mut hb = [0u8; crate::format::RECORD_HEADER_BYTES];
             pack::read_exact_at(&file, &mut hb, offset, id)?;
-            let h = crate::format::RecordHeader::decode(&hb)
-                .map_err(|reason| Error::CorruptRecord { pack: id, offset, reason })?;
+            let h = crate::format::RecordHeader::decode(&hb).map_err(|reason| {
+                Error::CorruptRecord {
+                    pack: id,
+                    offset,
+                    reason,
+                }
+            })?;
             if h.key != key {
-                return Err(Error::CorruptPack { pack: id, reason: format!("table entry at {offset} names another key") });
+                return Err(Error::CorruptPack {
+                    pack: id,
+                    reason: format!("table entry at {offset} names another key"),
+                });
             }
             note(offset, &h, None)?;
         }
-        return Ok(PackRow { id, sealed: true, end_bytes: len });
+        return Ok(PackRow {
+            id,
+            sealed: true,
+            end_bytes: len,
+        });
     }
-    let end = pack::scan_records(&file, id, len, &mut |rec| note(rec.offset, &rec.header, Some(rec.payload)))?;
-    Ok(PackRow { id, sealed: false, end_bytes: end })
+    let end = pack::scan_records(&file, id, len, &mut |rec| {
+        note(rec.offset, &rec.header, Some(rec.payload))
+    })?;
+    Ok(PackRow {
+        id,
+        sealed: false,
+        end_bytes: end,
+    })
 }
 
 /// Reads and encodes one loose object for packing. `Ok(None)`: the file is gone.
@@ -784,13 +987,20 @@ fn prepare_loose(
     if validate {
         let actual = store.config().hash.hash(&bytes);
         if actual != *key {
-            return Err(format!("corrupt:{}: content hashes to {actual}", path.display()));
+            return Err(format!(
+                "corrupt:{}: content hashes to {actual}",
+                path.display()
+            ));
         }
     }
     let raw_len = bytes.len() as u64;
     let enc = match policy {
-        Compression::None => compress::Encoded { payload: bytes, compressed: false },
-        _ => compress::encode(&bytes, policy).map_err(|e| format!("{}: compress: {e}", path.display()))?,
+        Compression::None => compress::Encoded {
+            payload: bytes,
+            compressed: false,
+        },
+        _ => compress::encode(&bytes, policy)
+            .map_err(|e| format!("{}: compress: {e}", path.display()))?,
     };
     Ok(Some(Prepared::InMemory { raw_len, enc }))
 }
@@ -802,16 +1012,22 @@ fn remove_loose(store: &Store, keys: &[Key]) -> u64 {
 }
 
 fn index_bytes(root: &Path) -> u64 {
-    fsutil::file_len_or_zero(&root.join(INDEX_FILE)) + fsutil::file_len_or_zero(&root.join(format!("{INDEX_FILE}-wal")))
+    fsutil::file_len_or_zero(&root.join(INDEX_FILE))
+        + fsutil::file_len_or_zero(&root.join(format!("{INDEX_FILE}-wal")))
 }
 
 /// What happened to a streamed object.
 enum Streamed {
-    Written { raw_len: u64, stored_len: u64 },
+    Written {
+        raw_len: u64,
+        stored_len: u64,
+    },
     /// Already stored (or written earlier in this call): nothing kept.
     Duplicate,
     /// The content does not hash to the key it was expected to have: nothing kept.
-    Mismatch { actual: Key },
+    Mismatch {
+        actual: Key,
+    },
 }
 
 /// Streams one large object into the open pack (compressing frame by frame when asked), in
@@ -833,9 +1049,13 @@ fn append_stream(
     };
     let mut stored = 0u64;
     let mut raw_total = 0u64;
-    let mut fill = |sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<(Key, u64, bool)> {
+    let mut fill = |sink: &mut pack::Sink<'_>| -> Result<(Key, u64, bool)> {
         let mut h = hash.hasher();
-        let chunk_bytes = if level.is_some() { FRAME_RAW_BYTES as usize } else { STREAM_CHUNK_BYTES };
+        let chunk_bytes = if level.is_some() {
+            FRAME_RAW_BYTES as usize
+        } else {
+            STREAM_CHUNK_BYTES
+        };
         let mut buf = vec![0u8; chunk_bytes];
         let mut sizes = Vec::new();
         let mut comp = match level {
@@ -851,7 +1071,9 @@ fn append_stream(
             raw_total += n as u64;
             match comp.as_mut() {
                 Some(c) => {
-                    let frame = c.compress(&buf[..n]).map_err(|e| Error::io("compress", name, e))?;
+                    let frame = c
+                        .compress(&buf[..n])
+                        .map_err(|e| Error::io("compress", name, e))?;
                     sizes.push(frame.len() as u32);
                     sink(&frame)?;
                     stored += frame.len() as u64;
@@ -886,7 +1108,10 @@ fn append_stream(
     let (key, at) = app.append_streamed(index, &mut fill, &mut keep)?;
     let outcome = match (at, mismatch) {
         (_, Some(actual)) => Streamed::Mismatch { actual },
-        (Some(_), None) => Streamed::Written { raw_len: raw_total, stored_len: stored },
+        (Some(_), None) => Streamed::Written {
+            raw_len: raw_total,
+            stored_len: stored,
+        },
         (None, None) => Streamed::Duplicate,
     };
     Ok((key, outcome))

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
-    self, Footer, PackHeader, Position, RecordChecksum, RecordHeader, RecordKind, FLAG_ZSTD, FOOTER_BYTES,
-    PACK_FORMAT_VERSION, PACK_HEADER_BYTES, RECORD_HEADER_BYTES, RECORD_TRAILER_BYTES,
+    self, Footer, PackHeader, Position, RecordChecksum, RecordHeader, RecordKind, FLAG_ZSTD,
+    FOOTER_BYTES, PACK_FORMAT_VERSION, PACK_HEADER_BYTES, RECORD_HEADER_BYTES,
+    RECORD_TRAILER_BYTES,
 };
 use crate::fsutil;
 use crate::index::{Index, IndexRow, PackRow, TombstoneRow};
@@ -29,7 +30,10 @@ pub(crate) fn pack_path(root: &Path, id: u64) -> PathBuf {
 /// The pack id of a file name like `17.pack`.
 pub(crate) fn parse_pack_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".pack")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return None;
     }
     digits.parse().ok()
@@ -49,6 +53,15 @@ pub(crate) fn pack_ids_on_disk(root: &Path) -> Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// A sealed pack's footer and its (key, record offset) table.
+pub(crate) type SealedTable = (Footer, Vec<(Key, u64)>);
+/// Where a streamed payload goes, chunk by chunk.
+pub(crate) type Sink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+/// Writes a streamed payload through a sink; returns (key, raw length, compressed).
+pub(crate) type StreamFill<'a> = dyn FnMut(&mut Sink<'_>) -> Result<(Key, u64, bool)> + 'a;
+/// Receives one record's bytes during a span read.
+pub(crate) type RecordVisit<'a> = dyn FnMut(&Key, &IndexRow, &[u8]) -> Result<()> + 'a;
+
 /// Reads exactly `buf.len()` bytes at `offset`, reporting a short file as a truncated record.
 pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, pack: u64) -> Result<()> {
     let mut done = 0usize;
@@ -58,12 +71,21 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, pack: u64)
                 return Err(Error::CorruptRecord {
                     pack,
                     offset,
-                    reason: format::FormatError::Truncated { need: buf.len() as u64, have: done as u64 },
+                    reason: format::FormatError::Truncated {
+                        need: buf.len() as u64,
+                        have: done as u64,
+                    },
                 })
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::Io { op: "read pack", path: PathBuf::from(format!("pack {pack}")), source: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "read pack",
+                    path: PathBuf::from(format!("pack {pack}")),
+                    source: e,
+                })
+            }
         }
     }
     Ok(())
@@ -74,12 +96,19 @@ pub(crate) fn read_object(file: &File, key: &Key, row: &IndexRow) -> Result<Vec<
     let len = format::RECORD_OVERHEAD_BYTES + row.stored_len;
     let mut buf = vec![0u8; len as usize];
     read_exact_at(file, &mut buf, row.offset, row.pack)?;
-    let (header, _) =
-        format::decode_record(&buf).map_err(|reason| Error::CorruptRecord { pack: row.pack, offset: row.offset, reason })?;
+    let (header, _) = format::decode_record(&buf).map_err(|reason| Error::CorruptRecord {
+        pack: row.pack,
+        offset: row.offset,
+        reason,
+    })?;
     check_header(&header, key, row)?;
     if header.is_compressed() {
         let payload = &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + row.stored_len as usize];
-        compress_err(crate::compress::decompress_all(payload, header.raw_len), key, row)
+        compress_err(
+            crate::compress::decompress_all(payload, header.raw_len),
+            key,
+            row,
+        )
     } else {
         buf.truncate(RECORD_HEADER_BYTES + row.stored_len as usize);
         buf.drain(..RECORD_HEADER_BYTES);
@@ -98,15 +127,28 @@ fn compress_err<T>(r: std::result::Result<T, String>, key: &Key, row: &IndexRow)
 /// Checks that a record header is the one the index row describes.
 pub(crate) fn check_header(header: &RecordHeader, key: &Key, row: &IndexRow) -> Result<()> {
     if header.key != *key || header.kind != RecordKind::Object {
-        return Err(Error::WrongRecord { pack: row.pack, offset: row.offset, expected: *key, found: header.key });
+        return Err(Error::WrongRecord {
+            pack: row.pack,
+            offset: row.offset,
+            expected: *key,
+            found: header.key,
+        });
     }
-    if header.raw_len != row.raw_len || header.stored_len != row.stored_len || header.flags != row.flags {
+    if header.raw_len != row.raw_len
+        || header.stored_len != row.stored_len
+        || header.flags != row.flags
+    {
         return Err(Error::CorruptRecord {
             pack: row.pack,
             offset: row.offset,
             reason: format::FormatError::BadLength(format!(
                 "record says raw {} stored {} flags {}, index says raw {} stored {} flags {}",
-                header.raw_len, header.stored_len, header.flags, row.raw_len, row.stored_len, row.flags
+                header.raw_len,
+                header.stored_len,
+                header.flags,
+                row.raw_len,
+                row.stored_len,
+                row.flags
             )),
         });
     }
@@ -117,8 +159,11 @@ pub(crate) fn check_header(header: &RecordHeader, key: &Key, row: &IndexRow) -> 
 pub(crate) fn read_header(file: &File, key: &Key, row: &IndexRow) -> Result<RecordHeader> {
     let mut buf = [0u8; RECORD_HEADER_BYTES];
     read_exact_at(file, &mut buf, row.offset, row.pack)?;
-    let header =
-        RecordHeader::decode(&buf).map_err(|reason| Error::CorruptRecord { pack: row.pack, offset: row.offset, reason })?;
+    let header = RecordHeader::decode(&buf).map_err(|reason| Error::CorruptRecord {
+        pack: row.pack,
+        offset: row.offset,
+        reason,
+    })?;
     check_header(&header, key, row)?;
     Ok(header)
 }
@@ -127,11 +172,19 @@ pub(crate) fn read_header(file: &File, key: &Key, row: &IndexRow) -> Result<Reco
 pub(crate) fn read_pack_header(file: &File, pack: u64) -> Result<PackHeader> {
     let mut buf = [0u8; PACK_HEADER_BYTES];
     read_exact_at(file, &mut buf, 0, pack)?;
-    PackHeader::decode(&buf).map_err(|reason| Error::CorruptRecord { pack, offset: 0, reason })
+    PackHeader::decode(&buf).map_err(|reason| Error::CorruptRecord {
+        pack,
+        offset: 0,
+        reason,
+    })
 }
 
 /// Reads a sealed pack's footer and table, or `None` if the pack does not end in a footer.
-pub(crate) fn read_sealed_table(file: &File, pack: u64, file_len: u64) -> Result<Option<(Footer, Vec<(Key, u64)>)>> {
+pub(crate) fn read_sealed_table(
+    file: &File,
+    pack: u64,
+    file_len: u64,
+) -> Result<Option<SealedTable>> {
     if file_len < (PACK_HEADER_BYTES + FOOTER_BYTES) as u64 {
         return Ok(None);
     }
@@ -140,12 +193,18 @@ pub(crate) fn read_sealed_table(file: &File, pack: u64, file_len: u64) -> Result
     if fb[32..40] != format::FOOTER_MAGIC {
         return Ok(None);
     }
-    let footer = Footer::decode(&fb, file_len)
-        .map_err(|reason| Error::CorruptRecord { pack, offset: file_len - FOOTER_BYTES as u64, reason })?;
+    let footer = Footer::decode(&fb, file_len).map_err(|reason| Error::CorruptRecord {
+        pack,
+        offset: file_len - FOOTER_BYTES as u64,
+        reason,
+    })?;
     let mut tb = vec![0u8; (footer.entry_count as usize).saturating_mul(format::TABLE_ENTRY_BYTES)];
     read_exact_at(file, &mut tb, footer.table_offset, pack)?;
-    let table = format::decode_table(&tb, &footer)
-        .map_err(|reason| Error::CorruptRecord { pack, offset: footer.table_offset, reason })?;
+    let table = format::decode_table(&tb, &footer).map_err(|reason| Error::CorruptRecord {
+        pack,
+        offset: footer.table_offset,
+        reason,
+    })?;
     Ok(Some((footer, table)))
 }
 
@@ -171,7 +230,9 @@ pub(crate) fn scan_records(
 ) -> Result<u64> {
     let mut reader = BufReader::with_capacity(4 << 20, file);
     let mut skip = [0u8; PACK_HEADER_BYTES];
-    reader.read_exact(&mut skip).at("read pack header", format!("pack {pack}"))?;
+    reader
+        .read_exact(&mut skip)
+        .at("read pack header", format!("pack {pack}"))?;
     let mut offset = PACK_HEADER_BYTES as u64;
     let mut buf = Vec::new();
     while offset + format::RECORD_OVERHEAD_BYTES <= end {
@@ -179,7 +240,9 @@ pub(crate) fn scan_records(
         if reader.read_exact(&mut hb).is_err() {
             break;
         }
-        let Ok(header) = RecordHeader::decode(&hb) else { break };
+        let Ok(header) = RecordHeader::decode(&hb) else {
+            break;
+        };
         let len = header.record_len();
         if offset + len > end {
             break;
@@ -201,10 +264,17 @@ pub(crate) fn scan_records(
             if reader.read_exact(&mut trailer).is_err() || sum.finish() != trailer {
                 break;
             }
-            visit(ScannedRecord { offset, header, payload: &[] })?;
+            visit(ScannedRecord {
+                offset,
+                header,
+                payload: &[],
+            })?;
         } else {
             buf.clear();
-            buf.resize((header.stored_len + RECORD_TRAILER_BYTES as u64) as usize, 0);
+            buf.resize(
+                (header.stored_len + RECORD_TRAILER_BYTES as u64) as usize,
+                0,
+            );
             if reader.read_exact(&mut buf).is_err() {
                 break;
             }
@@ -213,7 +283,11 @@ pub(crate) fn scan_records(
             if sum.finish() != trailer {
                 break;
             }
-            visit(ScannedRecord { offset, header, payload })?;
+            visit(ScannedRecord {
+                offset,
+                header,
+                payload,
+            })?;
         }
         offset += len;
     }
@@ -288,63 +362,116 @@ impl<'a> Appender<'a> {
             if open.len < self.pack_size_target_bytes {
                 return Ok(());
             }
-            let full = self.open.take().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+            let full = self
+                .open
+                .take()
+                .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
             self.full.push(full);
         }
         // Continue the newest unsealed pack with room, else start a new one.
         let packs = index.packs()?;
         let reusable = packs
             .iter()
-            .filter(|p| !p.sealed && !self.exclude.contains(&p.id) && p.end_bytes < self.pack_size_target_bytes)
+            .filter(|p| {
+                !p.sealed
+                    && !self.exclude.contains(&p.id)
+                    && p.end_bytes < self.pack_size_target_bytes
+            })
             .filter(|p| !self.full.iter().any(|f| f.id == p.id))
             .max_by_key(|p| p.id)
             .copied();
         if let Some(p) = reusable {
             let path = pack_path(self.root, p.id);
-            let file = OpenOptions::new().read(true).write(true).open(&path).at("open pack", &path)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .at("open pack", &path)?;
             let header = read_pack_header(&file, p.id)?;
             if header.hash != self.hash || header.pack_id != p.id {
-                return Err(Error::CorruptPack { pack: p.id, reason: "pack header does not match the store".into() });
+                return Err(Error::CorruptPack {
+                    pack: p.id,
+                    reason: "pack header does not match the store".into(),
+                });
             }
             // Bytes past the committed end are a crash tail nobody points at: drop them.
             let on_disk = file.metadata().at("stat", &path)?.len();
             if on_disk < p.end_bytes {
                 return Err(Error::CorruptPack {
                     pack: p.id,
-                    reason: format!("file is {on_disk} bytes, index says {} are committed", p.end_bytes),
+                    reason: format!(
+                        "file is {on_disk} bytes, index says {} are committed",
+                        p.end_bytes
+                    ),
                 });
             }
             if on_disk > p.end_bytes {
-                file.set_len(p.end_bytes).at("truncate crash tail of", &path)?;
+                file.set_len(p.end_bytes)
+                    .at("truncate crash tail of", &path)?;
                 fsutil::datasync(&file, &path)?;
             }
-            self.open = Some(OpenPack { id: p.id, file, path, len: p.end_bytes, buf_at: p.end_bytes, buf: Vec::new() });
+            self.open = Some(OpenPack {
+                id: p.id,
+                file,
+                path,
+                len: p.end_bytes,
+                buf_at: p.end_bytes,
+                buf: Vec::new(),
+            });
             return Ok(());
         }
         let on_disk_max = pack_ids_on_disk(self.root)?.into_iter().max();
         let index_max = packs.iter().map(|p| p.id).max();
         let full_max = self.full.iter().map(|p| p.id).max();
         let high_water = Some(index.pack_id_high_water()?);
-        let id = [on_disk_max, index_max, full_max, high_water].into_iter().flatten().max().map_or(1, |m| m + 1);
+        let id = [on_disk_max, index_max, full_max, high_water]
+            .into_iter()
+            .flatten()
+            .max()
+            .map_or(1, |m| m + 1);
         let path = pack_path(self.root, id);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).at("create pack", &path)?;
-        let header = PackHeader { version: PACK_FORMAT_VERSION, hash: self.hash, pack_id: id, container_id: self.container_id };
-        file.write_all_at(&header.encode(), 0).at("write pack header", &path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at("create pack", &path)?;
+        let header = PackHeader {
+            version: PACK_FORMAT_VERSION,
+            hash: self.hash,
+            pack_id: id,
+            container_id: self.container_id,
+        };
+        file.write_all_at(&header.encode(), 0)
+            .at("write pack header", &path)?;
         fsutil::datasync(&file, &path)?;
         fsutil::fsync_dir(&self.root.join(PACKS_DIR))?;
         // Register the pack at once, so a pack file the index does not know is always a stray.
         let tx = index.begin()?;
-        tx.put_pack(&PackRow { id, sealed: false, end_bytes: PACK_HEADER_BYTES as u64 })?;
+        tx.put_pack(&PackRow {
+            id,
+            sealed: false,
+            end_bytes: PACK_HEADER_BYTES as u64,
+        })?;
         tx.set_pack_id_high_water(id)?;
         tx.commit()?;
         let len = PACK_HEADER_BYTES as u64;
-        self.open = Some(OpenPack { id, file, path, len, buf_at: len, buf: Vec::new() });
+        self.open = Some(OpenPack {
+            id,
+            file,
+            path,
+            len,
+            buf_at: len,
+            buf: Vec::new(),
+        });
         Ok(())
     }
 
     fn flush_buf(open: &mut OpenPack) -> Result<()> {
         if !open.buf.is_empty() {
-            open.file.write_all_at(&open.buf, open.buf_at).at("write pack", &open.path)?;
+            open.file
+                .write_all_at(&open.buf, open.buf_at)
+                .at("write pack", &open.path)?;
             fsutil::start_writeback(&open.file, open.buf_at, open.buf.len() as u64);
             open.buf_at += open.buf.len() as u64;
             open.buf.clear();
@@ -364,7 +491,10 @@ impl<'a> Appender<'a> {
             stored_len: rec.payload.len() as u64,
             key: rec.key,
         };
-        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
         let offset = open.len;
         let hb = header.encode();
         let mut sum = RecordChecksum::new(&hb);
@@ -374,10 +504,16 @@ impl<'a> Appender<'a> {
         }
         if rec.payload.len() > WRITE_BUFFER_BYTES {
             // Large payloads go straight to the file instead of through the buffer.
-            open.file.write_all_at(&hb, offset).at("write pack", &open.path)?;
-            open.file.write_all_at(rec.payload, offset + hb.len() as u64).at("write pack", &open.path)?;
+            open.file
+                .write_all_at(&hb, offset)
+                .at("write pack", &open.path)?;
+            open.file
+                .write_all_at(rec.payload, offset + hb.len() as u64)
+                .at("write pack", &open.path)?;
             let t = offset + hb.len() as u64 + rec.payload.len() as u64;
-            open.file.write_all_at(&sum.finish(), t).at("write pack", &open.path)?;
+            open.file
+                .write_all_at(&sum.finish(), t)
+                .at("write pack", &open.path)?;
             open.buf_at = t + RECORD_TRAILER_BYTES as u64;
         } else {
             open.buf.extend_from_slice(&hb);
@@ -385,7 +521,13 @@ impl<'a> Appender<'a> {
             open.buf.extend_from_slice(&sum.finish());
         }
         open.len += header.record_len();
-        let row = IndexRow { pack: open.id, offset, raw_len: rec.raw_len, stored_len: header.stored_len, flags };
+        let row = IndexRow {
+            pack: open.id,
+            offset,
+            raw_len: rec.raw_len,
+            stored_len: header.stored_len,
+            flags,
+        };
         self.pending_rows.push((rec.key, row));
         Ok(row.position())
     }
@@ -397,11 +539,14 @@ impl<'a> Appender<'a> {
     pub(crate) fn append_streamed(
         &mut self,
         index: &mut Index,
-        fill: &mut dyn FnMut(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<(Key, u64, bool)>,
+        fill: &mut StreamFill<'_>,
         keep: &mut dyn FnMut(&Key, &mut Index) -> Result<bool>,
     ) -> Result<(Key, Option<Position>)> {
         self.ensure_open(index)?;
-        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
         Self::flush_buf(open)?;
         let offset = open.len;
         let payload_at = offset + RECORD_HEADER_BYTES as u64;
@@ -411,7 +556,8 @@ impl<'a> Appender<'a> {
             let file = &open.file;
             let path = &open.path;
             let mut sink = |chunk: &[u8]| -> Result<()> {
-                file.write_all_at(chunk, payload_at + written).at("write pack", path)?;
+                file.write_all_at(chunk, payload_at + written)
+                    .at("write pack", path)?;
                 crc.update(chunk);
                 written += chunk.len() as u64;
                 Ok(())
@@ -420,39 +566,73 @@ impl<'a> Appender<'a> {
         };
         if !keep(&key, index)? {
             // Nobody points at these bytes: give them back rather than leave a hole.
-            let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+            let open = self
+                .open
+                .as_mut()
+                .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
             open.file.set_len(offset).at("truncate pack", &open.path)?;
             return Ok((key, None));
         }
         let flags = if compressed { FLAG_ZSTD } else { 0 };
-        let header = RecordHeader { kind: RecordKind::Object, flags, hash: self.hash, raw_len, stored_len: written, key };
+        let header = RecordHeader {
+            kind: RecordKind::Object,
+            flags,
+            hash: self.hash,
+            raw_len,
+            stored_len: written,
+            key,
+        };
         let hb = header.encode();
         // Checksum = crc(header ‖ payload); combine by recomputing over header then the payload crc state.
         let mut full = crc32fast::Hasher::new();
         full.update(&hb);
         full.combine(&crc);
-        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
-        open.file.write_all_at(&hb, offset).at("write pack", &open.path)?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        open.file
+            .write_all_at(&hb, offset)
+            .at("write pack", &open.path)?;
         open.file
             .write_all_at(&full.finalize().to_le_bytes(), payload_at + written)
             .at("write pack", &open.path)?;
         open.len = payload_at + written + RECORD_TRAILER_BYTES as u64;
         open.buf_at = open.len;
-        let row = IndexRow { pack: open.id, offset, raw_len, stored_len: written, flags };
+        let row = IndexRow {
+            pack: open.id,
+            offset,
+            raw_len,
+            stored_len: written,
+            flags,
+        };
         self.pending_rows.push((key, row));
         Ok((key, Some(row.position())))
     }
 
     /// Copies an existing, verified record verbatim (repack keeps compression as is).
-    pub(crate) fn append_raw_record(&mut self, index: &mut Index, header: &RecordHeader, payload: &[u8]) -> Result<Position> {
+    pub(crate) fn append_raw_record(
+        &mut self,
+        index: &mut Index,
+        header: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<Position> {
         match header.kind {
             RecordKind::Object => self.append(
                 index,
-                &NewRecord { key: header.key, raw_len: header.raw_len, compressed: header.is_compressed(), payload },
+                &NewRecord {
+                    key: header.key,
+                    raw_len: header.raw_len,
+                    compressed: header.is_compressed(),
+                    payload,
+                },
             ),
             RecordKind::Tombstone => {
-                let before = format::decode_tombstone(payload)
-                    .map_err(|reason| Error::CorruptPack { pack: 0, reason: reason.to_string() })?;
+                let before =
+                    format::decode_tombstone(payload).map_err(|reason| Error::CorruptPack {
+                        pack: 0,
+                        reason: reason.to_string(),
+                    })?;
                 self.append_tombstone(index, header.key, Some(before))
             }
         }
@@ -460,10 +640,19 @@ impl<'a> Appender<'a> {
 
     /// Copies the record at `row` of `src` verbatim in constant memory, checking its header
     /// and checksum on the way (for records too large to hold in memory).
-    pub(crate) fn copy_record(&mut self, index: &mut Index, src: &File, key: &Key, row: &IndexRow) -> Result<Position> {
+    pub(crate) fn copy_record(
+        &mut self,
+        index: &mut Index,
+        src: &File,
+        key: &Key,
+        row: &IndexRow,
+    ) -> Result<Position> {
         let header = read_header(src, key, row)?;
         self.ensure_open(index)?;
-        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
         Self::flush_buf(open)?;
         let offset = open.len;
         let body = RECORD_HEADER_BYTES as u64 + row.stored_len;
@@ -474,28 +663,53 @@ impl<'a> Appender<'a> {
             let n = (body - done).min(buf.len() as u64) as usize;
             read_exact_at(src, &mut buf[..n], row.offset + done, row.pack)?;
             crc.update(&buf[..n]);
-            open.file.write_all_at(&buf[..n], offset + done).at("write pack", &open.path)?;
+            open.file
+                .write_all_at(&buf[..n], offset + done)
+                .at("write pack", &open.path)?;
             done += n as u64;
         }
         let mut trailer = [0u8; RECORD_TRAILER_BYTES];
         read_exact_at(src, &mut trailer, row.offset + body, row.pack)?;
         if crc.finalize().to_le_bytes() != trailer {
             open.file.set_len(offset).at("truncate pack", &open.path)?;
-            return Err(Error::CorruptRecord { pack: row.pack, offset: row.offset, reason: format::FormatError::RecordChecksum });
+            return Err(Error::CorruptRecord {
+                pack: row.pack,
+                offset: row.offset,
+                reason: format::FormatError::RecordChecksum,
+            });
         }
-        open.file.write_all_at(&trailer, offset + body).at("write pack", &open.path)?;
+        open.file
+            .write_all_at(&trailer, offset + body)
+            .at("write pack", &open.path)?;
         open.len = offset + body + RECORD_TRAILER_BYTES as u64;
         open.buf_at = open.len;
-        let new_row = IndexRow { pack: open.id, offset, raw_len: header.raw_len, stored_len: header.stored_len, flags: header.flags };
+        let new_row = IndexRow {
+            pack: open.id,
+            offset,
+            raw_len: header.raw_len,
+            stored_len: header.stored_len,
+            flags: header.flags,
+        };
         self.pending_rows.push((*key, new_row));
         Ok(new_row.position())
     }
 
     /// Appends a tombstone for `key`. `before` defaults to the tombstone's own position.
-    pub(crate) fn append_tombstone(&mut self, index: &mut Index, key: Key, before: Option<Position>) -> Result<Position> {
+    pub(crate) fn append_tombstone(
+        &mut self,
+        index: &mut Index,
+        key: Key,
+        before: Option<Position>,
+    ) -> Result<Position> {
         self.ensure_open(index)?;
-        let open = self.open.as_mut().ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
-        let at = Position { pack: open.id, offset: open.len };
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let at = Position {
+            pack: open.id,
+            offset: open.len,
+        };
         let before = before.unwrap_or(at);
         let payload = format::encode_tombstone(before);
         let header = RecordHeader {
@@ -513,7 +727,8 @@ impl<'a> Appender<'a> {
         }
         open.buf.extend_from_slice(&rec);
         open.len += rec.len() as u64;
-        self.pending_tombstones.push(TombstoneRow { key, at, before });
+        self.pending_tombstones
+            .push(TombstoneRow { key, at, before });
         Ok(at)
     }
 
@@ -536,7 +751,11 @@ impl<'a> Appender<'a> {
             tx.put_tombstone(t)?;
         }
         for p in self.full.iter().chain(self.open.iter()) {
-            tx.put_pack(&PackRow { id: p.id, sealed: false, end_bytes: p.len })?;
+            tx.put_pack(&PackRow {
+                id: p.id,
+                sealed: false,
+                end_bytes: p.len,
+            })?;
         }
         extra(&tx)?;
         tx.commit()?;
@@ -582,19 +801,39 @@ impl<'a> Appender<'a> {
 /// Seals a pack: writes its table (from the committed index rows) and footer, fdatasyncs it,
 /// and records it as sealed.
 pub(crate) fn seal(index: &mut Index, file: File, id: u64, path: &Path, len: u64) -> Result<()> {
-    let mut entries: Vec<(Key, u64)> = index.rows_in_pack(id)?.into_iter().map(|(k, r)| (k, r.offset)).collect();
-    entries.extend(index.tombstones()?.into_iter().filter(|t| t.at.pack == id).map(|t| (t.key, t.at.offset)));
+    let mut entries: Vec<(Key, u64)> = index
+        .rows_in_pack(id)?
+        .into_iter()
+        .map(|(k, r)| (k, r.offset))
+        .collect();
+    entries.extend(
+        index
+            .tombstones()?
+            .into_iter()
+            .filter(|t| t.at.pack == id)
+            .map(|t| (t.key, t.at.offset)),
+    );
     entries.sort_unstable();
     entries.dedup();
     let table = format::encode_table(&entries);
-    let footer = Footer { table_offset: len, entry_count: entries.len() as u64, table_crc: crc32fast::hash(&table) };
+    let footer = Footer {
+        table_offset: len,
+        entry_count: entries.len() as u64,
+        table_crc: crc32fast::hash(&table),
+    };
     file.set_len(len).at("truncate before sealing", path)?;
-    file.write_all_at(&table, len).at("write pack table", path)?;
-    file.write_all_at(&footer.encode(), len + table.len() as u64).at("write pack footer", path)?;
+    file.write_all_at(&table, len)
+        .at("write pack table", path)?;
+    file.write_all_at(&footer.encode(), len + table.len() as u64)
+        .at("write pack footer", path)?;
     fsutil::datasync(&file, path)?;
     let end = len + table.len() as u64 + FOOTER_BYTES as u64;
     let tx = index.begin()?;
-    tx.put_pack(&PackRow { id, sealed: true, end_bytes: end })?;
+    tx.put_pack(&PackRow {
+        id,
+        sealed: true,
+        end_bytes: end,
+    })?;
     tx.commit()
 }
 
@@ -605,7 +844,7 @@ pub(crate) fn for_each_record(
     pack: u64,
     rows: &[(Key, IndexRow)],
     span_bytes_max: u64,
-    visit: &mut dyn FnMut(&Key, &IndexRow, &[u8]) -> Result<()>,
+    visit: &mut RecordVisit<'_>,
 ) -> Result<()> {
     let len_of = |r: &IndexRow| format::RECORD_OVERHEAD_BYTES + r.stored_len;
     let mut buf = Vec::new();
@@ -616,7 +855,9 @@ pub(crate) fn for_each_record(
         let mut span_end = start + len_of(&rows[i].1);
         while end_i < rows.len() {
             let r = &rows[end_i].1;
-            if r.offset < span_end || r.offset + len_of(r) - start > span_end.max(start + span_bytes_max) - start {
+            if r.offset < span_end
+                || r.offset + len_of(r) - start > span_end.max(start + span_bytes_max) - start
+            {
                 break;
             }
             span_end = r.offset + len_of(r);
@@ -638,7 +879,10 @@ pub(crate) fn records_end(row: &PackRow, file: &File) -> Result<u64> {
     if row.sealed {
         match read_sealed_table(file, row.id, row.end_bytes)? {
             Some((footer, _)) => Ok(footer.table_offset),
-            None => Err(Error::CorruptPack { pack: row.id, reason: "sealed pack has no valid footer".into() }),
+            None => Err(Error::CorruptPack {
+                pack: row.id,
+                reason: "sealed pack has no valid footer".into(),
+            }),
         }
     } else {
         Ok(row.end_bytes)

@@ -17,9 +17,23 @@ use crate::index::IndexRow;
 use crate::key::{HashAlgorithm, Key, KeyHasher};
 
 enum Source {
-    Loose { file: File, path: PathBuf, hasher: Option<KeyHasher>, hash: HashAlgorithm },
-    Raw { file: Arc<File>, row: IndexRow, checksum: Option<RecordChecksum> },
-    Zstd { file: Arc<File>, row: IndexRow, frames: Vec<(u64, u32)>, cached: Option<(u64, Vec<u8>)> },
+    Loose {
+        file: File,
+        path: PathBuf,
+        hasher: Option<KeyHasher>,
+        hash: HashAlgorithm,
+    },
+    Raw {
+        file: Arc<File>,
+        row: IndexRow,
+        checksum: Option<RecordChecksum>,
+    },
+    Zstd {
+        file: Arc<File>,
+        row: IndexRow,
+        frames: Vec<(u64, u32)>,
+        cached: Option<(u64, Vec<u8>)>,
+    },
 }
 
 /// A seekable stream over an object's content.
@@ -33,14 +47,27 @@ pub struct ObjectReader {
 }
 
 impl ObjectReader {
-    pub(crate) fn loose(file: File, path: PathBuf, key: Key, hash: HashAlgorithm) -> Result<ObjectReader> {
-        let size = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    pub(crate) fn loose(
+        file: File,
+        path: PathBuf,
+        key: Key,
+        hash: HashAlgorithm,
+    ) -> Result<ObjectReader> {
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .len();
         Ok(ObjectReader {
             key,
             size,
             pos: 0,
             verified_to: 0,
-            source: Source::Loose { file, path, hasher: Some(hash.hasher()), hash },
+            source: Source::Loose {
+                file,
+                path,
+                hasher: Some(hash.hasher()),
+                hash,
+            },
         })
     }
 
@@ -52,12 +79,31 @@ impl ObjectReader {
             let at = row.offset + RECORD_HEADER_BYTES as u64 + row.stored_len - table_len;
             crate::pack::read_exact_at(&file, &mut tail, at, row.pack)?;
             let frames = crate::compress::frame_layout(&tail, row.stored_len, row.raw_len)
-                .map_err(|reason| Error::CorruptRecord { pack: row.pack, offset: row.offset, reason })?;
-            Source::Zstd { file, row, frames, cached: None }
+                .map_err(|reason| Error::CorruptRecord {
+                    pack: row.pack,
+                    offset: row.offset,
+                    reason,
+                })?;
+            Source::Zstd {
+                file,
+                row,
+                frames,
+                cached: None,
+            }
         } else {
-            Source::Raw { file, row, checksum: Some(RecordChecksum::new(&header.encode())) }
+            Source::Raw {
+                file,
+                row,
+                checksum: Some(RecordChecksum::new(&header.encode())),
+            }
         };
-        Ok(ObjectReader { key, size: row.raw_len, pos: 0, verified_to: 0, source })
+        Ok(ObjectReader {
+            key,
+            size: row.raw_len,
+            pos: 0,
+            verified_to: 0,
+            source,
+        })
     }
 
     /// Content length in bytes.
@@ -71,14 +117,24 @@ impl ObjectReader {
 
     /// Turns an I/O error from this reader into the store's error type.
     pub fn explain(&self, e: io::Error) -> Error {
-        match e.get_ref().and_then(|inner| inner.downcast_ref::<CorruptionNote>()) {
-            Some(note) => Error::CorruptObject { key: self.key, location: note.location.clone(), detail: note.detail.clone() },
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<CorruptionNote>())
+        {
+            Some(note) => Error::CorruptObject {
+                key: self.key,
+                location: note.location.clone(),
+                detail: note.detail.clone(),
+            },
             None => Error::io("read object", self.key.to_hex(), e),
         }
     }
 
     fn corrupt(&self, location: String, detail: String) -> io::Error {
-        io::Error::new(io::ErrorKind::InvalidData, CorruptionNote { location, detail })
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            CorruptionNote { location, detail },
+        )
     }
 }
 
@@ -109,24 +165,38 @@ impl Read for ObjectReader {
                 let at = row.offset + RECORD_HEADER_BYTES as u64 + self.pos;
                 file.read_at(&mut buf[..want], at)?
             }
-            Source::Zstd { file, row, frames, cached } => {
+            Source::Zstd {
+                file,
+                row,
+                frames,
+                cached,
+            } => {
                 let index = self.pos / FRAME_RAW_BYTES;
                 if cached.as_ref().map(|(i, _)| *i) != Some(index) {
                     let Some(&(at, size)) = frames.get(index as usize) else {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame index out of range"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "frame index out of range",
+                        ));
                     };
                     let mut frame = vec![0u8; size as usize];
                     let off = row.offset + RECORD_HEADER_BYTES as u64 + at;
                     file.read_exact_at(&mut frame, off)?;
-                    let raw = crate::compress::decompress_frame(&frame, row.raw_len, index).map_err(|d| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            CorruptionNote { location: format!("pack {} offset {}", row.pack, row.offset), detail: d },
-                        )
-                    })?;
+                    let raw = crate::compress::decompress_frame(&frame, row.raw_len, index)
+                        .map_err(|d| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                CorruptionNote {
+                                    location: format!("pack {} offset {}", row.pack, row.offset),
+                                    detail: d,
+                                },
+                            )
+                        })?;
                     *cached = Some((index, raw));
                 }
-                let (_, raw) = cached.as_ref().ok_or_else(|| io::Error::other("no frame"))?;
+                let (_, raw) = cached
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("no frame"))?;
                 let from = (self.pos - index * FRAME_RAW_BYTES) as usize;
                 let n = want.min(raw.len() - from);
                 buf[..n].copy_from_slice(&raw[from..from + n]);
@@ -134,13 +204,20 @@ impl Read for ObjectReader {
             }
         };
         if n == 0 {
-            return Err(self.corrupt(format!("object {}", self.key), "object ends early (truncated)".into()));
+            return Err(self.corrupt(
+                format!("object {}", self.key),
+                "object ends early (truncated)".into(),
+            ));
         }
         // Sequential reads from 0 feed the end-of-stream check.
         if self.pos == self.verified_to {
             match &mut self.source {
-                Source::Loose { hasher: Some(h), .. } => h.update(&buf[..n]),
-                Source::Raw { checksum: Some(c), .. } => c.update(&buf[..n]),
+                Source::Loose {
+                    hasher: Some(h), ..
+                } => h.update(&buf[..n]),
+                Source::Raw {
+                    checksum: Some(c), ..
+                } => c.update(&buf[..n]),
                 _ => {}
             }
             self.verified_to += n as u64;
@@ -159,7 +236,9 @@ impl ObjectReader {
             return Ok(());
         }
         match &mut self.source {
-            Source::Loose { hasher, path, hash, .. } => {
+            Source::Loose {
+                hasher, path, hash, ..
+            } => {
                 if let Some(h) = hasher.take() {
                     let actual = h.finish();
                     let _ = hash;
@@ -169,10 +248,17 @@ impl ObjectReader {
                     }
                 }
             }
-            Source::Raw { file, row, checksum } => {
+            Source::Raw {
+                file,
+                row,
+                checksum,
+            } => {
                 if let Some(c) = checksum.take() {
                     let mut trailer = [0u8; 4];
-                    file.read_exact_at(&mut trailer, row.offset + RECORD_HEADER_BYTES as u64 + row.stored_len)?;
+                    file.read_exact_at(
+                        &mut trailer,
+                        row.offset + RECORD_HEADER_BYTES as u64 + row.stored_len,
+                    )?;
                     if c.finish() != trailer {
                         let loc = format!("pack {} offset {}", row.pack, row.offset);
                         return Err(self.corrupt(loc, "record checksum mismatch".into()));

@@ -26,6 +26,9 @@ const BULK_READ_SPAN_BYTES: u64 = 8 << 20;
 /// Open pack handles kept per store handle.
 const PACK_HANDLES_MAX: usize = 256;
 
+/// Receives each object of [`Store::read_many`]: its key and its content (or why not).
+pub type ReadManyVisitor<'a> = dyn FnMut(Key, Result<&[u8]>) -> Result<()> + 'a;
+
 /// Where an object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -78,13 +81,15 @@ pub struct Store {
 /// Closes the index's read snapshot once it is idle past its age: a timer, not synchronisation.
 /// Exits when the store handle is dropped.
 fn spawn_snapshot_closer(index: std::sync::Weak<Mutex<Index>>) {
-    let _ = std::thread::Builder::new().name("basin-index-snapshot".into()).spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_millis(25));
-        let Some(strong) = index.upgrade() else { break };
-        if let Ok(mut guard) = strong.try_lock() {
-            guard.end_stale_snapshot();
-        };
-    });
+    let _ = std::thread::Builder::new()
+        .name("basin-index-snapshot".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            let Some(strong) = index.upgrade() else { break };
+            if let Ok(mut guard) = strong.try_lock() {
+                guard.end_stale_snapshot();
+            };
+        });
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,7 +105,9 @@ impl Store {
         match fs::read_dir(dir) {
             Ok(mut rd) => {
                 if rd.next().is_some() {
-                    return Err(Error::NotEmpty { path: dir.to_path_buf() });
+                    return Err(Error::NotEmpty {
+                        path: dir.to_path_buf(),
+                    });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -126,7 +133,10 @@ impl Store {
         let cfg = StoreConfig::load(dir)?;
         for sub in [LOOSE_DIR, PACKS_DIR, SANDBOX_DIR, LOCKS_DIR] {
             if !dir.join(sub).is_dir() {
-                return Err(Error::NotAStore { path: dir.to_path_buf(), reason: format!("missing folder {sub}/") });
+                return Err(Error::NotAStore {
+                    path: dir.to_path_buf(),
+                    reason: format!("missing folder {sub}/"),
+                });
             }
         }
         let mut index_missing = !dir.join(INDEX_FILE).exists();
@@ -134,7 +144,10 @@ impl Store {
             Ok(index) => index,
             // The index is a cache of the packs: set a broken one aside and rebuild it.
             Err(Error::IndexCorrupt { .. }) => {
-                let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
                 for suffix in ["", "-wal", "-shm"] {
                     let from = dir.join(format!("{INDEX_FILE}{suffix}"));
                     if from.exists() {
@@ -183,7 +196,9 @@ impl Store {
 
     pub(crate) fn check_writable(&self) -> Result<()> {
         match lock(&self.poisoned).as_ref() {
-            Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -240,14 +255,27 @@ impl Store {
     /// A batch of loose writes made durable together by [`LooseBatch::commit`].
     pub fn batch(&self) -> Result<LooseBatch<'_>> {
         self.check_writable()?;
-        let dir = self.root.join(SANDBOX_DIR).join(format!("batch-{}", uuid::Uuid::new_v4().simple()));
+        let dir = self
+            .root
+            .join(SANDBOX_DIR)
+            .join(format!("batch-{}", uuid::Uuid::new_v4().simple()));
         fs::create_dir(&dir).at("create", &dir)?;
         let lock_path = dir.join("lock");
-        let lock_file = OpenOptions::new().write(true).create_new(true).open(&lock_path).at("create", &lock_path)?;
+        let lock_file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock_path)
+            .at("create", &lock_path)?;
         lock_file
             .try_lock()
             .map_err(|e| Error::io("lock", &lock_path, std::io::Error::other(e.to_string())))?;
-        Ok(LooseBatch { store: self, dir, _lock: lock_file, staged: Vec::new(), next: 0 })
+        Ok(LooseBatch {
+            store: self,
+            dir,
+            _lock: lock_file,
+            staged: Vec::new(),
+            next: 0,
+        })
     }
 
     // ---- reads ----
@@ -277,13 +305,17 @@ impl Store {
     /// Reads a packed object at `row`. `Ok(None)` when the pack is gone (repacked away): the
     /// caller re-reads the index.
     fn read_packed(&self, key: &Key, row: &IndexRow) -> Result<Option<Vec<u8>>> {
-        let Some(file) = self.pack_handle(row.pack)? else { return Ok(None) };
+        let Some(file) = self.pack_handle(row.pack)? else {
+            return Ok(None);
+        };
         match pack::read_object(&file, key, row) {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.is_corruption() => {
                 // A cached handle may be for an older file of the same id; retry once fresh.
                 self.forget_pack_handle(row.pack);
-                let Some(file) = self.pack_handle(row.pack)? else { return Ok(None) };
+                let Some(file) = self.pack_handle(row.pack)? else {
+                    return Ok(None);
+                };
                 pack::read_object(&file, key, row).map(Some)
             }
             Err(e) => Err(e),
@@ -295,7 +327,11 @@ impl Store {
     /// enough), then in loose/, then in the index again with a fresh snapshot. A packer deletes a
     /// loose copy only after committing its row, so an object missed by the first two looks is
     /// seen by the third.
-    fn locate(&self, key: &Key, loose_probe: &mut dyn FnMut(&Path) -> Result<bool>) -> Result<Located> {
+    fn locate(
+        &self,
+        key: &Key,
+        loose_probe: &mut dyn FnMut(&Path) -> Result<bool>,
+    ) -> Result<Located> {
         if let Some(row) = self.index().get_recent(key)? {
             return Ok(Located::Packed(row));
         }
@@ -322,7 +358,9 @@ impl Store {
                 Ok(loose_bytes.is_some())
             })?;
             match located {
-                Located::Loose(_) => return loose_bytes.take().ok_or(Error::NotFound { key: *key }),
+                Located::Loose(_) => {
+                    return loose_bytes.take().ok_or(Error::NotFound { key: *key })
+                }
                 Located::Missing => return Err(Error::NotFound { key: *key }),
                 Located::Packed(row) => {
                     if let Some(v) = self.read_packed(key, &row)? {
@@ -369,9 +407,15 @@ impl Store {
         let mut r = self.open_object(key)?;
         let size = r.size();
         if offset > size {
-            return Err(Error::OutOfRange { key: *key, offset, len, size });
+            return Err(Error::OutOfRange {
+                key: *key,
+                offset,
+                len,
+                size,
+            });
         }
-        r.seek(SeekFrom::Start(offset)).map_err(|e| Error::io("seek in object", key.to_hex(), e))?;
+        r.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io("seek in object", key.to_hex(), e))?;
         let want = len.min(size - offset) as usize;
         let mut out = vec![0u8; want];
         r.read_exact(&mut out).map_err(|e| r.explain(e))?;
@@ -391,9 +435,13 @@ impl Store {
         })?;
         Ok(match located {
             Located::Packed(row) => Some(meta_of(key, &row)),
-            Located::Loose(_) => {
-                Some(ObjectMeta { key: *key, size, stored_size: size, location: Location::Loose, compressed: false })
-            }
+            Located::Loose(_) => Some(ObjectMeta {
+                key: *key,
+                size,
+                stored_size: size,
+                location: Location::Loose,
+                compressed: false,
+            }),
             Located::Missing => None,
         })
     }
@@ -416,7 +464,9 @@ impl Store {
         // The same protocol as `locate`, for all keys at once: list loose/ first, then read the
         // index in one snapshot begun after the listing.
         let loose: std::collections::HashSet<Key> =
-            loose::list_loose(&self.root, self.config.loose_prefix_len)?.into_iter().collect();
+            loose::list_loose(&self.root, self.config.loose_prefix_len)?
+                .into_iter()
+                .collect();
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_unstable_by_key(|&i| keys[i]);
         let mut out = vec![false; keys.len()];
@@ -431,7 +481,7 @@ impl Store {
     /// Visits the content of each of `keys` once, in the order that is fastest to read: packed
     /// objects grouped by pack in offset order, then loose ones. Missing keys are visited with
     /// `Err(NotFound)`. An error returned by `visit` stops the walk and is returned.
-    pub fn read_many(&self, keys: &[Key], visit: &mut dyn FnMut(Key, Result<&[u8]>) -> Result<()>) -> Result<()> {
+    pub fn read_many(&self, keys: &[Key], visit: &mut ReadManyVisitor<'_>) -> Result<()> {
         let mut wanted: Vec<Key> = keys.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
@@ -483,7 +533,8 @@ impl Store {
             while end < found.len()
                 && found[end].1.pack == pack_id
                 && found[end].1.offset >= span_end
-                && found[end].1.offset + record_len(&found[end].1) - span_start <= BULK_READ_SPAN_BYTES.max(record_len(&found[start].1))
+                && found[end].1.offset + record_len(&found[end].1) - span_start
+                    <= BULK_READ_SPAN_BYTES.max(record_len(&found[start].1))
             {
                 span_end = found[end].1.offset + record_len(&found[end].1);
                 end += 1;
@@ -549,7 +600,11 @@ impl Store {
         let idx = self.root.join(INDEX_FILE);
         s.index_bytes = fsutil::file_len_or_zero(&idx)
             + fsutil::file_len_or_zero(&self.root.join(format!("{INDEX_FILE}-wal")));
-        s.index_bytes_per_object = if n > 0 { s.index_bytes as f64 / n as f64 } else { 0.0 };
+        s.index_bytes_per_object = if n > 0 {
+            s.index_bytes as f64 / n as f64
+        } else {
+            0.0
+        };
         Ok(s)
     }
 }
@@ -571,15 +626,22 @@ enum Decoded {
 }
 
 fn decode_packed(key: &Key, row: &IndexRow, rec: &[u8]) -> Result<Decoded> {
-    let (header, _) = crate::format::decode_record(rec)
-        .map_err(|reason| Error::CorruptRecord { pack: row.pack, offset: row.offset, reason })?;
+    let (header, _) = crate::format::decode_record(rec).map_err(|reason| Error::CorruptRecord {
+        pack: row.pack,
+        offset: row.offset,
+        reason,
+    })?;
     pack::check_header(&header, key, row)?;
     let a = crate::format::RECORD_HEADER_BYTES;
     let b = a + row.stored_len as usize;
     if header.is_compressed() {
-        crate::compress::decompress_all(&rec[a..b], header.raw_len).map(Decoded::Owned).map_err(|detail| {
-            Error::CorruptObject { key: *key, location: format!("pack {} offset {}", row.pack, row.offset), detail }
-        })
+        crate::compress::decompress_all(&rec[a..b], header.raw_len)
+            .map(Decoded::Owned)
+            .map_err(|detail| Error::CorruptObject {
+                key: *key,
+                location: format!("pack {} offset {}", row.pack, row.offset),
+                detail,
+            })
     } else {
         Ok(Decoded::Borrowed((a, b)))
     }
@@ -590,7 +652,10 @@ pub(crate) fn meta_of(key: &Key, row: &IndexRow) -> ObjectMeta {
         key: *key,
         size: row.raw_len,
         stored_size: row.stored_len,
-        location: Location::Packed { pack: row.pack, offset: row.offset },
+        location: Location::Packed {
+            pack: row.pack,
+            offset: row.offset,
+        },
         compressed: row.flags & crate::format::FLAG_ZSTD != 0,
     }
 }
@@ -614,10 +679,16 @@ impl LooseBatch<'_> {
     pub fn put_reader(&mut self, r: &mut dyn Read) -> Result<Key> {
         let path = self.dir.join(format!("{}", self.next));
         self.next += 1;
-        let f = OpenOptions::new().write(true).create_new(true).open(&path).at("create", &path)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at("create", &path)?;
         let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
         let (key, _) = loose::copy_hashing(r, &mut w, self.store.config.hash, &path)?;
-        let f = w.into_inner().map_err(|e| Error::io("write", &path, e.into_error()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io("write", &path, e.into_error()))?;
         if !fsutil::syncfs_supported() {
             fsutil::datasync(&f, &path)?;
         }

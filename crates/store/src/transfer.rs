@@ -60,7 +60,9 @@ impl Maintenance<'_> {
         //    make them durable in one round, then rename them into place.
         let keys = loose::list_loose(src, store.config().loose_prefix_len)?;
         p.start("backup loose", Some(keys.len() as u64), Unit::Objects);
-        let staging = dest.join(SANDBOX_DIR).join(format!("backup-{}", uuid::Uuid::new_v4().simple()));
+        let staging = dest
+            .join(SANDBOX_DIR)
+            .join(format!("backup-{}", uuid::Uuid::new_v4().simple()));
         fs::create_dir_all(&staging).at("create", &staging)?;
         let mut staged = Vec::new();
         for key in keys {
@@ -81,7 +83,9 @@ impl Maintenance<'_> {
         }
         if !fsutil::syncfs(&staging)? {
             for (tmp, _) in &staged {
-                File::open(tmp).and_then(|f| f.sync_all()).at("fsync", tmp)?;
+                File::open(tmp)
+                    .and_then(|f| f.sync_all())
+                    .at("fsync", tmp)?;
             }
         }
         let mut dirs = BTreeSet::new();
@@ -97,7 +101,10 @@ impl Maintenance<'_> {
 
         // 2. A snapshot of the index. Maintenance is locked out, so the packs cannot change
         //    under it except for appends past their committed ends, which we do not copy.
-        let snapshot = dest.join(format!("{INDEX_FILE}.backup-{}.tmp", uuid::Uuid::new_v4().simple()));
+        let snapshot = dest.join(format!(
+            "{INDEX_FILE}.backup-{}.tmp",
+            uuid::Uuid::new_v4().simple()
+        ));
         let packs = {
             let mut index = self.index();
             index.snapshot_into(&snapshot)?;
@@ -105,7 +112,11 @@ impl Maintenance<'_> {
         };
 
         // 3. Pack bytes up to each pack's committed end.
-        p.start("backup packs", Some(packs.iter().map(|r| r.end_bytes).sum()), Unit::Bytes);
+        p.start(
+            "backup packs",
+            Some(packs.iter().map(|r| r.end_bytes).sum()),
+            Unit::Bytes,
+        );
         for row in &packs {
             let from = pack::pack_path(src, row.id);
             let to = pack::pack_path(dest, row.id);
@@ -116,16 +127,29 @@ impl Maintenance<'_> {
                 p.advance(row.end_bytes);
                 continue;
             }
-            let mut output = OpenOptions::new().create(true).write(true).truncate(false).open(&to).at("open", &to)?;
+            let mut output = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&to)
+                .at("open", &to)?;
             // Packs only grow, so a shorter copy of the same pack is a prefix: continue it
             // (resume). Its last bytes must match the source's, else copy afresh.
-            let start = if have < row.end_bytes && same_tail(&input, &to, have)? { have } else { 0 };
+            let start = if have < row.end_bytes && same_tail(&input, &to, have)? {
+                have
+            } else {
+                0
+            };
             output.set_len(start).at("truncate", &to)?;
             input.seek(SeekFrom::Start(start)).at("seek", &from)?;
             output.seek(SeekFrom::Start(start)).at("seek", &to)?;
-            let copied = std::io::copy(&mut (&mut input).take(row.end_bytes - start), &mut output).at("copy pack to", &to)?;
+            let copied = std::io::copy(&mut (&mut input).take(row.end_bytes - start), &mut output)
+                .at("copy pack to", &to)?;
             if copied != row.end_bytes - start {
-                return Err(Error::CorruptPack { pack: row.id, reason: format!("ended after {} bytes while copying", start + copied) });
+                return Err(Error::CorruptPack {
+                    pack: row.id,
+                    reason: format!("ended after {} bytes while copying", start + copied),
+                });
             }
             fsutil::datasync(&output, &to)?;
             report.packs_copied += 1;
@@ -136,7 +160,9 @@ impl Maintenance<'_> {
         p.finish();
 
         // 4. Switch the backup's index, then drop packs it no longer needs.
-        File::open(&snapshot).and_then(|f| f.sync_all()).at("fsync", &snapshot)?;
+        File::open(&snapshot)
+            .and_then(|f| f.sync_all())
+            .at("fsync", &snapshot)?;
         for suffix in ["-wal", "-shm"] {
             let stale = dest.join(format!("{INDEX_FILE}{suffix}"));
             match fs::remove_file(&stale) {
@@ -163,7 +189,10 @@ impl Maintenance<'_> {
         let src = Store::open(src_dir)?;
         let same_hash = src.config().hash == self.store.config().hash;
         let keys = src.list()?;
-        let mut report = ImportReport { objects: keys.len() as u64, ..Default::default() };
+        let mut report = ImportReport {
+            objects: keys.len() as u64,
+            ..Default::default()
+        };
         let mut todo = Vec::new();
         for k in keys {
             if same_hash && self.store.has(&k)? {
@@ -173,21 +202,34 @@ impl Maintenance<'_> {
             }
         }
         let mut sources = todo.iter().map(|k| -> Result<Source> {
-            let size = src.meta(k)?.map(|m| m.size).ok_or(Error::NotFound { key: *k })?;
+            let size = src
+                .meta(k)?
+                .map(|m| m.size)
+                .ok_or(Error::NotFound { key: *k })?;
             if size <= IMPORT_IN_MEMORY_BYTES_MAX {
                 Ok(Source::Bytes(src.get(k)?))
             } else {
                 let reader = src.open_object(k)?;
-                Ok(Source::Reader { reader: Box::new(reader), size_hint: size })
+                Ok(Source::Reader {
+                    reader: Box::new(reader),
+                    size_hint: size,
+                })
             }
         });
         let written = self.write_packed(&mut sources, &PackOptions::default(), p)?;
         report.imported = written.len() as u64;
-        report.bytes = todo.iter().filter_map(|k| src.meta(k).ok().flatten()).map(|m| m.size).sum();
+        report.bytes = todo
+            .iter()
+            .filter_map(|k| src.meta(k).ok().flatten())
+            .map(|m| m.size)
+            .sum();
         if same_hash {
             for (want, got) in todo.iter().zip(&written) {
                 if want != got {
-                    return Err(Error::Import { path: src_dir.to_path_buf(), detail: format!("object {want} read back as {got}") });
+                    return Err(Error::Import {
+                        path: src_dir.to_path_buf(),
+                        detail: format!("object {want} read back as {got}"),
+                    });
                 }
             }
         }
@@ -199,12 +241,18 @@ impl Maintenance<'_> {
     pub fn import_dos(&self, src: &Path, p: &dyn Progress) -> Result<ImportReport> {
         let dos = DosContainer::open(src)?;
         let mut report = ImportReport::default();
-        let same_hash = dos.hash == DosHash::Sha256 && self.store.config().hash == crate::key::HashAlgorithm::Sha256;
+        let same_hash = dos.hash == DosHash::Sha256
+            && self.store.config().hash == crate::key::HashAlgorithm::Sha256;
         let mut items: Vec<DosItem> = dos.packed_items()?;
-        let packed: std::collections::HashSet<String> = items.iter().map(|i| i.hashkey.clone()).collect();
+        let packed: std::collections::HashSet<String> =
+            items.iter().map(|i| i.hashkey.clone()).collect();
         for (hashkey, path) in dos.loose_items()? {
             if !packed.contains(&hashkey) {
-                items.push(DosItem { hashkey, place: DosPlace::Loose(path), size: 0 });
+                items.push(DosItem {
+                    hashkey,
+                    place: DosPlace::Loose(path),
+                    size: 0,
+                });
             }
         }
         report.objects = items.len() as u64;
@@ -257,7 +305,10 @@ fn same_tail(source: &File, copy: &Path, len: u64) -> Result<bool> {
     let n = crate::format::PACK_HEADER_BYTES;
     let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
     for at in [0, len - n as u64] {
-        if source.read_exact_at(&mut a, at).is_err() || c.read_exact_at(&mut b, at).is_err() || a != b {
+        if source.read_exact_at(&mut a, at).is_err()
+            || c.read_exact_at(&mut b, at).is_err()
+            || a != b
+        {
             return Ok(false);
         }
     }
@@ -278,7 +329,9 @@ fn prepare_backup_dest(store: &Store, dest: &Path) -> Result<()> {
     }
     if let Ok(mut rd) = fs::read_dir(dest) {
         if rd.next().is_some() {
-            return Err(Error::NotEmpty { path: dest.to_path_buf() });
+            return Err(Error::NotEmpty {
+                path: dest.to_path_buf(),
+            });
         }
     }
     for sub in [LOOSE_DIR, PACKS_DIR, SANDBOX_DIR, LOCKS_DIR] {
@@ -302,7 +355,12 @@ struct DosContainer {
 
 enum DosPlace {
     Loose(PathBuf),
-    Packed { pack_id: i64, offset: u64, length: u64, compressed: bool },
+    Packed {
+        pack_id: i64,
+        offset: u64,
+        length: u64,
+        compressed: bool,
+    },
 }
 
 struct DosItem {
@@ -319,29 +377,44 @@ enum DosReadError {
 impl DosContainer {
     fn open(root: &Path) -> Result<DosContainer> {
         let cfg_path = root.join("config.json");
-        let bad = |detail: String| Error::Import { path: cfg_path.clone(), detail };
+        let bad = |detail: String| Error::Import {
+            path: cfg_path.clone(),
+            detail,
+        };
         let text = fs::read_to_string(&cfg_path).at("read", &cfg_path)?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
         let hash = match v.get("hash_type").and_then(|h| h.as_str()) {
             Some("sha256") => DosHash::Sha256,
             Some("sha1") => DosHash::Sha1,
             other => return Err(bad(format!("unsupported hash_type {other:?}"))),
         };
-        let loose_prefix_len = v
-            .get("loose_prefix_len")
+        let loose_prefix_len =
+            v.get("loose_prefix_len")
+                .and_then(|x| x.as_u64())
+                .filter(|x| *x <= 16)
+                .ok_or_else(|| bad("missing or bad loose_prefix_len".into()))? as usize;
+        let version = v
+            .get("container_version")
             .and_then(|x| x.as_u64())
-            .filter(|x| *x <= 16)
-            .ok_or_else(|| bad("missing or bad loose_prefix_len".into()))? as usize;
-        let version = v.get("container_version").and_then(|x| x.as_u64()).unwrap_or(0);
+            .unwrap_or(0);
         if version != 1 {
-            return Err(bad(format!("container_version {version}; this importer reads version 1")));
+            return Err(bad(format!(
+                "container_version {version}; this importer reads version 1"
+            )));
         }
-        Ok(DosContainer { root: root.to_path_buf(), hash, loose_prefix_len })
+        Ok(DosContainer {
+            root: root.to_path_buf(),
+            hash,
+            loose_prefix_len,
+        })
     }
 
     fn valid_hashkey(&self, s: &str) -> bool {
         let len = if self.hash == DosHash::Sha256 { 64 } else { 40 };
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
 
     fn loose_items(&self) -> Result<Vec<(String, PathBuf)>> {
@@ -364,7 +437,10 @@ impl DosContainer {
             }
             for f in fs::read_dir(e.path()).at("list", e.path())? {
                 let f = f.at("list", e.path())?;
-                visit(format!("{first}{}", f.file_name().to_string_lossy()), f.path());
+                visit(
+                    format!("{first}{}", f.file_name().to_string_lossy()),
+                    f.path(),
+                );
             }
         }
         Ok(out)
@@ -375,25 +451,46 @@ impl DosContainer {
         if !db.exists() {
             return Ok(Vec::new());
         }
-        let err = |e: rusqlite::Error| Error::Import { path: db.clone(), detail: e.to_string() };
-        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        let err = |e: rusqlite::Error| Error::Import {
+            path: db.clone(),
+            detail: e.to_string(),
+        };
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(err)?;
         let mut st = conn
             .prepare("SELECT hashkey, compressed, size, offset, length, pack_id FROM db_object ORDER BY pack_id, offset")
             .map_err(err)?;
         let rows = st
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
             })
             .map_err(err)?;
         let mut out = Vec::new();
         for r in rows {
             let (hashkey, compressed, size, offset, length, pack_id) = r.map_err(err)?;
-            if !self.valid_hashkey(&hashkey) || size < 0 || offset < 0 || length < 0 || pack_id < 0 {
-                return Err(Error::Import { path: db.clone(), detail: format!("bad row for '{hashkey}'") });
+            if !self.valid_hashkey(&hashkey) || size < 0 || offset < 0 || length < 0 || pack_id < 0
+            {
+                return Err(Error::Import {
+                    path: db.clone(),
+                    detail: format!("bad row for '{hashkey}'"),
+                });
             }
             out.push(DosItem {
                 hashkey,
-                place: DosPlace::Packed { pack_id, offset: offset as u64, length: length as u64, compressed },
+                place: DosPlace::Packed {
+                    pack_id,
+                    offset: offset as u64,
+                    length: length as u64,
+                    compressed,
+                },
                 size: size as u64,
             });
         }
@@ -403,17 +500,26 @@ impl DosContainer {
     /// Reads an object and checks it against its key and recorded size.
     fn read(&self, it: &DosItem) -> std::result::Result<Vec<u8>, DosReadError> {
         let (content, place) = match &it.place {
-            DosPlace::Loose(path) => {
-                (fs::read(path).map_err(|e| DosReadError::Store(Error::io("read", path, e)))?, path.display().to_string())
-            }
-            DosPlace::Packed { pack_id, offset, length, compressed } => {
+            DosPlace::Loose(path) => (
+                fs::read(path).map_err(|e| DosReadError::Store(Error::io("read", path, e)))?,
+                path.display().to_string(),
+            ),
+            DosPlace::Packed {
+                pack_id,
+                offset,
+                length,
+                compressed,
+            } => {
                 let path = self.root.join("packs").join(pack_id.to_string());
                 let place = format!("{} offset {offset}", path.display());
-                let f = File::open(&path).map_err(|e| DosReadError::Store(Error::io("open", &path, e)))?;
+                let f = File::open(&path)
+                    .map_err(|e| DosReadError::Store(Error::io("open", &path, e)))?;
                 let cap = (*length).min(IMPORT_IN_MEMORY_BYTES_MAX * 64);
                 let mut stored = vec![0u8; cap as usize];
                 if *length > cap {
-                    return Err(DosReadError::Corrupt(format!("{place}: object of {length} bytes is too large to import")));
+                    return Err(DosReadError::Corrupt(format!(
+                        "{place}: object of {length} bytes is too large to import"
+                    )));
                 }
                 use std::os::unix::fs::FileExt;
                 f.read_exact_at(&mut stored, *offset)
@@ -429,7 +535,11 @@ impl DosContainer {
                     stored
                 };
                 if content.len() as u64 != it.size {
-                    return Err(DosReadError::Corrupt(format!("{place}: {} bytes, index says {}", content.len(), it.size)));
+                    return Err(DosReadError::Corrupt(format!(
+                        "{place}: {} bytes, index says {}",
+                        content.len(),
+                        it.size
+                    )));
                 }
                 (content, place)
             }
@@ -439,7 +549,10 @@ impl DosContainer {
             DosHash::Sha1 => hex::encode(<sha1::Sha1 as sha1::Digest>::digest(&content)),
         };
         if actual != it.hashkey {
-            return Err(DosReadError::Corrupt(format!("{place}: object {} hashes to {actual}", it.hashkey)));
+            return Err(DosReadError::Corrupt(format!(
+                "{place}: object {} hashes to {actual}",
+                it.hashkey
+            )));
         }
         Ok(content)
     }

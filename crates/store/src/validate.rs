@@ -34,17 +34,48 @@ pub enum Problem {
         #[serde(serialize_with = "ser_key")]
         actual: Key,
     },
-    LooseUnreadable { path: PathBuf, error: String },
-    StrayFile { path: PathBuf },
-    SandboxLeftover { path: PathBuf },
-    IndexCheck { detail: String },
-    PackMissing { pack: u64 },
-    PackNotIndexed { pack: u64 },
-    PackUnreadable { pack: u64, detail: String },
-    PackShorterThanIndex { pack: u64, file_bytes: u64, index_bytes: u64 },
-    UncommittedTail { pack: u64, offset: u64, bytes: u64 },
-    BadFooter { pack: u64, detail: String },
-    RecordCorrupt { pack: u64, offset: u64, detail: String },
+    LooseUnreadable {
+        path: PathBuf,
+        error: String,
+    },
+    StrayFile {
+        path: PathBuf,
+    },
+    SandboxLeftover {
+        path: PathBuf,
+    },
+    IndexCheck {
+        detail: String,
+    },
+    PackMissing {
+        pack: u64,
+    },
+    PackNotIndexed {
+        pack: u64,
+    },
+    PackUnreadable {
+        pack: u64,
+        detail: String,
+    },
+    PackShorterThanIndex {
+        pack: u64,
+        file_bytes: u64,
+        index_bytes: u64,
+    },
+    UncommittedTail {
+        pack: u64,
+        offset: u64,
+        bytes: u64,
+    },
+    BadFooter {
+        pack: u64,
+        detail: String,
+    },
+    RecordCorrupt {
+        pack: u64,
+        offset: u64,
+        detail: String,
+    },
     RecordHashMismatch {
         #[serde(serialize_with = "ser_key")]
         key: Key,
@@ -86,7 +117,10 @@ pub enum Problem {
         pack: u64,
         offset: u64,
     },
-    TableMismatch { pack: u64, detail: String },
+    TableMismatch {
+        pack: u64,
+        detail: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -94,40 +128,97 @@ impl fmt::Display for Problem {
         use Problem::*;
         match self {
             LooseHashMismatch { key, path, actual } => {
-                write!(f, "loose object {key} ({}): content hashes to {actual}", path.display())
+                write!(
+                    f,
+                    "loose object {key} ({}): content hashes to {actual}",
+                    path.display()
+                )
             }
             LooseUnreadable { path, error } => write!(f, "loose file {}: {error}", path.display()),
-            StrayFile { path } => write!(f, "stray file {} (not part of the store)", path.display()),
-            SandboxLeftover { path } => write!(f, "sandbox leftover {} (basin clean removes it)", path.display()),
-            IndexCheck { detail } => write!(f, "index: {detail} (basin rebuild-index recreates it)"),
+            StrayFile { path } => {
+                write!(f, "stray file {} (not part of the store)", path.display())
+            }
+            SandboxLeftover { path } => write!(
+                f,
+                "sandbox leftover {} (basin clean removes it)",
+                path.display()
+            ),
+            IndexCheck { detail } => {
+                write!(f, "index: {detail} (basin rebuild-index recreates it)")
+            }
             PackMissing { pack } => write!(f, "pack {pack}: in the index but its file is missing"),
-            PackNotIndexed { pack } => write!(f, "pack {pack}: file not in the index (basin rebuild-index adds it)"),
+            PackNotIndexed { pack } => write!(
+                f,
+                "pack {pack}: file not in the index (basin rebuild-index adds it)"
+            ),
             PackUnreadable { pack, detail } => write!(f, "pack {pack}: {detail}"),
-            PackShorterThanIndex { pack, file_bytes, index_bytes } => {
+            PackShorterThanIndex {
+                pack,
+                file_bytes,
+                index_bytes,
+            } => {
                 write!(f, "pack {pack}: file is {file_bytes} bytes but the index says {index_bytes} are committed")
             }
-            UncommittedTail { pack, offset, bytes } => {
+            UncommittedTail {
+                pack,
+                offset,
+                bytes,
+            } => {
                 write!(f, "pack {pack} offset {offset}: {bytes} uncommitted bytes (basin clean truncates them)")
             }
             BadFooter { pack, detail } => write!(f, "pack {pack}: sealed footer/table: {detail}"),
-            RecordCorrupt { pack, offset, detail } => write!(f, "pack {pack} offset {offset}: {detail}"),
-            RecordHashMismatch { key, pack, offset, actual } => {
-                write!(f, "pack {pack} offset {offset}: object {key} content hashes to {actual}")
+            RecordCorrupt {
+                pack,
+                offset,
+                detail,
+            } => write!(f, "pack {pack} offset {offset}: {detail}"),
+            RecordHashMismatch {
+                key,
+                pack,
+                offset,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "pack {pack} offset {offset}: object {key} content hashes to {actual}"
+                )
             }
             RowPastEnd { key, pack, offset } => {
-                write!(f, "index row for {key} points past the end of pack {pack} (offset {offset})")
+                write!(
+                    f,
+                    "index row for {key} points past the end of pack {pack} (offset {offset})"
+                )
             }
             RowWithoutRecord { key, pack, offset } => {
                 write!(f, "index row for {key} points at pack {pack} offset {offset}, where no such record starts")
             }
-            RowMismatch { key, pack, offset, detail } => {
-                write!(f, "index row for {key} at pack {pack} offset {offset}: {detail}")
+            RowMismatch {
+                key,
+                pack,
+                offset,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "index row for {key} at pack {pack} offset {offset}: {detail}"
+                )
             }
-            OverlappingRows { pack, offset, key, other } => {
-                write!(f, "pack {pack} offset {offset}: index rows for {key} and {other} overlap")
+            OverlappingRows {
+                pack,
+                offset,
+                key,
+                other,
+            } => {
+                write!(
+                    f,
+                    "pack {pack} offset {offset}: index rows for {key} and {other} overlap"
+                )
             }
             RecordNotIndexed { key, pack, offset } => {
-                write!(f, "pack {pack} offset {offset}: object {key} is in the pack but not in the index")
+                write!(
+                    f,
+                    "pack {pack} offset {offset}: object {key} is in the pack but not in the index"
+                )
             }
             TableMismatch { pack, detail } => write!(f, "pack {pack}: sealed table: {detail}"),
         }
@@ -166,7 +257,13 @@ fn process_spans(
             let bytes = &chunk[range.clone()];
             let payload = match crate::format::decode_record(bytes) {
                 Ok((_, p)) => p,
-                Err(reason) => return Some(Problem::RecordCorrupt { pack, offset: *offset, detail: reason.to_string() }),
+                Err(reason) => {
+                    return Some(Problem::RecordCorrupt {
+                        pack,
+                        offset: *offset,
+                        detail: reason.to_string(),
+                    })
+                }
             };
             if h.kind != RecordKind::Object {
                 return None;
@@ -174,12 +271,23 @@ fn process_spans(
             let actual = if h.is_compressed() {
                 match crate::compress::decompress_all(payload, h.raw_len) {
                     Ok(c) => hash.hash(&c),
-                    Err(detail) => return Some(Problem::RecordCorrupt { pack, offset: *offset, detail }),
+                    Err(detail) => {
+                        return Some(Problem::RecordCorrupt {
+                            pack,
+                            offset: *offset,
+                            detail,
+                        })
+                    }
                 }
             } else {
                 hash.hash(payload)
             };
-            (actual != h.key).then_some(Problem::RecordHashMismatch { key: h.key, pack, offset: *offset, actual })
+            (actual != h.key).then_some(Problem::RecordHashMismatch {
+                key: h.key,
+                pack,
+                offset: *offset,
+                actual,
+            })
         })
         .collect();
     for (offset, h, _) in spans {
@@ -203,8 +311,12 @@ impl Maintenance<'_> {
         // SQLite's own view first: a broken index makes the row checks meaningless.
         let mut index = self.index();
         match index.quick_check() {
-            Ok(v) => report.problems.extend(v.into_iter().map(|detail| Problem::IndexCheck { detail })),
-            Err(e) => report.problems.push(Problem::IndexCheck { detail: e.to_string() }),
+            Ok(v) => report
+                .problems
+                .extend(v.into_iter().map(|detail| Problem::IndexCheck { detail })),
+            Err(e) => report.problems.push(Problem::IndexCheck {
+                detail: e.to_string(),
+            }),
         }
         let mut rows_by_pack: HashMap<u64, Vec<(Key, IndexRow)>> = HashMap::new();
         let mut indexed: HashSet<Key> = HashSet::new();
@@ -213,7 +325,9 @@ impl Maintenance<'_> {
             rows_by_pack.entry(row.pack).or_default().push((k, row));
             Ok(())
         }) {
-            report.problems.push(Problem::IndexCheck { detail: e.to_string() });
+            report.problems.push(Problem::IndexCheck {
+                detail: e.to_string(),
+            });
         }
         let packs = index.packs().unwrap_or_default();
         let tombstones = index.tombstones().unwrap_or_default();
@@ -226,7 +340,11 @@ impl Maintenance<'_> {
 
         // Loose objects.
         let loose_keys = loose::list_loose(root, store.config().loose_prefix_len)?;
-        p.start("validate loose", Some(loose_keys.len() as u64), Unit::Objects);
+        p.start(
+            "validate loose",
+            Some(loose_keys.len() as u64),
+            Unit::Objects,
+        );
         let loose_problems: Vec<(u64, Option<Problem>)> = loose_keys
             .par_iter()
             .map(|k| {
@@ -234,11 +352,21 @@ impl Maintenance<'_> {
                 let r = match fs::read(&path) {
                     Ok(b) => {
                         let actual = hash.hash(&b);
-                        let problem = (actual != *k).then(|| Problem::LooseHashMismatch { key: *k, path, actual });
+                        let problem = (actual != *k).then_some(Problem::LooseHashMismatch {
+                            key: *k,
+                            path,
+                            actual,
+                        });
                         (b.len() as u64, problem)
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
-                    Err(e) => (0, Some(Problem::LooseUnreadable { path, error: e.to_string() })),
+                    Err(e) => (
+                        0,
+                        Some(Problem::LooseUnreadable {
+                            path,
+                            error: e.to_string(),
+                        }),
+                    ),
                 };
                 p.advance(1);
                 r
@@ -250,10 +378,14 @@ impl Maintenance<'_> {
             report.problems.extend(problem);
         }
         p.finish();
-        report.problems.extend(stray_loose_files(root, store.config().loose_prefix_len)?);
+        report
+            .problems
+            .extend(stray_loose_files(root, store.config().loose_prefix_len)?);
         for e in fs::read_dir(root.join(SANDBOX_DIR)).at("list", root.join(SANDBOX_DIR))? {
             let e = e.at("list", root.join(SANDBOX_DIR))?;
-            report.problems.push(Problem::SandboxLeftover { path: e.path() });
+            report
+                .problems
+                .push(Problem::SandboxLeftover { path: e.path() });
         }
 
         // Packs.
@@ -267,7 +399,11 @@ impl Maintenance<'_> {
         let disk: HashSet<u64> = on_disk.iter().copied().collect();
         for e in fs::read_dir(root.join(PACKS_DIR)).at("list", root.join(PACKS_DIR))? {
             let e = e.at("list", root.join(PACKS_DIR))?;
-            if e.file_name().to_str().and_then(pack::parse_pack_name).is_none() {
+            if e.file_name()
+                .to_str()
+                .and_then(pack::parse_pack_name)
+                .is_none()
+            {
                 report.problems.push(Problem::StrayFile { path: e.path() });
             }
         }
@@ -276,12 +412,20 @@ impl Maintenance<'_> {
             if !disk.contains(&row.id) {
                 report.problems.push(Problem::PackMissing { pack: row.id });
                 for (key, r) in rows_by_pack.get(&row.id).into_iter().flatten() {
-                    report.problems.push(Problem::RowWithoutRecord { key: *key, pack: r.pack, offset: r.offset });
+                    report.problems.push(Problem::RowWithoutRecord {
+                        key: *key,
+                        pack: r.pack,
+                        offset: r.offset,
+                    });
                 }
                 continue;
             }
             let rows = rows_by_pack.remove(&row.id).unwrap_or_default();
-            let tomb_here: HashSet<u64> = tombstones.iter().filter(|t| t.at.pack == row.id).map(|t| t.at.offset).collect();
+            let tomb_here: HashSet<u64> = tombstones
+                .iter()
+                .filter(|t| t.at.pack == row.id)
+                .map(|t| t.at.offset)
+                .collect();
             let out = validate_pack(store, row, rows, &tomb_here, &indexed, &killed_before)?;
             report.objects_checked += out.objects;
             report.bytes_checked += out.bytes;
@@ -292,7 +436,11 @@ impl Maintenance<'_> {
         // Rows pointing at packs the index does not list.
         for (pack_id, rows) in rows_by_pack {
             for (key, r) in rows {
-                report.problems.push(Problem::RowWithoutRecord { key, pack: pack_id, offset: r.offset });
+                report.problems.push(Problem::RowWithoutRecord {
+                    key,
+                    pack: pack_id,
+                    offset: r.offset,
+                });
             }
         }
         Ok(report)
@@ -315,26 +463,46 @@ fn validate_pack(
 ) -> Result<PackOutcome> {
     let id = row.id;
     let hash = store.config().hash;
-    let mut out = PackOutcome { objects: 0, bytes: 0, problems: Vec::new() };
+    let mut out = PackOutcome {
+        objects: 0,
+        bytes: 0,
+        problems: Vec::new(),
+    };
     let path = pack::pack_path(store.path(), id);
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) => {
-            out.problems.push(Problem::PackUnreadable { pack: id, detail: e.to_string() });
+            out.problems.push(Problem::PackUnreadable {
+                pack: id,
+                detail: e.to_string(),
+            });
             return Ok(out);
         }
     };
     let file_len = file.metadata().at("stat", &path)?.len();
     match pack::read_pack_header(&file, id) {
-        Ok(h) if h.pack_id == id && h.hash == hash && h.container_id == store.config().container_id_bytes() => {}
-        Ok(_) => out.problems.push(Problem::PackUnreadable { pack: id, detail: "header belongs to another pack or store".into() }),
+        Ok(h)
+            if h.pack_id == id
+                && h.hash == hash
+                && h.container_id == store.config().container_id_bytes() => {}
+        Ok(_) => out.problems.push(Problem::PackUnreadable {
+            pack: id,
+            detail: "header belongs to another pack or store".into(),
+        }),
         Err(e) => {
-            out.problems.push(Problem::PackUnreadable { pack: id, detail: e.to_string() });
+            out.problems.push(Problem::PackUnreadable {
+                pack: id,
+                detail: e.to_string(),
+            });
             return Ok(out);
         }
     }
     if file_len < row.end_bytes {
-        out.problems.push(Problem::PackShorterThanIndex { pack: id, file_bytes: file_len, index_bytes: row.end_bytes });
+        out.problems.push(Problem::PackShorterThanIndex {
+            pack: id,
+            file_bytes: file_len,
+            index_bytes: row.end_bytes,
+        });
     }
     let mut table = None;
     let records_end = if row.sealed {
@@ -344,17 +512,27 @@ fn validate_pack(
                 footer.table_offset
             }
             Ok(None) => {
-                out.problems.push(Problem::BadFooter { pack: id, detail: "no footer at the end of a sealed pack".into() });
+                out.problems.push(Problem::BadFooter {
+                    pack: id,
+                    detail: "no footer at the end of a sealed pack".into(),
+                });
                 file_len
             }
             Err(e) => {
-                out.problems.push(Problem::BadFooter { pack: id, detail: e.to_string() });
+                out.problems.push(Problem::BadFooter {
+                    pack: id,
+                    detail: e.to_string(),
+                });
                 file_len
             }
         }
     } else {
         if file_len > row.end_bytes {
-            out.problems.push(Problem::UncommittedTail { pack: id, offset: row.end_bytes, bytes: file_len - row.end_bytes });
+            out.problems.push(Problem::UncommittedTail {
+                pack: id,
+                offset: row.end_bytes,
+                bytes: file_len - row.end_bytes,
+            });
         }
         row.end_bytes.min(file_len)
     };
@@ -367,7 +545,11 @@ fn validate_pack(
         let len = (records_end - offset).min(SCAN_CHUNK_BYTES);
         chunk.resize(len as usize, 0);
         if let Err(e) = pack::read_exact_at(&file, &mut chunk, offset, id) {
-            out.problems.push(Problem::RecordCorrupt { pack: id, offset, detail: e.to_string() });
+            out.problems.push(Problem::RecordCorrupt {
+                pack: id,
+                offset,
+                detail: e.to_string(),
+            });
             break;
         }
         // Walk headers (each has its own checksum, so lengths are trusted once it passes).
@@ -378,14 +560,19 @@ fn validate_pack(
             if here >= records_end {
                 break;
             }
-            let Some(hb) = chunk.get(at..at + crate::format::RECORD_HEADER_BYTES) else { break };
+            let Some(hb) = chunk.get(at..at + crate::format::RECORD_HEADER_BYTES) else {
+                break;
+            };
             let header = match RecordHeader::decode(hb) {
                 Ok(h) => h,
                 Err(reason) => {
                     out.problems.push(Problem::RecordCorrupt {
                         pack: id,
                         offset: here,
-                        detail: format!("{reason}; {} bytes up to {records_end} unreadable", records_end - here),
+                        detail: format!(
+                            "{reason}; {} bytes up to {records_end} unreadable",
+                            records_end - here
+                        ),
                     });
                     process_spans(&chunk, &spans, id, hash, &mut out, &mut records);
                     break 'chunks;
@@ -404,7 +591,8 @@ fn validate_pack(
             if at + rec_len > chunk.len() {
                 if at == 0 {
                     // One record larger than a chunk: check it streaming, in constant memory.
-                    out.problems.extend(verify_large_record(&file, id, here, &header, hash)?);
+                    out.problems
+                        .extend(verify_large_record(&file, id, here, &header, hash)?);
                     records.insert(here, header);
                     if header.kind == RecordKind::Object {
                         out.objects += 1;
@@ -424,7 +612,12 @@ fn validate_pack(
         }
     }
 
-    if offset < records_end && !out.problems.iter().any(|p| matches!(p, Problem::RecordCorrupt { pack, .. } if *pack == id)) {
+    if offset < records_end
+        && !out
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::RecordCorrupt { pack, .. } if *pack == id))
+    {
         out.problems.push(Problem::RecordCorrupt {
             pack: id,
             offset,
@@ -438,19 +631,41 @@ fn validate_pack(
     for (key, r) in &rows {
         if let Some((pk, pend)) = prev {
             if r.offset < pend {
-                out.problems.push(Problem::OverlappingRows { pack: id, offset: r.offset, key: *key, other: pk });
+                out.problems.push(Problem::OverlappingRows {
+                    pack: id,
+                    offset: r.offset,
+                    key: *key,
+                    other: pk,
+                });
             }
         }
-        prev = Some((*key, r.offset + crate::format::RECORD_OVERHEAD_BYTES + r.stored_len));
+        prev = Some((
+            *key,
+            r.offset + crate::format::RECORD_OVERHEAD_BYTES + r.stored_len,
+        ));
         match records.get(&r.offset) {
             None if r.offset >= records_end.max(PACK_HEADER_BYTES as u64) => {
-                out.problems.push(Problem::RowPastEnd { key: *key, pack: id, offset: r.offset })
+                out.problems.push(Problem::RowPastEnd {
+                    key: *key,
+                    pack: id,
+                    offset: r.offset,
+                })
             }
-            None => out.problems.push(Problem::RowWithoutRecord { key: *key, pack: id, offset: r.offset }),
+            None => out.problems.push(Problem::RowWithoutRecord {
+                key: *key,
+                pack: id,
+                offset: r.offset,
+            }),
             Some(h) if h.key != *key || h.kind != RecordKind::Object => {
-                out.problems.push(Problem::RowWithoutRecord { key: *key, pack: id, offset: r.offset })
+                out.problems.push(Problem::RowWithoutRecord {
+                    key: *key,
+                    pack: id,
+                    offset: r.offset,
+                })
             }
-            Some(h) if h.raw_len != r.raw_len || h.stored_len != r.stored_len || h.flags != r.flags => {
+            Some(h)
+                if h.raw_len != r.raw_len || h.stored_len != r.stored_len || h.flags != r.flags =>
+            {
                 out.problems.push(Problem::RowMismatch {
                     key: *key,
                     pack: id,
@@ -469,12 +684,19 @@ fn validate_pack(
     offsets.sort_unstable();
     for off in offsets {
         let h = &records[off];
-        let pos = crate::format::Position { pack: id, offset: *off };
+        let pos = crate::format::Position {
+            pack: id,
+            offset: *off,
+        };
         if h.kind == RecordKind::Object
             && !indexed.contains(&h.key)
-            && !killed_before.get(&h.key).is_some_and(|b| pos < *b)
+            && killed_before.get(&h.key).is_none_or(|b| pos >= *b)
         {
-            out.problems.push(Problem::RecordNotIndexed { key: h.key, pack: id, offset: *off });
+            out.problems.push(Problem::RecordNotIndexed {
+                key: h.key,
+                pack: id,
+                offset: *off,
+            });
         }
         if h.kind == RecordKind::Tombstone && !tombstones_here.contains(off) {
             out.problems.push(Problem::RecordCorrupt {
@@ -489,12 +711,18 @@ fn validate_pack(
         let entries: HashSet<(Key, u64)> = t.iter().copied().collect();
         for (key, off) in &t {
             if records.get(off).map(|h| h.key) != Some(*key) {
-                out.problems.push(Problem::TableMismatch { pack: id, detail: format!("entry {key} at {off} has no such record") });
+                out.problems.push(Problem::TableMismatch {
+                    pack: id,
+                    detail: format!("entry {key} at {off} has no such record"),
+                });
             }
         }
         for (key, r) in &rows {
             if !entries.contains(&(*key, r.offset)) {
-                out.problems.push(Problem::TableMismatch { pack: id, detail: format!("row {key} at {} missing from the table", r.offset) });
+                out.problems.push(Problem::TableMismatch {
+                    pack: id,
+                    detail: format!("row {key} at {} missing from the table", r.offset),
+                });
             }
         }
     }
@@ -510,7 +738,13 @@ fn verify_large_record(
     h: &RecordHeader,
     hash: crate::key::HashAlgorithm,
 ) -> Result<Option<Problem>> {
-    let corrupt = |detail: String| Ok(Some(Problem::RecordCorrupt { pack, offset, detail }));
+    let corrupt = |detail: String| {
+        Ok(Some(Problem::RecordCorrupt {
+            pack,
+            offset,
+            detail,
+        }))
+    };
     let payload_at = offset + crate::format::RECORD_HEADER_BYTES as u64;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h.encode());
@@ -552,7 +786,12 @@ fn verify_large_record(
         }
     }
     let actual = hasher.finish();
-    Ok((actual != h.key).then_some(Problem::RecordHashMismatch { key: h.key, pack, offset, actual }))
+    Ok((actual != h.key).then_some(Problem::RecordHashMismatch {
+        key: h.key,
+        pack,
+        offset,
+        actual,
+    }))
 }
 
 /// Files under loose/ that are not objects of this store's layout.
@@ -560,7 +799,10 @@ fn stray_loose_files(root: &std::path::Path, prefix_len: u8) -> Result<Vec<Probl
     let dir = root.join(LOOSE_DIR);
     let mut out = Vec::new();
     let p = prefix_len as usize;
-    let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let is_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     for e in fs::read_dir(&dir).at("list", &dir)? {
         let e = e.at("list", &dir)?;
         let name = e.file_name().to_string_lossy().into_owned();

@@ -41,7 +41,9 @@ fn fixture() -> Fixture {
     let t = new_small_store();
     let s = &t.store;
     let raw: Vec<Vec<u8>> = (0..14).map(|i| random_bytes(500 + i, 600)).collect();
-    let text: Vec<Vec<u8>> = (0..4).map(|i| text_bytes(600 + i, 3000 + i as usize)).collect();
+    let text: Vec<Vec<u8>> = (0..4)
+        .map(|i| text_bytes(600 + i, 3000 + i as usize))
+        .collect();
     let mut contents = BTreeMap::new();
     let raw_keys = write_packed(s, &raw, None);
     for (k, c) in raw_keys.iter().zip(&raw) {
@@ -61,13 +63,29 @@ fn fixture() -> Fixture {
         contents.insert(k, c);
         loose.push(k);
     }
-    let sealed = pack_files(&t.root()).values().filter(|p| read_pack(p).footer.is_some()).count();
+    let sealed = pack_files(&t.root())
+        .values()
+        .filter(|p| read_pack(p).footer.is_some())
+        .count();
     assert!(sealed >= 2, "fixture needs sealed packs, has {sealed}");
     assert_valid(s);
-    let f = Fixture { t, contents, loose, raw: raw_keys, compressed, deleted };
+    let f = Fixture {
+        t,
+        contents,
+        loose,
+        raw: raw_keys,
+        compressed,
+        deleted,
+    };
     let sealed_of = |k: &Key| read_pack(&f.pack_path(f.packed_at(k).0)).footer.is_some();
-    assert!(f.raw.iter().all(sealed_of), "raw objects must sit in sealed packs");
-    assert!(!f.compressed.iter().any(sealed_of), "compressed objects must sit in the open pack");
+    assert!(
+        f.raw.iter().all(sealed_of),
+        "raw objects must sit in sealed packs"
+    );
+    assert!(
+        !f.compressed.iter().any(sealed_of),
+        "compressed objects must sit in the open pack"
+    );
     f
 }
 
@@ -88,7 +106,9 @@ impl Fixture {
     }
 
     fn pack_path(&self, pack: u64) -> std::path::PathBuf {
-        pack_files(&self.t.root()).remove(&pack).unwrap_or_else(|| panic!("pack {pack} file"))
+        pack_files(&self.t.root())
+            .remove(&pack)
+            .unwrap_or_else(|| panic!("pack {pack} file"))
     }
 
     /// Keys whose record lives in `pack`.
@@ -103,48 +123,59 @@ impl Fixture {
     /// Reads every object every way; panics on wrong bytes. Returns the keys that read correctly
     /// every way, and those that failed some way.
     fn reads(&self) -> (BTreeSet<Key>, BTreeSet<Key>) {
+        let failed = self.failed_reads();
+        let bad: BTreeSet<Key> = failed.keys().copied().collect();
+        let good = self
+            .contents
+            .keys()
+            .filter(|k| !bad.contains(k))
+            .copied()
+            .collect();
+        (good, bad)
+    }
+
+    /// Like `reads`, with which read paths failed for each object and why.
+    fn failed_reads(&self) -> BTreeMap<Key, Vec<String>> {
         let s = self.s();
-        let (mut good, mut bad) = (BTreeSet::new(), BTreeSet::new());
+        let mut failed: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+        let mut fail = |k: &Key, why: String| failed.entry(*k).or_default().push(why);
         for (k, c) in &self.contents {
-            let mut ok = true;
             match s.get(k) {
                 Ok(b) => assert!(b == *c, "get({k}) returned wrong bytes"),
-                Err(_) => ok = false,
+                Err(e) => fail(k, format!("get: {e}")),
             }
             match s.open_object(k) {
                 Ok(mut r) => {
                     let mut b = Vec::new();
                     match r.read_to_end(&mut b) {
                         Ok(_) => assert!(b == *c, "open_object({k}) streamed wrong bytes"),
-                        Err(_) => ok = false,
+                        Err(e) => fail(k, format!("stream: {e}")),
                     }
                 }
-                Err(_) => ok = false,
+                Err(e) => fail(k, format!("open_object: {e}")),
             }
             match s.read_range(k, 0, c.len() as u64) {
                 Ok(b) => assert!(b == *c, "read_range({k}, whole) returned wrong bytes"),
-                Err(_) => ok = false,
-            }
-            if ok {
-                good.insert(*k);
-            } else {
-                bad.insert(*k);
+                Err(e) => fail(k, format!("read_range: {e}")),
             }
         }
         let keys: Vec<Key> = self.contents.keys().copied().collect();
         s.read_many(&keys, &mut |k, r| {
             match r {
-                Ok(b) => assert!(b == self.contents[&k].as_slice(), "read_many returned wrong bytes for {k}"),
-                Err(_) => {
-                    good.remove(&k);
-                    bad.insert(k);
-                }
+                Ok(b) => assert!(
+                    b == self.contents[&k].as_slice(),
+                    "read_many returned wrong bytes for {k}"
+                ),
+                Err(e) => fail(&k, format!("read_many: {e}")),
             }
             Ok(())
         })
         .expect("read_many itself must not fail on a damaged record");
-        assert!(!s.has(&self.deleted).expect("has"), "deleted object resurrected");
-        (good, bad)
+        assert!(
+            !s.has(&self.deleted).expect("has"),
+            "deleted object resurrected"
+        );
+        failed
     }
 
     fn problems(&self) -> Vec<Problem> {
@@ -152,43 +183,92 @@ impl Fixture {
     }
 
     fn rebuild(&self) -> RebuildReport {
-        store_maint(self.s()).rebuild_index(&NoProgress).expect("rebuild_index")
+        store_maint(self.s())
+            .rebuild_index(&NoProgress)
+            .expect("rebuild_index")
     }
 
     fn clean(&self) {
         store_maint(self.s())
-            .clean(&CleanOptions { vacuum: true, sandbox_grace: std::time::Duration::ZERO }, &NoProgress)
+            .clean(
+                &CleanOptions {
+                    vacuum: true,
+                    sandbox_grace: std::time::Duration::ZERO,
+                },
+                &NoProgress,
+            )
             .expect("clean");
     }
 
     /// The repair for lost objects: delete them, compact, write them again from a good copy.
     fn readd(&self, keys: &BTreeSet<Key>) {
         let m = store_maint(self.s());
-        m.delete(&keys.iter().copied().collect::<Vec<_>>()).expect("delete damaged");
-        m.repack(&RepackOptions { all: true, ..RepackOptions::default() }, &NoProgress).expect("repack");
-        let mut it = keys.iter().map(|k| Ok(Source::Bytes(self.contents[k].clone())));
-        m.write_packed(&mut it, &PackOptions::default(), &NoProgress).expect("write again");
+        m.delete(&keys.iter().copied().collect::<Vec<_>>())
+            .expect("delete damaged");
+        m.repack(
+            &RepackOptions {
+                all: true,
+                ..RepackOptions::default()
+            },
+            &NoProgress,
+        )
+        .expect("repack");
+        let mut it = keys
+            .iter()
+            .map(|k| Ok(Source::Bytes(self.contents[k].clone())));
+        m.write_packed(&mut it, &PackOptions::default(), &NoProgress)
+            .expect("write again");
     }
 
     fn assert_all_good(&self, what: &str) {
-        let (_, bad) = self.reads();
-        assert!(bad.is_empty(), "{what}: unreadable objects {bad:?}");
+        let failed = self.failed_reads();
+        assert!(failed.is_empty(), "{what}: unreadable objects: {failed:#?}");
         let problems = self.problems();
-        assert!(problems.is_empty(), "{what}: validate not clean:\n{}", lines(&problems));
+        assert!(
+            problems.is_empty(),
+            "{what}: validate not clean:\n{}",
+            lines(&problems)
+        );
     }
 }
 
 fn lines(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn names_record(problems: &[Problem], key: Key, pack: u64, offset: u64) -> bool {
     problems.iter().any(|p| match p {
-        Problem::RecordCorrupt { pack: p2, offset: o, .. } => (*p2, *o) == (pack, offset),
-        Problem::RecordHashMismatch { key: k, pack: p2, offset: o, .. }
-        | Problem::RowWithoutRecord { key: k, pack: p2, offset: o }
-        | Problem::RowMismatch { key: k, pack: p2, offset: o, .. }
-        | Problem::RowPastEnd { key: k, pack: p2, offset: o } => *k == key && (*p2, *o) == (pack, offset),
+        Problem::RecordCorrupt {
+            pack: p2,
+            offset: o,
+            ..
+        } => (*p2, *o) == (pack, offset),
+        Problem::RecordHashMismatch {
+            key: k,
+            pack: p2,
+            offset: o,
+            ..
+        }
+        | Problem::RowWithoutRecord {
+            key: k,
+            pack: p2,
+            offset: o,
+        }
+        | Problem::RowMismatch {
+            key: k,
+            pack: p2,
+            offset: o,
+            ..
+        }
+        | Problem::RowPastEnd {
+            key: k,
+            pack: p2,
+            offset: o,
+        } => *k == key && (*p2, *o) == (pack, offset),
         _ => false,
     })
 }
@@ -220,29 +300,51 @@ fn flipped_loose_file() {
 
 /// Flips one byte at `offset_in_record(record)` of a packed object's record; checks detection,
 /// containment and repair.
-fn damage_record(key_pick: impl Fn(&Fixture) -> Key, offset_in_record: impl Fn(&RecordAt) -> u64, what: &str) {
+fn damage_record(
+    key_pick: impl Fn(&Fixture) -> Key,
+    offset_in_record: impl Fn(&RecordAt) -> u64,
+    what: &str,
+) {
     let f = fixture();
     let k = key_pick(&f);
     let (pack, offset) = f.packed_at(&k);
     let path = f.pack_path(pack);
     let layout = read_pack(&path);
-    let rec = layout.records.iter().find(|r| r.offset == offset).expect("record at the index offset");
+    let rec = layout
+        .records
+        .iter()
+        .find(|r| r.offset == offset)
+        .expect("record at the index offset");
     assert_eq!(rec.header.key, k);
     flip_byte(&path, offset_in_record(rec), 0x04);
 
     let problems = f.problems();
-    assert!(names_record(&problems, k, pack, offset), "{what}: validate must name {k} at pack {pack} offset {offset}:\n{}", lines(&problems));
+    assert!(
+        names_record(&problems, k, pack, offset),
+        "{what}: validate must name {k} at pack {pack} offset {offset}:\n{}",
+        lines(&problems)
+    );
     let (_, bad) = f.reads();
-    assert_eq!(bad, BTreeSet::from([k]), "{what}: exactly the damaged object must fail");
+    assert_eq!(
+        bad,
+        BTreeSet::from([k]),
+        "{what}: exactly the damaged object must fail"
+    );
     let e = f.s().get(&k).expect_err("damaged record");
     assert!(e.is_corruption(), "{what}: got {e:?}");
 
     // Rebuilding the index must not lose the undamaged neighbours in the same pack.
     f.rebuild();
     let (_, bad) = f.reads();
-    assert!(bad.iter().all(|b| *b == k), "{what}: after rebuild_index, undamaged objects unreadable: {bad:?}");
+    assert!(
+        bad.iter().all(|b| *b == k),
+        "{what}: after rebuild_index, undamaged objects unreadable: {bad:?}"
+    );
     let problems = f.problems();
-    assert!(!problems.is_empty(), "{what}: rebuild_index hid the damage from validate");
+    assert!(
+        !problems.is_empty(),
+        "{what}: rebuild_index hid the damage from validate"
+    );
 
     f.readd(&BTreeSet::from([k]));
     f.clean();
@@ -268,7 +370,11 @@ fn flipped_record_magic_in_sealed_pack() {
 
 #[test]
 fn flipped_raw_payload_in_sealed_pack() {
-    damage_record(|f| f.raw[4], |r| r.payload_offset() + r.header.stored_len / 2, "raw payload");
+    damage_record(
+        |f| f.raw[4],
+        |r| r.payload_offset() + r.header.stored_len / 2,
+        "raw payload",
+    );
 }
 
 #[test]
@@ -280,12 +386,20 @@ fn flipped_trailer_in_sealed_pack() {
 
 #[test]
 fn flipped_compressed_payload_in_open_pack() {
-    damage_record(|f| f.compressed[1], |r| r.payload_offset() + r.header.stored_len / 3, "compressed payload");
+    damage_record(
+        |f| f.compressed[1],
+        |r| r.payload_offset() + r.header.stored_len / 3,
+        "compressed payload",
+    );
 }
 
 #[test]
 fn flipped_frame_table_in_open_pack() {
-    damage_record(|f| f.compressed[2], |r| r.trailer_offset() - 6, "frame table");
+    damage_record(
+        |f| f.compressed[2],
+        |r| r.trailer_offset() - 6,
+        "frame table",
+    );
 }
 
 #[test]
@@ -323,7 +437,10 @@ fn damage_seal(at: impl Fn(&PackLayout) -> u64, what: &str) {
         lines(&problems)
     );
     let (_, bad) = f.reads();
-    assert!(bad.is_empty(), "{what}: reads must not depend on the footer: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "{what}: reads must not depend on the footer: {bad:?}"
+    );
     let report = f.rebuild();
     assert!(report.unreadable_packs.is_empty(), "{what}: {report:?}");
     let (_, bad) = f.reads();
@@ -334,7 +451,10 @@ fn damage_seal(at: impl Fn(&PackLayout) -> u64, what: &str) {
 
 #[test]
 fn flipped_sealed_footer() {
-    damage_seal(|l| l.file_len - FOOTER_BYTES as u64 + 9, "footer entry count");
+    damage_seal(
+        |l| l.file_len - FOOTER_BYTES as u64 + 9,
+        "footer entry count",
+    );
 }
 
 #[test]
@@ -344,7 +464,10 @@ fn flipped_footer_magic() {
 
 #[test]
 fn flipped_sealed_table() {
-    damage_seal(|l| l.footer.expect("sealed").1.table_offset + 40 + 3, "table");
+    damage_seal(
+        |l| l.footer.expect("sealed").1.table_offset + 40 + 3,
+        "table",
+    );
 }
 
 #[test]
@@ -354,14 +477,24 @@ fn truncated_sealed_pack() {
     // Cut in the middle of the third record: the first two survive, the rest of the pack is gone.
     let cut_record = &layout.records[2];
     let cut = cut_record.offset + 30;
-    fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(cut).expect("truncate");
-    let lost: BTreeSet<Key> = f.keys_in_pack(pack).into_iter().filter(|k| f.packed_at(k).1 >= cut_record.offset).collect();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(cut)
+        .expect("truncate");
+    let lost: BTreeSet<Key> = f
+        .keys_in_pack(pack)
+        .into_iter()
+        .filter(|k| f.packed_at(k).1 >= cut_record.offset)
+        .collect();
     assert!(!lost.is_empty());
 
     let problems = f.problems();
     assert!(
         problems.iter().any(|p| match p {
-            Problem::PackShorterThanIndex { pack: p2, .. } | Problem::BadFooter { pack: p2, .. } => *p2 == pack,
+            Problem::PackShorterThanIndex { pack: p2, .. }
+            | Problem::BadFooter { pack: p2, .. } => *p2 == pack,
             Problem::RowPastEnd { key, pack: p2, .. } => *p2 == pack && lost.contains(key),
             _ => false,
         }),
@@ -378,7 +511,10 @@ fn truncated_sealed_pack() {
     let report = f.rebuild();
     assert!(report.unreadable_packs.is_empty(), "{report:?}");
     let (_, bad) = f.reads();
-    assert_eq!(bad, lost, "rebuild_index must keep the records before the cut");
+    assert_eq!(
+        bad, lost,
+        "rebuild_index must keep the records before the cut"
+    );
     f.clean();
     f.readd(&lost);
     f.assert_all_good("after rebuild + clean + re-add");
@@ -389,12 +525,39 @@ fn truncated_open_pack() {
     let f = fixture();
     let (last, path) = pack_files(&f.t.root()).into_iter().last().expect("packs");
     let layout = read_pack(&path);
-    assert!(layout.footer.is_none(), "the newest pack should still be open");
-    let rec = layout.records.last().expect("records");
-    fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(rec.offset + 5).expect("truncate");
-    let lost: BTreeSet<Key> = f.keys_in_pack(last).into_iter().filter(|k| f.packed_at(k).1 >= rec.offset).collect();
+    assert!(
+        layout.footer.is_none(),
+        "the newest pack should still be open"
+    );
+    // Cut into the last compressed object's record. What follows it (the deleted object and its
+    // tombstone) goes too; cutting only the tombstone would rightly bring the deleted object back.
+    let last_compressed = f
+        .compressed
+        .iter()
+        .map(|k| f.packed_at(k).1)
+        .max()
+        .expect("compressed");
+    let rec = layout
+        .records
+        .iter()
+        .find(|r| r.offset == last_compressed)
+        .expect("record");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(rec.offset + 5)
+        .expect("truncate");
+    let lost: BTreeSet<Key> = f
+        .keys_in_pack(last)
+        .into_iter()
+        .filter(|k| f.packed_at(k).1 >= rec.offset)
+        .collect();
     let problems = f.problems();
-    assert!(!problems.is_empty(), "a truncated pack must not validate clean");
+    assert!(
+        !problems.is_empty(),
+        "a truncated pack must not validate clean"
+    );
     let (_, bad) = f.reads();
     assert_eq!(bad, lost);
     f.rebuild();
@@ -414,7 +577,14 @@ fn index_deleted() {
     let loose = f.loose.clone();
     pack_all(f.s());
     // Close the store, delete every index file, reopen: the index comes back from the packs.
-    let Fixture { t: TestStore { dir, store }, contents, raw, compressed, deleted, .. } = f;
+    let Fixture {
+        t: TestStore { dir, store },
+        contents,
+        raw,
+        compressed,
+        deleted,
+        ..
+    } = f;
     drop(store);
     for suffix in ["", "-wal", "-shm"] {
         let p = root.join(format!("{INDEX_FILE}{suffix}"));
@@ -423,12 +593,35 @@ fn index_deleted() {
         }
     }
     let store = Store::open(&root).expect("open without an index");
-    let f = Fixture { t: TestStore { dir, store }, contents, loose: Vec::new(), raw, compressed, deleted };
-    assert!(root.join(INDEX_FILE).exists(), "open must recreate the index");
-    assert_eq!(f.s().list().expect("list"), f.contents.keys().copied().collect::<Vec<_>>(), "objects lost or resurrected");
-    assert!(!f.s().has(&f.deleted).expect("has"), "a deleted object came back with the rebuilt index");
+    let f = Fixture {
+        t: TestStore { dir, store },
+        contents,
+        loose: Vec::new(),
+        raw,
+        compressed,
+        deleted,
+    };
+    assert!(
+        root.join(INDEX_FILE).exists(),
+        "open must recreate the index"
+    );
+    assert_eq!(
+        f.s().list().expect("list"),
+        f.contents.keys().copied().collect::<Vec<_>>(),
+        "objects lost or resurrected"
+    );
+    assert!(
+        !f.s().has(&f.deleted).expect("has"),
+        "a deleted object came back with the rebuilt index"
+    );
     for k in &loose {
-        assert!(matches!(f.s().meta(k).expect("meta").expect("exists").location, Location::Packed { .. }), "{k}");
+        assert!(
+            matches!(
+                f.s().meta(k).expect("meta").expect("exists").location,
+                Location::Packed { .. }
+            ),
+            "{k}"
+        );
     }
     f.assert_all_good("after reopening without an index");
 }
@@ -436,26 +629,52 @@ fn index_deleted() {
 #[test]
 fn index_rows_pointing_at_the_wrong_record() {
     let f = fixture();
-    let keys: Vec<Key> = f.contents.keys().filter(|k| !f.loose.contains(k)).copied().collect();
+    let keys: Vec<Key> = f
+        .contents
+        .keys()
+        .filter(|k| !f.loose.contains(k))
+        .copied()
+        .collect();
     let (a, b) = (keys[0], keys[1]);
     let ((pa, oa), (pb, ob)) = (f.packed_at(&a), f.packed_at(&b));
     let db = rusqlite::Connection::open(f.t.root().join(INDEX_FILE)).expect("open index");
     // a's row now points at b's record (same lengths: every object here has 600 bytes).
-    db.execute("UPDATE objects SET pack = ?1, offset = ?2 WHERE key = ?3", rusqlite::params![pb as i64, ob as i64, &a.as_bytes()[..]])
-        .expect("update");
+    db.execute(
+        "UPDATE objects SET pack = ?1, offset = ?2 WHERE key = ?3",
+        rusqlite::params![pb as i64, ob as i64, &a.as_bytes()[..]],
+    )
+    .expect("update");
     // c's row claims a different stored length.
     let c = f.compressed[0];
-    db.execute("UPDATE objects SET stored_len = COALESCE(stored_len, raw_len) - 1 WHERE key = ?1", [&c.as_bytes()[..]])
-        .expect("update");
+    db.execute(
+        "UPDATE objects SET stored_len = COALESCE(stored_len, raw_len) - 1 WHERE key = ?1",
+        [&c.as_bytes()[..]],
+    )
+    .expect("update");
     drop(db);
     let (_, bad) = f.reads();
-    assert_eq!(bad, BTreeSet::from([a, c]), "stale rows must be errors, never another object's bytes");
+    assert_eq!(
+        bad,
+        BTreeSet::from([a, c]),
+        "stale rows must be errors, never another object's bytes"
+    );
     let e = f.s().get(&a).expect_err("row at another record");
-    assert!(matches!(e, Error::WrongRecord { expected, found, .. } if expected == a && found == b), "got {e:?}");
+    assert!(
+        matches!(e, Error::WrongRecord { expected, found, .. } if expected == a && found == b),
+        "got {e:?}"
+    );
     let problems = f.problems();
-    assert!(names_record(&problems, a, pb, ob) || names_record(&problems, a, pa, oa), "row of {a}:\n{}", lines(&problems));
+    assert!(
+        names_record(&problems, a, pb, ob) || names_record(&problems, a, pa, oa),
+        "row of {a}:\n{}",
+        lines(&problems)
+    );
     let (pc, oc) = f.packed_at(&c);
-    assert!(names_record(&problems, c, pc, oc), "row of {c}:\n{}", lines(&problems));
+    assert!(
+        names_record(&problems, c, pc, oc),
+        "row of {c}:\n{}",
+        lines(&problems)
+    );
     f.rebuild();
     f.assert_all_good("after rebuild_index");
 }
@@ -464,17 +683,29 @@ fn index_rows_pointing_at_the_wrong_record() {
 fn index_file_bytes_flipped() {
     let f = fixture();
     // Enough rows for a multi-page index, checkpointed into the main file.
-    let extra: Vec<Vec<u8>> = (0..400).map(|i| format!("small object {i}").into_bytes()).collect();
+    let extra: Vec<Vec<u8>> = (0..400)
+        .map(|i| format!("small object {i}").into_bytes())
+        .collect();
     let keys = write_packed(f.s(), &extra, None);
     let mut contents = f.contents.clone();
     contents.extend(keys.into_iter().zip(extra));
     f.clean();
     let root = f.t.root();
-    let Fixture { t: TestStore { dir, store }, loose, raw, compressed, deleted, .. } = f;
+    let Fixture {
+        t: TestStore { dir, store },
+        loose,
+        raw,
+        compressed,
+        deleted,
+        ..
+    } = f;
     drop(store);
     let index = root.join(INDEX_FILE);
     let len = fs::metadata(&index).expect("stat index").len();
-    assert!(len >= 4 * 4096, "index too small to damage a data page: {len}");
+    assert!(
+        len >= 4 * 4096,
+        "index too small to damage a data page: {len}"
+    );
     // Damage a byte inside every page but the first (page 1 holds SQLite's header and schema;
     // index_header_destroyed covers that).
     for page in 1..len / 4096 {
@@ -485,13 +716,23 @@ fn index_file_bytes_flipped() {
     let store = match Store::open(&root) {
         Ok(s) => s,
         Err(e) => {
-            assert!(matches!(e, Error::Index { .. } | Error::IndexCorrupt { .. }), "got {e:?}");
+            assert!(
+                matches!(e, Error::Index { .. } | Error::IndexCorrupt { .. }),
+                "got {e:?}"
+            );
             println!("open refused the damaged index ({e}); removing it");
             fs::remove_file(&index).expect("remove index");
             Store::open(&root).expect("open after removing the index")
         }
     };
-    let f = Fixture { t: TestStore { dir, store }, contents, loose, raw, compressed, deleted };
+    let f = Fixture {
+        t: TestStore { dir, store },
+        contents,
+        loose,
+        raw,
+        compressed,
+        deleted,
+    };
     // Whatever SQLite now returns, no read may produce wrong bytes.
     f.reads();
     let report = f.rebuild();
@@ -506,7 +747,10 @@ fn index_header_destroyed() {
     f.clean();
     let root = f.t.root();
     let contents = f.contents.clone();
-    let Fixture { t: TestStore { dir: _dir, store }, .. } = f;
+    let Fixture {
+        t: TestStore { dir: _dir, store },
+        ..
+    } = f;
     drop(store);
     // Overwrite SQLite's file header: the file is no longer a database at all.
     let index = root.join(INDEX_FILE);
@@ -520,12 +764,18 @@ fn index_header_destroyed() {
     let s = match Store::open(&root) {
         Ok(s) => s,
         Err(e) => {
-            assert!(matches!(e, Error::Index { .. } | Error::IndexCorrupt { .. }), "got {e:?}");
+            assert!(
+                matches!(e, Error::Index { .. } | Error::IndexCorrupt { .. }),
+                "got {e:?}"
+            );
             fs::remove_file(&index).expect("remove index");
             Store::open(&root).expect("reopen without index")
         }
     };
-    assert_eq!(s.list().expect("list"), contents.keys().copied().collect::<Vec<_>>());
+    assert_eq!(
+        s.list().expect("list"),
+        contents.keys().copied().collect::<Vec<_>>()
+    );
     for (k, c) in &contents {
         assert_eq!(&s.get(k).expect("get"), c);
     }
@@ -541,15 +791,24 @@ fn index_row_with_huge_length_is_an_error_not_an_abort() {
     if let (Ok(root), Ok(key)) = (std::env::var(CHILD_STORE), std::env::var(CHILD_KEY)) {
         let s = Store::open(std::path::Path::new(&root)).expect("child open");
         let k: Key = key.parse().expect("key");
-        assert!(s.get(&k).is_err(), "get of a row with a huge length must fail");
+        assert!(
+            s.get(&k).is_err(),
+            "get of a row with a huge length must fail"
+        );
         let streamed = s.open_object(&k).and_then(|mut r| {
             let mut b = Vec::new();
             r.read_to_end(&mut b).map_err(|e| r.explain(e))
         });
-        assert!(streamed.is_err(), "streaming a row with a huge length must fail");
+        assert!(
+            streamed.is_err(),
+            "streaming a row with a huge length must fail"
+        );
         let mut visited = 0;
         s.read_many(&[k], &mut |_, r| {
-            assert!(r.is_err(), "read_many of a row with a huge length must fail");
+            assert!(
+                r.is_err(),
+                "read_many of a row with a huge length must fail"
+            );
             visited += 1;
             Ok(())
         })
@@ -559,13 +818,25 @@ fn index_row_with_huge_length_is_an_error_not_an_abort() {
         return;
     }
     let f = fixture();
-    let k = *f.contents.keys().find(|k| !f.loose.contains(k) && !f.compressed.contains(k)).expect("raw packed");
+    let k = *f
+        .contents
+        .keys()
+        .find(|k| !f.loose.contains(k) && !f.compressed.contains(k))
+        .expect("raw packed");
     let db = rusqlite::Connection::open(f.t.root().join(INDEX_FILE)).expect("open index");
-    db.execute("UPDATE objects SET raw_len = ?1, stored_len = NULL WHERE key = ?2", rusqlite::params![1i64 << 45, &k.as_bytes()[..]])
-        .expect("update");
+    db.execute(
+        "UPDATE objects SET raw_len = ?1, stored_len = NULL WHERE key = ?2",
+        rusqlite::params![1i64 << 45, &k.as_bytes()[..]],
+    )
+    .expect("update");
     drop(db);
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["index_row_with_huge_length_is_an_error_not_an_abort", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "index_row_with_huge_length_is_an_error_not_an_abort",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_STORE, f.t.root())
         .env(CHILD_KEY, k.to_hex())
         .output()
@@ -580,7 +851,11 @@ fn index_row_with_huge_length_is_an_error_not_an_abort() {
     // And validate names the row.
     let problems = f.problems();
     let (pack, offset) = f.packed_at(&k);
-    assert!(names_record(&problems, k, pack, offset), "{}", lines(&problems));
+    assert!(
+        names_record(&problems, k, pack, offset),
+        "{}",
+        lines(&problems)
+    );
     f.rebuild();
     f.assert_all_good("after rebuild_index");
 }

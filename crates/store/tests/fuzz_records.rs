@@ -20,9 +20,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use basin_store::format::{
-    decode_record, encode_frame_table, encode_record, encode_table, encode_tombstone, Footer, PackHeader, Position,
-    RecordHeader, RecordKind, FLAG_ZSTD, FOOTER_BYTES, FRAME_RAW_BYTES, PACK_FORMAT_VERSION, PACK_HEADER_BYTES,
-    RECORD_HEADER_BYTES, TOMBSTONE_PAYLOAD_BYTES,
+    decode_record, encode_frame_table, encode_record, encode_table, encode_tombstone, Footer,
+    PackHeader, Position, RecordHeader, RecordKind, FLAG_ZSTD, FOOTER_BYTES, FRAME_RAW_BYTES,
+    PACK_FORMAT_VERSION, PACK_HEADER_BYTES, RECORD_HEADER_BYTES, TOMBSTONE_PAYLOAD_BYTES,
 };
 use basin_store::{HashAlgorithm, Key};
 use common::parsers::{check, Accepted, Target};
@@ -33,7 +33,9 @@ const DEFAULT_SEED: u64 = 0xBA51_F022;
 const DEFAULT_ITERS_PER_FILE: u64 = 3000;
 
 fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("corpus")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("corpus")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,7 +89,14 @@ fn tombstone_record(key: Key, before: Position) -> Vec<u8> {
 }
 
 fn pack_header(hash: HashAlgorithm, pack_id: u64) -> Vec<u8> {
-    PackHeader { version: PACK_FORMAT_VERSION, hash, pack_id, container_id: *b"corpus-container" }.encode().to_vec()
+    PackHeader {
+        version: PACK_FORMAT_VERSION,
+        hash,
+        pack_id,
+        container_id: *b"corpus-container",
+    }
+    .encode()
+    .to_vec()
 }
 
 /// A pack: header, the records, and (when `sealed`) the sorted table of object records + footer.
@@ -125,9 +134,19 @@ fn build_corpus() -> Vec<(String, Vec<u8>)> {
     let empty = object_record(HashAlgorithm::Blake3, b"", false);
     let sha = object_record(HashAlgorithm::Sha256, b"keys that match git-lfs\n", false);
     let zstd_one = object_record(HashAlgorithm::Blake3, &text(4096), true);
-    let zstd_two = object_record(HashAlgorithm::Blake3, &text(FRAME_RAW_BYTES as usize + 1000), true);
+    let zstd_two = object_record(
+        HashAlgorithm::Blake3,
+        &text(FRAME_RAW_BYTES as usize + 1000),
+        true,
+    );
     let zstd_empty = object_record(HashAlgorithm::Blake3, b"", true);
-    let tomb = tombstone_record(HashAlgorithm::Blake3.hash(b"hello basin\n"), Position { pack: 7, offset: 48 });
+    let tomb = tombstone_record(
+        HashAlgorithm::Blake3.hash(b"hello basin\n"),
+        Position {
+            pack: 7,
+            offset: 48,
+        },
+    );
     let payload_of = |record: &[u8], raw_len: u64| {
         let (_, payload) = decode_record(record).expect("corpus record");
         let mut b = raw_len.to_le_bytes().to_vec();
@@ -142,13 +161,28 @@ fn build_corpus() -> Vec<(String, Vec<u8>)> {
         ("record-object-zstd-2frames.bin".into(), zstd_two.clone()),
         ("record-object-zstd-empty.bin".into(), zstd_empty),
         ("record-tombstone.bin".into(), tomb.clone()),
-        ("header-blake3.bin".into(), pack_header(HashAlgorithm::Blake3, 0)),
-        ("header-sha256.bin".into(), pack_header(HashAlgorithm::Sha256, u64::MAX >> 1)),
-        ("pack-sealed.bin".into(), pack(&[raw.clone(), zstd_one.clone(), empty.clone(), tomb.clone()], true)),
+        (
+            "header-blake3.bin".into(),
+            pack_header(HashAlgorithm::Blake3, 0),
+        ),
+        (
+            "header-sha256.bin".into(),
+            pack_header(HashAlgorithm::Sha256, u64::MAX >> 1),
+        ),
+        (
+            "pack-sealed.bin".into(),
+            pack(
+                &[raw.clone(), zstd_one.clone(), empty.clone(), tomb.clone()],
+                true,
+            ),
+        ),
         ("pack-sealed-empty.bin".into(), pack(&[], true)),
         ("pack-unsealed.bin".into(), pack(&[raw, tomb, empty], false)),
         ("frames-one.bin".into(), payload_of(&zstd_one, 4096)),
-        ("frames-two.bin".into(), payload_of(&zstd_two, FRAME_RAW_BYTES + 1000)),
+        (
+            "frames-two.bin".into(),
+            payload_of(&zstd_two, FRAME_RAW_BYTES + 1000),
+        ),
     ]
 }
 
@@ -163,13 +197,27 @@ fn load_corpus() -> Vec<(String, Target, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
         let path = entry.expect("corpus entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_string();
-        let target = Target::from_file_name(&name)
-            .unwrap_or_else(|| panic!("corpus file {name} has no known prefix (record-, header-, pack-, frames-)"));
-        out.push((name, target, std::fs::read(&path).expect("read corpus file")));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name")
+            .to_string();
+        let target = Target::from_file_name(&name).unwrap_or_else(|| {
+            panic!("corpus file {name} has no known prefix (record-, header-, pack-, frames-)")
+        });
+        out.push((
+            name,
+            target,
+            std::fs::read(&path).expect("read corpus file"),
+        ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 10, "corpus in {} is missing files: {}", dir.display(), out.len());
+    assert!(
+        out.len() >= 10,
+        "corpus in {} is missing files: {}",
+        dir.display(),
+        out.len()
+    );
     out
 }
 
@@ -187,25 +235,42 @@ fn corpus_files_still_parse_and_round_trip() {
                 assert_eq!(h.record_len(), bytes.len() as u64, "{name}: trailing bytes");
                 if h.kind == RecordKind::Object {
                     let content = if h.is_compressed() {
-                        assert_eq!(acc.frame_tables, 1, "{name}: frame table must parse: {acc:?}");
+                        assert_eq!(
+                            acc.frame_tables, 1,
+                            "{name}: frame table must parse: {acc:?}"
+                        );
                         decompress(payload, h.raw_len)
                     } else {
                         payload.to_vec()
                     };
                     assert_eq!(content.len() as u64, h.raw_len, "{name}: raw length");
-                    assert_eq!(h.hash.hash(&content), h.key, "{name}: content no longer hashes to its key");
+                    assert_eq!(
+                        h.hash.hash(&content),
+                        h.key,
+                        "{name}: content no longer hashes to its key"
+                    );
                 } else {
-                    assert_eq!(acc.tombstones, 1, "{name}: tombstone payload must parse: {acc:?}");
+                    assert_eq!(
+                        acc.tombstones, 1,
+                        "{name}: tombstone payload must parse: {acc:?}"
+                    );
                 }
             }
             Target::Header => assert_eq!(acc.pack_headers, 1, "{name}: {acc:?}"),
             Target::Pack => {
                 assert_eq!(acc.pack_headers, 1, "{name}: {acc:?}");
                 if name.contains("unsealed") {
-                    assert_eq!(acc.footers, 0, "{name}: an unsealed pack has no footer: {acc:?}");
+                    assert_eq!(
+                        acc.footers, 0,
+                        "{name}: an unsealed pack has no footer: {acc:?}"
+                    );
                     assert!(acc.records > 0, "{name}: records must walk: {acc:?}");
                 } else {
-                    assert_eq!((acc.footers, acc.tables), (1, 1), "{name}: footer and table: {acc:?}");
+                    assert_eq!(
+                        (acc.footers, acc.tables),
+                        (1, 1),
+                        "{name}: footer and table: {acc:?}"
+                    );
                 }
             }
             Target::Frames => assert_eq!(acc.frame_tables, 1, "{name}: {acc:?}"),
@@ -215,7 +280,8 @@ fn corpus_files_still_parse_and_round_trip() {
 
 /// Decompresses a frame-table payload the way a reader does: frame by frame, by the table.
 fn decompress(payload: &[u8], raw_len: u64) -> Vec<u8> {
-    let frames = basin_store::format::decode_frame_table(payload, payload.len() as u64, raw_len).expect("frames");
+    let frames = basin_store::format::decode_frame_table(payload, payload.len() as u64, raw_len)
+        .expect("frames");
     let mut out = Vec::new();
     for (offset, size) in frames {
         let frame = &payload[offset as usize..offset as usize + size as usize];
@@ -239,7 +305,10 @@ fn corpus_matches_the_encoders_for_uncompressed_files() {
             .iter()
             .find(|(n, _, _)| *n == name)
             .unwrap_or_else(|| panic!("corpus file {name} missing; run with BASIN_WRITE_CORPUS=1"));
-        assert!(*disk == bytes, "{name}: encoders now write different bytes than the checked-in fixture");
+        assert!(
+            *disk == bytes,
+            "{name}: encoders now write different bytes than the checked-in fixture"
+        );
     }
 }
 
@@ -438,19 +507,29 @@ impl Findings {
     /// Keeps the first example of each kind of finding (per corpus file and message shape), so
     /// one systematic bug does not hide the others.
     fn fail(&mut self, name: &str, input: &[u8], how: &str, what: &str) {
-        let class = format!("{name}: {}", what.split(['{', '(', '[']).next().unwrap_or(what));
+        let class = format!(
+            "{name}: {}",
+            what.split(['{', '(', '[']).next().unwrap_or(what)
+        );
         if let Some(seen) = self.failures.iter_mut().find(|f| f.0 == class) {
             seen.1 += 1;
             return;
         }
         let shown = &input[..input.len().min(160)];
-        let example = format!("[{how}] ({} bytes): {what}\n    input: {}", input.len(), hex::encode(shown));
+        let example = format!(
+            "[{how}] ({} bytes): {what}\n    input: {}",
+            input.len(),
+            hex::encode(shown)
+        );
         self.failures.push((class, 1, example));
     }
 
     fn report(&self) -> String {
-        let lines: Vec<String> =
-            self.failures.iter().map(|(class, n, example)| format!("{class} ({n} inputs)\n  e.g. {example}")).collect();
+        let lines: Vec<String> = self
+            .failures
+            .iter()
+            .map(|(class, n, example)| format!("{class} ({n} inputs)\n  e.g. {example}"))
+            .collect();
         lines.join("\n")
     }
 }
@@ -458,7 +537,11 @@ impl Findings {
 #[test]
 fn every_single_bit_flip_and_truncation_is_rejected_or_round_trips() {
     let corpus = load_corpus();
-    let mut f = Findings { failures: Vec::new(), accepted: Accepted::default(), inputs: 0 };
+    let mut f = Findings {
+        failures: Vec::new(),
+        accepted: Accepted::default(),
+        inputs: 0,
+    };
     for (name, target, bytes) in &corpus {
         if bytes.len() > 64 * 1024 {
             continue;
@@ -469,7 +552,12 @@ fn every_single_bit_flip_and_truncation_is_rejected_or_round_trips() {
                 m[at] ^= 1 << bit;
                 f.run(name, *target, &m, &format!("flip {at}.{bit}"));
                 fix_checksums(*target, &mut m);
-                f.run(name, *target, &m, &format!("flip {at}.{bit} + fixed checksums"));
+                f.run(
+                    name,
+                    *target,
+                    &m,
+                    &format!("flip {at}.{bit} + fixed checksums"),
+                );
             }
         }
         for len in 0..bytes.len() {
@@ -480,18 +568,32 @@ fn every_single_bit_flip_and_truncation_is_rejected_or_round_trips() {
     assert!(f.failures.is_empty(), "parser findings:\n{}", f.report());
     // With checksums recomputed, many flips land in fields the parsers accept (keys, offsets):
     // if none did, the mutator would be testing nothing but the checksum.
-    assert!(f.accepted.records > 100 && f.accepted.footers > 10, "mutants never got past the gates: {:?}", f.accepted);
+    assert!(
+        f.accepted.records > 100 && f.accepted.footers > 10,
+        "mutants never got past the gates: {:?}",
+        f.accepted
+    );
 }
 
 #[test]
 fn random_mutations_never_panic_and_accepted_bytes_round_trip() {
-    let seed = std::env::var("BASIN_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
-    let iters = std::env::var("BASIN_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_ITERS_PER_FILE);
+    let seed = std::env::var("BASIN_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
+    let iters = std::env::var("BASIN_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_ITERS_PER_FILE);
     println!("fuzz_records seed {seed} ({iters} mutants per corpus file; rerun with BASIN_FUZZ_SEED={seed})");
     let corpus = load_corpus();
     let donors: Vec<Vec<u8>> = corpus.iter().map(|c| c.2.clone()).collect();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut f = Findings { failures: Vec::new(), accepted: Accepted::default(), inputs: 0 };
+    let mut f = Findings {
+        failures: Vec::new(),
+        accepted: Accepted::default(),
+        inputs: 0,
+    };
     for (name, target, bytes) in &corpus {
         for i in 0..iters {
             let mut m = bytes.clone();
@@ -503,11 +605,20 @@ fn random_mutations_never_panic_and_accepted_bytes_round_trip() {
             // Feed it to the other parsers too: bytes on disk are not labelled.
             f.run(name, *target, &m, &format!("seed {seed} #{i}: {how}"));
             let other = Target::ALL[rng.random_range(0..Target::ALL.len())];
-            f.run(name, other, &m, &format!("seed {seed} #{i} as {other:?}: {how}"));
+            f.run(
+                name,
+                other,
+                &m,
+                &format!("seed {seed} #{i} as {other:?}: {how}"),
+            );
         }
     }
     println!("random: {} inputs, accepted {:?}", f.inputs, f.accepted);
-    assert!(f.failures.is_empty(), "parser findings (seed {seed}):\n{}", f.report());
+    assert!(
+        f.failures.is_empty(),
+        "parser findings (seed {seed}):\n{}",
+        f.report()
+    );
     assert!(
         f.accepted.records > 100 && f.accepted.frame_tables > 10 && f.accepted.tables > 10,
         "mutants never got past the gates: {:?}",

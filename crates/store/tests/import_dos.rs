@@ -13,7 +13,8 @@ fn fixture() -> PathBuf {
 }
 
 fn expected() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(fixture().with_extension("expected.json")).expect("manifest");
+    let text =
+        std::fs::read_to_string(fixture().with_extension("expected.json")).expect("manifest");
     serde_json::from_str(&text).expect("manifest json")
 }
 
@@ -33,7 +34,10 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn imports_every_object_with_the_same_keys_into_a_sha256_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = InitOptions { hash: HashAlgorithm::Sha256, ..InitOptions::default() };
+    let opts = InitOptions {
+        hash: HashAlgorithm::Sha256,
+        ..InitOptions::default()
+    };
     let store = Store::init(&dir.path().join("s"), &opts).expect("init");
     let m = store.maintenance(LockWait::Fail).expect("lock");
     let report = m.import_dos(&fixture(), &NoProgress).expect("import");
@@ -42,10 +46,18 @@ fn imports_every_object_with_the_same_keys_into_a_sha256_store() {
     assert!(report.corrupt.is_empty(), "{report:?}");
     for (hex, content) in &want {
         let key: Key = hex.parse().expect("key");
-        assert_eq!(store.get(&key).expect("imported object"), content.as_bytes(), "{hex}");
+        assert_eq!(
+            store.get(&key).expect("imported object"),
+            content.as_bytes(),
+            "{hex}"
+        );
     }
     let again = m.import_dos(&fixture(), &NoProgress).expect("import again");
-    assert_eq!(again.already_present, want.len() as u64, "a second import reads nothing: {again:?}");
+    assert_eq!(
+        again.already_present,
+        want.len() as u64,
+        "a second import reads nothing: {again:?}"
+    );
     assert!(m.validate(&NoProgress).expect("validate").is_ok());
 }
 
@@ -57,7 +69,10 @@ fn imports_into_a_blake3_store_by_content() {
     m.import_dos(&fixture(), &NoProgress).expect("import");
     for content in expected().values() {
         let key = HashAlgorithm::Blake3.hash(content.as_bytes());
-        assert_eq!(store.get(&key).expect("imported object"), content.as_bytes());
+        assert_eq!(
+            store.get(&key).expect("imported object"),
+            content.as_bytes()
+        );
     }
 }
 
@@ -69,7 +84,10 @@ fn damaged_source_objects_are_reported_and_skipped_not_imported() {
     // Damage one loose object and the last bytes of the pack (a zlib stream or a raw object).
     // The one object that is only loose (the others are also packed, and packed copies win).
     let only_loose = HashAlgorithm::Sha256.hash(b"loose after packing").to_hex();
-    let loose_victim = src.join("loose").join(&only_loose[..2]).join(&only_loose[2..]);
+    let loose_victim = src
+        .join("loose")
+        .join(&only_loose[..2])
+        .join(&only_loose[2..]);
     let mut bytes = std::fs::read(&loose_victim).expect("read");
     bytes[0] ^= 0xff;
     std::fs::write(&loose_victim, bytes).expect("write");
@@ -79,16 +97,30 @@ fn damaged_source_objects_are_reported_and_skipped_not_imported() {
     pack_bytes[n / 2] ^= 0xff;
     std::fs::write(&pack, pack_bytes).expect("write pack");
 
-    let opts = InitOptions { hash: HashAlgorithm::Sha256, ..InitOptions::default() };
+    let opts = InitOptions {
+        hash: HashAlgorithm::Sha256,
+        ..InitOptions::default()
+    };
     let store = Store::init(&dir.path().join("s"), &opts).expect("init");
     let m = store.maintenance(LockWait::Fail).expect("lock");
-    let report = m.import_dos(&src, &NoProgress).expect("import goes on past damaged objects");
-    assert!(report.corrupt.len() >= 2, "both damaged objects reported: {report:?}");
-    assert!(report.corrupt.iter().any(|c| c.contains(&only_loose)), "the loose victim is named: {report:?}");
+    let report = m
+        .import_dos(&src, &NoProgress)
+        .expect("import goes on past damaged objects");
+    assert!(
+        report.corrupt.len() >= 2,
+        "both damaged objects reported: {report:?}"
+    );
+    assert!(
+        report.corrupt.iter().any(|c| c.contains(&only_loose)),
+        "the loose victim is named: {report:?}"
+    );
     // Nothing wrong was imported: every object the store has matches its key.
     for key in store.list().expect("list") {
         let content = store.get(&key).expect("get");
         assert_eq!(HashAlgorithm::Sha256.hash(&content), key);
     }
-    assert_eq!(store.list().expect("list").len() as u64 + report.corrupt.len() as u64, report.objects);
+    assert_eq!(
+        store.list().expect("list").len() as u64 + report.corrupt.len() as u64,
+        report.objects
+    );
 }

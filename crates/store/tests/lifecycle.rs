@@ -4,8 +4,8 @@
 use std::io::{Read, Seek, SeekFrom};
 
 use basin_store::{
-    CleanOptions, Compression, InitOptions, Key, LockWait, NoProgress, PackOptions, PackSelection, RepackOptions, Source,
-    Store,
+    CleanOptions, Compression, InitOptions, Key, LockWait, NoProgress, PackOptions, PackSelection,
+    RepackOptions, Source, Store,
 };
 
 fn content(i: u64, len: usize) -> Vec<u8> {
@@ -21,7 +21,11 @@ fn content(i: u64, len: usize) -> Vec<u8> {
 }
 
 fn small_store(dir: &std::path::Path, compression: Compression) -> Store {
-    let opts = InitOptions { pack_size_target_bytes: 64 << 10, compression, ..InitOptions::default() };
+    let opts = InitOptions {
+        pack_size_target_bytes: 64 << 10,
+        compression,
+        ..InitOptions::default()
+    };
     Store::init(&dir.join("s"), &opts).expect("init")
 }
 
@@ -36,10 +40,15 @@ fn deleted_objects_stay_deleted_across_rebuild_and_repack() {
         })
         .collect();
     let m = store.maintenance(LockWait::Fail).expect("lock");
-    let report = m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+    let report = m
+        .pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack");
     assert_eq!(report.packed, 200);
     assert_eq!(report.loose_removed, 200);
-    assert!(store.stats().expect("stats").pack_files > 3, "small target must roll over into several packs");
+    assert!(
+        store.stats().expect("stats").pack_files > 3,
+        "small target must roll over into several packs"
+    );
 
     let doomed: Vec<Key> = objects.iter().step_by(3).map(|(k, _)| *k).collect();
     let existed = m.delete(&doomed).expect("delete");
@@ -49,7 +58,11 @@ fn deleted_objects_stay_deleted_across_rebuild_and_repack() {
     }
     // Re-add one deleted object: the later record must win over the earlier tombstone.
     let (readded, readded_content) = &objects[0];
-    let _ = m.write_packed(&mut std::iter::once(Ok(Source::Bytes(readded_content.clone()))), &PackOptions::default(), &NoProgress);
+    let _ = m.write_packed(
+        &mut std::iter::once(Ok(Source::Bytes(readded_content.clone()))),
+        &PackOptions::default(),
+        &NoProgress,
+    );
 
     let check = |store: &Store, when: &str| {
         for (i, (k, c)) in objects.iter().enumerate() {
@@ -71,8 +84,13 @@ fn deleted_objects_stay_deleted_across_rebuild_and_repack() {
     assert!(rb.unreadable_packs.is_empty(), "{:?}", rb.unreadable_packs);
     check(&store, "after rebuild");
 
-    let rp = m.repack(&RepackOptions::default(), &NoProgress).expect("repack");
-    assert!(rp.packs_rewritten > 0, "a third deleted must exceed the garbage threshold: {rp:?}");
+    let rp = m
+        .repack(&RepackOptions::default(), &NoProgress)
+        .expect("repack");
+    assert!(
+        rp.packs_rewritten > 0,
+        "a third deleted must exceed the garbage threshold: {rp:?}"
+    );
     check(&store, "after repack");
     m.rebuild_index(&NoProgress).expect("rebuild 2");
     check(&store, "after repack + rebuild");
@@ -95,19 +113,25 @@ fn large_streamed_compressed_object_seeks_without_materialising() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = small_store(dir.path(), Compression::Zstd { level: 1 });
     // 3.5 MiB of compressible data crosses several 1 MiB frames.
-    let raw: Vec<u8> = (0..(3_500_000u32)).map(|i| ((i / 7) % 251) as u8).collect();
+    let raw: Vec<u8> = (0..3_500_000u32).map(|i| ((i / 7) % 251) as u8).collect();
     let m = store.maintenance(LockWait::Fail).expect("lock");
     let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(raw.clone()));
     let keys = m
         .write_packed(
-            &mut std::iter::once(Ok(Source::Reader { reader, size_hint: 1 << 30 })),
+            &mut std::iter::once(Ok(Source::Reader {
+                reader,
+                size_hint: 1 << 30,
+            })),
             &PackOptions::default(),
             &NoProgress,
         )
         .expect("write");
     let key = keys[0];
     let meta = store.meta(&key).expect("meta").expect("present");
-    assert!(meta.compressed && meta.stored_size < raw.len() as u64 / 5, "{meta:?}");
+    assert!(
+        meta.compressed && meta.stored_size < raw.len() as u64 / 5,
+        "{meta:?}"
+    );
     assert_eq!(store.get(&key).expect("get"), raw);
     let mut r = store.open_object(&key).expect("open");
     for &at in &[3_400_000u64, 10, 1_048_570, 2_097_160, 0] {
@@ -115,21 +139,39 @@ fn large_streamed_compressed_object_seeks_without_materialising() {
         let mut buf = vec![0u8; 5000];
         let n = r.read(&mut buf).expect("read");
         assert!(n > 0);
-        assert_eq!(&buf[..n], &raw[at as usize..at as usize + n], "bytes at {at}");
+        assert_eq!(
+            &buf[..n],
+            &raw[at as usize..at as usize + n],
+            "bytes at {at}"
+        );
     }
     r.seek(SeekFrom::End(-3)).expect("seek end");
     let mut tail = Vec::new();
     r.read_to_end(&mut tail).expect("tail");
     assert_eq!(tail, raw[raw.len() - 3..]);
-    assert_eq!(store.read_range(&key, 1_000_000, 100_000).expect("range"), raw[1_000_000..1_100_000]);
+    assert_eq!(
+        store.read_range(&key, 1_000_000, 100_000).expect("range"),
+        raw[1_000_000..1_100_000]
+    );
     // Writing it again deduplicates, also when streamed.
     let again: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(raw.clone()));
     let before = store.stats().expect("stats").pack_file_bytes;
     let k2 = m
-        .write_packed(&mut std::iter::once(Ok(Source::Reader { reader: again, size_hint: 1 << 30 })), &PackOptions::default(), &NoProgress)
+        .write_packed(
+            &mut std::iter::once(Ok(Source::Reader {
+                reader: again,
+                size_hint: 1 << 30,
+            })),
+            &PackOptions::default(),
+            &NoProgress,
+        )
         .expect("write again");
     assert_eq!(k2[0], key);
-    assert_eq!(store.stats().expect("stats").pack_file_bytes, before, "duplicate must leave no bytes behind");
+    assert_eq!(
+        store.stats().expect("stats").pack_file_bytes,
+        before,
+        "duplicate must leave no bytes behind"
+    );
     assert!(m.validate(&NoProgress).expect("validate").is_ok());
 }
 
@@ -143,7 +185,8 @@ fn backup_is_a_consistent_store_and_incremental() {
         all.push((store.put(&c).expect("put"), c));
     }
     let m = store.maintenance(LockWait::Fail).expect("lock");
-    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack");
     for i in 50..60 {
         let c = content(i, 500);
         all.push((store.put(&c).expect("put"), c));
@@ -152,7 +195,11 @@ fn backup_is_a_consistent_store_and_incremental() {
     let r1 = m.backup(&dest, &NoProgress).expect("backup");
     assert_eq!(r1.loose_copied, 10);
     let r2 = m.backup(&dest, &NoProgress).expect("backup again");
-    assert_eq!((r2.loose_copied, r2.packs_copied), (0, 0), "second run copies nothing: {r2:?}");
+    assert_eq!(
+        (r2.loose_copied, r2.packs_copied),
+        (0, 0),
+        "second run copies nothing: {r2:?}"
+    );
     let b = Store::open(&dest).expect("open backup");
     for (k, c) in &all {
         assert_eq!(&b.get(k).expect("get from backup"), c);
@@ -164,17 +211,30 @@ fn backup_is_a_consistent_store_and_incremental() {
     // Import into a store with another hash: same contents, new keys.
     let other = Store::init(
         &dir.path().join("other"),
-        &InitOptions { hash: basin_store::HashAlgorithm::Sha256, ..InitOptions::default() },
+        &InitOptions {
+            hash: basin_store::HashAlgorithm::Sha256,
+            ..InitOptions::default()
+        },
     )
     .expect("init other");
     let om = other.maintenance(LockWait::Fail).expect("lock other");
-    let rep = om.import_store(&dir.path().join("s"), &NoProgress).expect("import");
+    let rep = om
+        .import_store(&dir.path().join("s"), &NoProgress)
+        .expect("import");
     assert_eq!(rep.objects, 60);
     for (_, c) in &all {
         let k = basin_store::HashAlgorithm::Sha256.hash(c);
         assert_eq!(&other.get(&k).expect("imported"), c);
     }
-    let cr = m.clean(&CleanOptions { sandbox_grace: std::time::Duration::ZERO, ..CleanOptions::default() }, &NoProgress).expect("clean");
+    let cr = m
+        .clean(
+            &CleanOptions {
+                sandbox_grace: std::time::Duration::ZERO,
+                ..CleanOptions::default()
+            },
+            &NoProgress,
+        )
+        .expect("clean");
     assert_eq!(cr.sandbox_removed, 0, "{cr:?}");
 }
 
@@ -183,25 +243,51 @@ fn objects_larger_than_memory_paths_go_through_pack_repack_validate_and_rebuild(
     let dir = tempfile::tempdir().expect("tempdir");
     for compression in [Compression::None, Compression::Zstd { level: 1 }] {
         let root = dir.path().join(format!("{compression}").replace(':', "-"));
-        let store = Store::init(&root, &InitOptions { compression, ..InitOptions::default() }).expect("init");
+        let store = Store::init(
+            &root,
+            &InitOptions {
+                compression,
+                ..InitOptions::default()
+            },
+        )
+        .expect("init");
         // 20 MiB: above the 16 MiB in-memory limit of packing, repack and validate.
-        let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let big: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let key = store.put_reader(&mut &big[..]).expect("put");
         let corrupt_victim = store.put(b"small neighbour").expect("put small");
         let m = store.maintenance(LockWait::Fail).expect("lock");
-        let r = m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+        let r = m
+            .pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+            .expect("pack");
         assert_eq!((r.packed, r.corrupt.len()), (2, 0), "{r:?}");
         assert_eq!(store.get(&key).expect("get"), big);
         m.delete(&[corrupt_victim]).expect("delete");
-        let rp = m.repack(&RepackOptions { all: true, ..RepackOptions::default() }, &NoProgress).expect("repack");
+        let rp = m
+            .repack(
+                &RepackOptions {
+                    all: true,
+                    ..RepackOptions::default()
+                },
+                &NoProgress,
+            )
+            .expect("repack");
         assert_eq!(rp.objects_moved, 1, "{rp:?}");
         let v = m.validate(&NoProgress).expect("validate");
         assert!(v.is_ok(), "{compression}: {:?}", v.problems);
         m.rebuild_index(&NoProgress).expect("rebuild");
         let mut back = Vec::new();
-        store.open_object(&key).expect("open").read_to_end(&mut back).expect("read");
+        store
+            .open_object(&key)
+            .expect("open")
+            .read_to_end(&mut back)
+            .expect("read");
         assert!(back == big, "{compression}: streamed read differs");
-        assert!(store.get(&corrupt_victim).expect_err("deleted").is_not_found());
+        assert!(store
+            .get(&corrupt_victim)
+            .expect_err("deleted")
+            .is_not_found());
     }
 }
 
@@ -210,9 +296,12 @@ fn an_index_file_of_garbage_is_set_aside_and_rebuilt_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("s");
     let store = Store::init(&root, &InitOptions::default()).expect("init");
-    let keys: Vec<Key> = (0..20).map(|i| store.put(&content(i, 300)).expect("put")).collect();
+    let keys: Vec<Key> = (0..20)
+        .map(|i| store.put(&content(i, 300)).expect("put"))
+        .collect();
     let m = store.maintenance(LockWait::Fail).expect("lock");
-    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress).expect("pack");
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack");
     drop(m);
     drop(store);
     for suffix in ["-wal", "-shm"] {
@@ -225,7 +314,10 @@ fn an_index_file_of_garbage_is_set_aside_and_rebuilt_at_open() {
     }
     let broken = std::fs::read_dir(&root)
         .expect("list")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().contains(".broken-")))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains(".broken-"))
+        })
         .count();
     assert_eq!(broken, 1, "the broken index is kept aside for inspection");
 }

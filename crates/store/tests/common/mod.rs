@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use basin_store::format::{
-    decode_record, Footer, PackHeader, RecordHeader, FOOTER_BYTES, PACK_HEADER_BYTES, RECORD_HEADER_BYTES,
+    decode_record, Footer, PackHeader, RecordHeader, FOOTER_BYTES, PACK_HEADER_BYTES,
+    RECORD_HEADER_BYTES,
 };
-use basin_store::{Compression, HashAlgorithm, InitOptions, Key, LockWait, NoProgress, Progress, Store, Unit};
+use basin_store::{
+    Compression, HashAlgorithm, InitOptions, Key, LockWait, NoProgress, Progress, Store, Unit,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -40,7 +43,10 @@ impl TestStore {
 pub const SMALL_PACK_BYTES: u64 = 4096;
 
 pub fn small_opts() -> InitOptions {
-    InitOptions { pack_size_target_bytes: SMALL_PACK_BYTES, ..InitOptions::default() }
+    InitOptions {
+        pack_size_target_bytes: SMALL_PACK_BYTES,
+        ..InitOptions::default()
+    }
 }
 
 pub fn new_store(opts: &InitOptions) -> TestStore {
@@ -90,8 +96,12 @@ pub fn absent_key(n: u64) -> Key {
 
 pub fn pack_all(store: &Store) -> basin_store::PackReport {
     let m = store.maintenance(LockWait::Fail).expect("maintenance lock");
-    m.pack_loose(&basin_store::PackSelection::All, &basin_store::PackOptions::default(), &NoProgress)
-        .expect("pack_loose")
+    m.pack_loose(
+        &basin_store::PackSelection::All,
+        &basin_store::PackOptions::default(),
+        &NoProgress,
+    )
+    .expect("pack_loose")
 }
 
 pub fn validate(store: &Store) -> basin_store::ValidationReport {
@@ -102,20 +112,36 @@ pub fn validate(store: &Store) -> basin_store::ValidationReport {
 pub fn assert_valid(store: &Store) {
     let r = validate(store);
     let problems: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
-    assert!(r.is_ok(), "validate found problems:\n{}", problems.join("\n"));
+    assert!(
+        r.is_ok(),
+        "validate found problems:\n{}",
+        problems.join("\n")
+    );
 }
 
-pub fn write_packed(store: &Store, contents: &[Vec<u8>], compression: Option<Compression>) -> Vec<Key> {
+pub fn write_packed(
+    store: &Store,
+    contents: &[Vec<u8>],
+    compression: Option<Compression>,
+) -> Vec<Key> {
     let m = store.maintenance(LockWait::Fail).expect("maintenance lock");
-    let mut it = contents.iter().map(|c| Ok(basin_store::Source::Bytes(c.clone())));
-    let opts = basin_store::PackOptions { compression, validate: true };
-    m.write_packed(&mut it, &opts, &NoProgress).expect("write_packed")
+    let mut it = contents
+        .iter()
+        .map(|c| Ok(basin_store::Source::Bytes(c.clone())));
+    let opts = basin_store::PackOptions {
+        compression,
+        validate: true,
+    };
+    m.write_packed(&mut it, &opts, &NoProgress)
+        .expect("write_packed")
 }
 
 /// Files directly inside `dir` (recursively), relative names sorted; empty when absent.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else { return out };
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -171,7 +197,8 @@ pub struct PackLayout {
 
 pub fn read_pack(path: &Path) -> PackLayout {
     let b = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let header = PackHeader::decode(&b).unwrap_or_else(|e| panic!("{}: pack header: {e}", path.display()));
+    let header =
+        PackHeader::decode(&b).unwrap_or_else(|e| panic!("{}: pack header: {e}", path.display()));
     let len = b.len() as u64;
     let footer = (b.len() >= FOOTER_BYTES)
         .then(|| Footer::decode(&b[b.len() - FOOTER_BYTES..], len).ok())
@@ -183,16 +210,29 @@ pub fn read_pack(path: &Path) -> PackLayout {
     while at < records_end {
         let (h, _) = decode_record(&b[at as usize..records_end as usize])
             .unwrap_or_else(|e| panic!("{}: record at {at}: {e}", path.display()));
-        records.push(RecordAt { offset: at, header: h });
+        records.push(RecordAt {
+            offset: at,
+            header: h,
+        });
         at += h.record_len();
     }
-    PackLayout { header, records, footer, file_len: len }
+    PackLayout {
+        header,
+        records,
+        footer,
+        file_len: len,
+    }
 }
 
 /// XORs `mask` into the byte at `offset` of `path`.
 pub fn flip_byte(path: &Path, offset: u64, mask: u8) {
     let mut b = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert!((offset as usize) < b.len(), "{}: offset {offset} past the end ({})", path.display(), b.len());
+    assert!(
+        (offset as usize) < b.len(),
+        "{}: offset {offset} past the end ({})",
+        path.display(),
+        b.len()
+    );
     b[offset as usize] ^= mask;
     fs::write(path, b).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
@@ -211,7 +251,9 @@ pub fn loose_file(store: &Store, key: &Key) -> PathBuf {
 
 /// Number of open file descriptors of this process.
 pub fn open_fds() -> usize {
-    fs::read_dir("/proc/self/fd").map(|rd| rd.count()).unwrap_or(0)
+    fs::read_dir("/proc/self/fd")
+        .map(|rd| rd.count())
+        .unwrap_or(0)
 }
 
 /// Progress that records every call, to check that phases balance and totals add up.
@@ -222,20 +264,37 @@ pub struct RecordingProgress {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProgressEvent {
-    Start { phase: String, total: Option<u64>, unit: Unit },
+    Start {
+        phase: String,
+        total: Option<u64>,
+        unit: Unit,
+    },
     Advance(u64),
     Finish,
 }
 
 impl Progress for RecordingProgress {
     fn start(&self, phase: &str, total: Option<u64>, unit: Unit) {
-        self.events.lock().expect("events").push(ProgressEvent::Start { phase: phase.to_string(), total, unit });
+        self.events
+            .lock()
+            .expect("events")
+            .push(ProgressEvent::Start {
+                phase: phase.to_string(),
+                total,
+                unit,
+            });
     }
     fn advance(&self, n: u64) {
-        self.events.lock().expect("events").push(ProgressEvent::Advance(n));
+        self.events
+            .lock()
+            .expect("events")
+            .push(ProgressEvent::Advance(n));
     }
     fn finish(&self) {
-        self.events.lock().expect("events").push(ProgressEvent::Finish);
+        self.events
+            .lock()
+            .expect("events")
+            .push(ProgressEvent::Finish);
     }
 }
 
@@ -250,17 +309,27 @@ impl RecordingProgress {
         for e in &events {
             match e {
                 ProgressEvent::Start { phase, total, .. } => {
-                    assert!(open.is_none(), "phase {phase} starts inside {open:?}: {events:?}");
+                    assert!(
+                        open.is_none(),
+                        "phase {phase} starts inside {open:?}: {events:?}"
+                    );
                     open = Some((phase.clone(), *total, 0));
                 }
                 ProgressEvent::Advance(n) => {
-                    let Some(o) = open.as_mut() else { panic!("advance outside a phase: {events:?}") };
+                    let Some(o) = open.as_mut() else {
+                        panic!("advance outside a phase: {events:?}")
+                    };
                     o.2 += n;
                 }
                 ProgressEvent::Finish => {
-                    let Some((phase, total, done)) = open.take() else { panic!("finish without start: {events:?}") };
+                    let Some((phase, total, done)) = open.take() else {
+                        panic!("finish without start: {events:?}")
+                    };
                     if let Some(t) = total {
-                        assert_eq!(done, t, "phase {phase} announced {t} units but advanced {done}");
+                        assert_eq!(
+                            done, t,
+                            "phase {phase} announced {t} units but advanced {done}"
+                        );
                     }
                     out.push((phase, done));
                 }

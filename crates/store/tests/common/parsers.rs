@@ -6,9 +6,9 @@
 //! callers catch it. This file depends on `basin_store` and `std` only.
 
 use basin_store::format::{
-    decode_frame_table, decode_record, decode_table, decode_tombstone, encode_frame_table, encode_record,
-    encode_table, encode_tombstone, Footer, PackHeader, RecordHeader, RecordKind, FOOTER_BYTES, PACK_HEADER_BYTES,
-    RECORD_HEADER_BYTES,
+    decode_frame_table, decode_record, decode_table, decode_tombstone, encode_frame_table,
+    encode_record, encode_table, encode_tombstone, Footer, PackHeader, RecordHeader, RecordKind,
+    FOOTER_BYTES, PACK_HEADER_BYTES, RECORD_HEADER_BYTES,
 };
 
 /// Which parsers an input is meant for. The corpus file name prefix (`record-`, `header-`,
@@ -85,7 +85,12 @@ pub fn check(target: Target, bytes: &[u8]) -> Result<Accepted, String> {
                 let mut raw = [0u8; 8];
                 raw.copy_from_slice(&bytes[..8]);
                 let payload = &bytes[8..];
-                check_frames(payload, payload.len() as u64, u64::from_le_bytes(raw), &mut acc)?;
+                check_frames(
+                    payload,
+                    payload.len() as u64,
+                    u64::from_le_bytes(raw),
+                    &mut acc,
+                )?;
             }
         }
     }
@@ -97,7 +102,9 @@ fn check_pack_header(b: &[u8], acc: &mut Accepted) -> Result<(), String> {
         acc.pack_headers += 1;
         let again = h.encode();
         if b.get(..PACK_HEADER_BYTES) != Some(&again[..]) {
-            return Err(format!("PackHeader accepted {h:?} but re-encodes differently"));
+            return Err(format!(
+                "PackHeader accepted {h:?} but re-encodes differently"
+            ));
         }
     }
     Ok(())
@@ -109,7 +116,9 @@ fn check_record(b: &[u8], acc: &mut Accepted) -> Result<Option<u64>, String> {
         acc.record_headers += 1;
         let again = h.encode();
         if b.get(..RECORD_HEADER_BYTES) != Some(&again[..]) {
-            return Err(format!("RecordHeader accepted {h:?} but re-encodes differently"));
+            return Err(format!(
+                "RecordHeader accepted {h:?} but re-encodes differently"
+            ));
         }
     }
     let (h, payload) = match decode_record(b) {
@@ -118,20 +127,30 @@ fn check_record(b: &[u8], acc: &mut Accepted) -> Result<Option<u64>, String> {
     };
     acc.records += 1;
     if payload.len() as u64 != h.stored_len {
-        return Err(format!("decode_record returned {} payload bytes for stored_len {}", payload.len(), h.stored_len));
+        return Err(format!(
+            "decode_record returned {} payload bytes for stored_len {}",
+            payload.len(),
+            h.stored_len
+        ));
     }
     let mut again = Vec::new();
     encode_record(&h, payload, &mut again);
     if b.get(..again.len()) != Some(&again[..]) || again.len() as u64 != h.record_len() {
-        return Err(format!("decode_record accepted {h:?} but re-encodes differently"));
+        return Err(format!(
+            "decode_record accepted {h:?} but re-encodes differently"
+        ));
     }
     match h.kind {
-        RecordKind::Object if h.is_compressed() => check_frames(payload, h.stored_len, h.raw_len, acc)?,
+        RecordKind::Object if h.is_compressed() => {
+            check_frames(payload, h.stored_len, h.raw_len, acc)?
+        }
         RecordKind::Tombstone => {
             if let Ok(pos) = decode_tombstone(payload) {
                 acc.tombstones += 1;
                 if encode_tombstone(pos)[..] != *payload {
-                    return Err(format!("tombstone {pos:?} accepted but re-encodes differently"));
+                    return Err(format!(
+                        "tombstone {pos:?} accepted but re-encodes differently"
+                    ));
                 }
             }
         }
@@ -140,7 +159,12 @@ fn check_record(b: &[u8], acc: &mut Accepted) -> Result<Option<u64>, String> {
     Ok(Some(h.record_len()))
 }
 
-fn check_frames(payload: &[u8], stored_len: u64, raw_len: u64, acc: &mut Accepted) -> Result<(), String> {
+fn check_frames(
+    payload: &[u8],
+    stored_len: u64,
+    raw_len: u64,
+    acc: &mut Accepted,
+) -> Result<(), String> {
     let frames = match decode_frame_table(payload, stored_len, raw_len) {
         Ok(f) => f,
         Err(_) => return Ok(()),
@@ -150,18 +174,25 @@ fn check_frames(payload: &[u8], stored_len: u64, raw_len: u64, acc: &mut Accepte
     let mut table = Vec::new();
     encode_frame_table(&sizes, &mut table);
     if !payload.ends_with(&table) {
-        return Err(format!("frame table {frames:?} accepted but re-encodes differently"));
+        return Err(format!(
+            "frame table {frames:?} accepted but re-encodes differently"
+        ));
     }
     // The frames must tile the payload before the table: a reader seeks by these numbers.
     let mut at = 0u64;
     for &(offset, size) in &frames {
         if offset != at {
-            return Err(format!("frame table {frames:?}: frame at {offset}, expected {at}"));
+            return Err(format!(
+                "frame table {frames:?}: frame at {offset}, expected {at}"
+            ));
         }
         at += u64::from(size);
     }
     if at + table.len() as u64 != stored_len {
-        return Err(format!("frame table {frames:?} covers {at} + {} bytes of {stored_len}", table.len()));
+        return Err(format!(
+            "frame table {frames:?} covers {at} + {} bytes of {stored_len}",
+            table.len()
+        ));
     }
     Ok(())
 }
@@ -182,11 +213,16 @@ fn check_pack(b: &[u8], acc: &mut Accepted) -> Result<(), String> {
             let table = usize::try_from(f.table_offset)
                 .ok()
                 .and_then(|start| b.get(start..b.len() - FOOTER_BYTES))
-                .ok_or_else(|| format!("footer {f:?} accepted for a {len}-byte pack but its table is outside"))?;
+                .ok_or_else(|| {
+                    format!("footer {f:?} accepted for a {len}-byte pack but its table is outside")
+                })?;
             if let Ok(entries) = decode_table(table, &f) {
                 acc.tables += 1;
                 if encode_table(&entries) != table {
-                    return Err(format!("table of {} entries accepted but re-encodes differently", entries.len()));
+                    return Err(format!(
+                        "table of {} entries accepted but re-encodes differently",
+                        entries.len()
+                    ));
                 }
             }
             records_end = f.table_offset;
@@ -195,7 +231,9 @@ fn check_pack(b: &[u8], acc: &mut Accepted) -> Result<(), String> {
     // Walk the records the way rebuild_index would: from the header to the table (or EOF).
     let mut offset = PACK_HEADER_BYTES as u64;
     while offset < records_end {
-        let Some(rest) = b.get(offset as usize..records_end as usize) else { break };
+        let Some(rest) = b.get(offset as usize..records_end as usize) else {
+            break;
+        };
         match check_record(rest, acc)? {
             Some(n) => offset += n,
             None => break,
