@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dos_workload import read_data  # noqa: E402  (the data file format lives there)
 
@@ -104,8 +105,8 @@ def git_anchor(work: Path, blobs: list[bytes], order: list[int]) -> dict:
     expected = sum(len(blobs[i]) for i in order)
     if len(out) < expected or b' missing' in out:
         raise SystemExit('git cat-file --batch did not return every blob')
-    catfile_seconds = min(run_timed(['git', '-C', str(repo), 'cat-file', '--batch'], stdin_path=batch_input)
-                          for _ in range(3))
+    catfile_seconds = statistics.median(
+        run_timed(['git', '-C', str(repo), 'cat-file', '--batch'], stdin_path=batch_input) for _ in range(3))
     pack_bytes = sum(p.stat().st_size for p in (repo / 'objects' / 'pack').glob('*.pack'))
     shutil.rmtree(repo)
     stream.unlink()
@@ -142,7 +143,7 @@ def main() -> None:
     result['cold_read_s'] = dd_read_seconds(target) if refusal is None else None
     result['cold_read_note'] = refusal or 'caches dropped'
     dd_read_seconds(target)
-    result['warm_read_s'] = min(dd_read_seconds(target) for _ in range(3))
+    result['warm_read_s'] = statistics.median(dd_read_seconds(target) for _ in range(3))
     target.unlink()
     if not args.no_git:
         result['git'] = git_anchor(work, blobs, c_order)

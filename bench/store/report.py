@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 TEN_X = 10.0
@@ -23,7 +24,20 @@ BIG_RSS_MB_MAX = 100.0
 
 
 def load(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding='utf8')) if path.exists() else None
+    """One result file, or the per-step median of its repeated runs (`name.1.json`, `name.2.json`, ...)."""
+    runs = sorted(path.parent.glob(f'{path.stem}.*.json'))
+    if not runs:
+        return json.loads(path.read_text(encoding='utf8')) if path.exists() else None
+    results = [json.loads(p.read_text(encoding='utf8')) for p in runs]
+    merged = dict(results[0])
+    merged['runs'] = len(results)
+    merged['steps'] = {}
+    for name, first in results[0].get('steps', {}).items():
+        seconds = [r['steps'][name]['seconds'] for r in results if name in r.get('steps', {})]
+        merged['steps'][name] = dict(first, seconds=statistics.median(seconds), min_s=min(seconds),
+                                     max_s=max(seconds))
+    merged['maxrss_mb'] = max(r.get('maxrss_mb', 0) for r in results)
+    return merged
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -62,7 +76,8 @@ class Table:
                   limit_s: float | None, extra: tuple[str, float] | None = None) -> None:
         """Target: basin at least `factor` times faster than dos (and no slower than `extra`, if given)."""
         if dos_s is None or basin_s is None:
-            self.row(label, dos_s, basin_s, f'≥{factor:.0f}×', None, limit_s)
+            # no basin figure (its scenario failed) is a miss; no dos figure cannot be judged
+            self.row(label, dos_s, basin_s, f'≥{factor:.0f}×', False if basin_s is None else None, limit_s)
             return
         met = dos_s / basin_s >= factor
         target = f'≥{factor:.0f}×'
@@ -78,7 +93,7 @@ class Table:
             self.speed_row(label, dos_s, basin_s, TEN_X, limit_s)
             return
         bound = LIMIT_SLACK * limit_s
-        met = None if basin_s is None else basin_s <= bound
+        met = basin_s is not None and basin_s <= bound
         why = '10× is past the limit' if dos_s is not None else 'no dos figure'
         self.row(label, dos_s, basin_s, f'≤{LIMIT_SLACK}× limit ({fmt_s(bound)} s; {why})', met, limit_s)
 
@@ -100,12 +115,14 @@ def build(results: Path) -> str:
     basin_m = load(results / 'basin_million.json')
     dos_m = load(results / 'dos_million.json')
     big = load(results / 'basin_big.json')
-    if not (dos and basin and limits):
-        raise SystemExit(f'{results}: dos.json, basin.json and limits.json are needed')
+    if not (dos and limits):
+        raise SystemExit(f'{results}: dos.json and limits.json are needed')
+    # A failed basin scenario leaves its JSON absent: its rows then show '–' and count as missed.
+    basin = basin or {'steps': {}, 'failed': True}
     t = Table(limits)
-    n = basin['steps']['a_loose_write']['objects']
+    n = dos['steps']['a_loose_write']['objects']
     payload = limits['payload_bytes']
-    payload2 = step_bytes(basin, 'd_write_packed')
+    payload2 = step_bytes(dos, 'd_write_packed')
     git = limits.get('git') or {}
     catfile = git.get('cat_file_batch_s')
 
@@ -125,7 +142,7 @@ def build(results: Path) -> str:
           t.write_limit(payload))
     t.row('b2. remove packed loose copies (dos: clean_storage; basin: inside b)', dos_b2, basin_b2, 'info', None,
           None)
-    basin_pack = basin_b + (basin_b2 or 0.0)
+    basin_pack = None if basin_b is None else basin_b + (basin_b2 or 0.0)
     t.durable_row('b+b2. pack loose, loose copies gone', dos_b + dos_b2, basin_pack, t.write_limit(payload))
     t.speed_row('c. random single reads, packed', step(dos, 'c_read_packed'), step(basin, 'c_read_packed'),
                 READ_X, t.read_limit(payload), ('git cat-file --batch', catfile) if catfile else None)
@@ -137,10 +154,10 @@ def build(results: Path) -> str:
     t.durable_row(f'd. write_packed ×{n} new (direct to pack)', step(dos, 'd_write_packed'),
                   step(basin, 'd_write_packed'), t.write_limit(payload2))
     t.speed_row(f'e. validate ({2 * n} objects)', step(dos, 'e_validate'), step(basin, 'e_validate'), TEN_X,
-                t.read_limit(step_bytes(basin, 'e_validate')))
+                t.read_limit(step_bytes(dos, 'e_validate')))
     t.speed_row('f1. delete 10 %', step(dos, 'f1_delete'), step(basin, 'f1_delete'), TEN_X, None)
     t.durable_row('f2. repack --all', step(dos, 'f2_repack'), step(basin, 'f2_repack'),
-                  t.write_limit(step_bytes(basin, 'f2_repack')))
+                  t.write_limit(step_bytes(dos, 'f2_repack')))
     t.speed_row('f3. clean with vacuum', step(dos, 'f3_clean_vacuum'), step(basin, 'f3_clean_vacuum'), TEN_X, None)
 
     if basin_m:
@@ -163,8 +180,9 @@ def build(results: Path) -> str:
         t.rows.append(f"| {label} (B/object, not s) | {theirs_text} | {ours:.1f} | – | ≤{INDEX_BYTES_MAX:.0f} B/object | "
                       f"{'yes' if met else '**no**'} | – |")
 
-    index_row(f"index bytes per object, {basin['sizes']['objects']} objects after f3", dos.get('sizes'),
-              basin['sizes'])
+    if 'sizes' in basin:
+        index_row(f"index bytes per object, {basin['sizes']['objects']} objects after f3", dos.get('sizes'),
+                  basin['sizes'])
     if basin_m:
         index_row(f"index bytes per object, {basin_m['sizes']['objects']:,} small objects",
                   (dos_m or {}).get('sizes'), basin_m['sizes'])
@@ -183,7 +201,10 @@ def build(results: Path) -> str:
         t.rows.append(f'| big: peak RSS of put + read (MB, not s) | – | {rss:.1f} | – | <{BIG_RSS_MB_MAX:.0f} MB | '
                       f"{'yes' if met else '**no**'} | – |")
 
-    lines = ['| step | dos s | basin s | ratio (dos/basin) | target | met? | basin vs limit (×) |',
+    runs = max(dos.get('runs', 1), basin.get('runs', 1))
+    lines = [f'Workload rows a–f: median of {runs} interleaved runs per side.' if runs > 1 else
+             'Workload rows a–f: one run per side.', '',
+             '| step | dos s | basin s | ratio (dos/basin) | target | met? | basin vs limit (×) |',
              '|---|---:|---:|---:|---|---|---:|', *t.rows, '']
     mb = payload / 1e6
     lines.append(f'Limits for the same bytes ({n} objects, {mb:.1f} MB payload; other sizes scaled by bytes unless '
@@ -197,16 +218,24 @@ def build(results: Path) -> str:
         if name != 'payload':
             size = limits['sizes'][name]
             lines.append(f'- dd conv=fdatasync of {name} ({size / 1e6:.1f} MB): {fmt_s(seconds)} s')
+    def times_of(basin_s: float | None, anchor_s: float) -> str:
+        return f'{basin_s / anchor_s:.2f}×' if basin_s is not None else '–'
+
     if git:
         lines.append(f"git anchor ({git.get('git', 'git')}, core/pack.compression 0): fast-import of the same "
                      f"{git['blobs']} blobs {fmt_s(git['fast_import_s'])} s (basin a: "
-                     f"{step(basin, 'a_loose_write') / git['fast_import_s']:.2f}×, basin d: "
-                     f"{step(basin, 'd_write_packed') / git['fast_import_s']:.2f}× of git's time); cat-file --batch in "
-                     f"random order {fmt_s(catfile)} s (basin c: {step(basin, 'c_read_packed') / catfile:.2f}× of "
+                     f"{times_of(step(basin, 'a_loose_write'), git['fast_import_s'])}, basin d: "
+                     f"{times_of(step(basin, 'd_write_packed'), git['fast_import_s'])} of git's time); cat-file --batch in "
+                     f"random order {fmt_s(catfile)} s (basin c: {times_of(step(basin, 'c_read_packed'), catfile)} of "
                      "git's time).")
     lines.append(f"disk-objectstore {dos.get('version')} on Python {dos.get('python')}; basin hash "
                  f"{basin.get('hash')}, compression none, durable. Peak RSS: dos {dos.get('maxrss_mb', 0):.0f} MB, "
                  f"basin workload {basin.get('maxrss_mb', 0):.0f} MB (both hold the payload in memory).")
+    load_files = [results / f'loadavg_{when}.txt' for when in ('start', 'end')]
+    if all(p.exists() for p in load_files):
+        start, end = (p.read_text(encoding='ascii').strip() for p in load_files)
+        lines.append(f'Load average (1/5/15 min) at the start: {start}; at the end: {end} (2 vCPUs; other jobs may share '
+                     'the machine and its disk).')
     lines.append('Targets missed: ' + (', '.join(t.misses) if t.misses else 'none'))
     return '\n'.join(lines)
 

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// Bars are drawn only for a person watching: stderr is a terminal and `--quiet` was not given.
 pub fn bars_visible(quiet: bool) -> bool {
@@ -18,8 +18,10 @@ pub fn bar(total: u64, message: &str, quiet: bool) -> ProgressBar {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     pb.set_style(
-        ProgressStyle::with_template("{msg:12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg:12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.set_message(message.to_string());
     pb
@@ -49,16 +51,30 @@ impl StoreProgress {
 fn style_for(total: Option<u64>, unit: basin_store::Unit) -> ProgressStyle {
     let counts = match unit {
         basin_store::Unit::Bytes => "{bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-        basin_store::Unit::Objects => "{human_pos}/{human_len} objects ({per_sec}, eta {eta})",
-        basin_store::Unit::Packs => "{human_pos}/{human_len} packs ({per_sec}, eta {eta})",
+        basin_store::Unit::Objects => "{human_pos}/{human_len} objects ({rate}, eta {eta})",
+        basin_store::Unit::Packs => "{human_pos}/{human_len} packs ({rate}, eta {eta})",
     };
     let template = match (total, unit) {
         (Some(_), _) => format!("{{msg:14}} [{{elapsed_precise}}] {{wide_bar}} {counts}"),
-        (None, basin_store::Unit::Bytes) => "{spinner} {msg:14} [{elapsed_precise}] {bytes} ({bytes_per_sec})".into(),
-        (None, basin_store::Unit::Objects) => "{spinner} {msg:14} [{elapsed_precise}] {human_pos} objects ({per_sec})".into(),
-        (None, basin_store::Unit::Packs) => "{spinner} {msg:14} [{elapsed_precise}] {human_pos} packs ({per_sec})".into(),
+        (None, basin_store::Unit::Bytes) => {
+            "{spinner} {msg:14} [{elapsed_precise}] {bytes} ({bytes_per_sec})".into()
+        }
+        (None, basin_store::Unit::Objects) => {
+            "{spinner} {msg:14} [{elapsed_precise}] {human_pos} objects ({rate})".into()
+        }
+        (None, basin_store::Unit::Packs) => {
+            "{spinner} {msg:14} [{elapsed_precise}] {human_pos} packs ({rate})".into()
+        }
     };
-    ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar())
+    ProgressStyle::with_template(&template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        // Whole units per second: indicatif's `{per_sec}` prints four decimals.
+        .with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
 }
 
 impl basin_store::Progress for StoreProgress {

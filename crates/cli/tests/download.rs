@@ -364,3 +364,44 @@ fn retries_follow_flags_over_config() {
     assert_eq!(server.hits("/flaky").len(), 2);
     assert_eq!(std::fs::read(dir.path().join("flaky")).unwrap(), b"flaky");
 }
+
+#[test]
+fn urls_from_stdin_with_the_tree_layout() {
+    let server = files_server();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_basin"))
+        .args(["download", "--from", "-", "--tree", "--dest", "mirror"])
+        .current_dir(dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join("no-xdg"))
+        .env("HOME", dir.path().join("no-home"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let list = format!(
+        "{}\n  # comment\n{}\n",
+        server.url("/one.txt"),
+        server.url("/dir/two.bin")
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let host = dir
+        .path()
+        .join("mirror")
+        .join(format!("127.0.0.1_{}", server.addr.port()));
+    assert_eq!(
+        std::fs::read(host.join("one.txt")).unwrap(),
+        b"first file\n"
+    );
+    assert_eq!(
+        std::fs::read(host.join("dir/two.bin")).unwrap().len(),
+        100_000
+    );
+}

@@ -49,21 +49,32 @@ impl Run {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("basin {:?}: stdout is not one JSON document ({e}):\n{}", self.args, self.text()))
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "basin {:?}: stdout is not one JSON document ({e}):\n{}",
+                self.args,
+                self.text()
+            )
+        })
     }
 
     fn json_lines(&self) -> Vec<serde_json::Value> {
         self.text()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("basin {:?}: line {l:?} is not JSON: {e}", self.args)))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("basin {:?}: line {l:?} is not JSON: {e}", self.args)
+                })
+            })
             .collect()
     }
 }
 
 impl Harness {
     fn new() -> Harness {
-        Harness { tmp: tempfile::tempdir().expect("create temp dir") }
+        Harness {
+            tmp: tempfile::tempdir().expect("create temp dir"),
+        }
     }
 
     /// A harness whose store exists (default settings).
@@ -92,7 +103,11 @@ impl Harness {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_basin"));
-        cmd.arg("--store").arg(self.store()).args(args).env_remove("BASIN_STORE").current_dir(self.tmp.path());
+        cmd.arg("--store")
+            .arg(self.store())
+            .args(args)
+            .env_remove("BASIN_STORE")
+            .current_dir(self.tmp.path());
         cmd
     }
 
@@ -122,7 +137,9 @@ impl Harness {
     /// `basin put FILE`, returning the key.
     fn put(&self, name: &str, content: &[u8]) -> Key {
         let path = self.write(name, content);
-        let run = self.basin(&["put", path.to_str().expect("utf-8 path")]).ok();
+        let run = self
+            .basin(&["put", path.to_str().expect("utf-8 path")])
+            .ok();
         parse_key(run.text().trim())
     }
 
@@ -141,7 +158,8 @@ fn finish(args: &[&str], out: Output) -> Run {
 }
 
 fn parse_key(text: &str) -> Key {
-    text.parse().unwrap_or_else(|e| panic!("'{text}' is not a key: {e}"))
+    text.parse()
+        .unwrap_or_else(|e| panic!("'{text}' is not a key: {e}"))
 }
 
 fn blake3(content: &[u8]) -> Key {
@@ -150,10 +168,14 @@ fn blake3(content: &[u8]) -> Key {
 
 /// Bytes that are not UTF-8 and contain every byte value, NULs and newlines included.
 fn binary_content(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 56) as u8
         })
         .collect()
@@ -171,16 +193,39 @@ fn init_put_get_round_trip_stdin_and_files() {
     let from_stdin = binary_content(300_000, 1);
     let run = h.basin_stdin(&["put"], &from_stdin).ok();
     let stdin_key = parse_key(run.text().trim());
-    assert_eq!(stdin_key, blake3(&from_stdin), "key is the BLAKE3 of the content");
+    assert_eq!(
+        stdin_key,
+        blake3(&from_stdin),
+        "key is the BLAKE3 of the content"
+    );
     let dash = h.basin_stdin(&["put", "-"], &from_stdin).ok();
-    assert_eq!(parse_key(dash.text().trim()), stdin_key, "`-` reads stdin too");
+    assert_eq!(
+        parse_key(dash.text().trim()),
+        stdin_key,
+        "`-` reads stdin too"
+    );
 
     let a = h.write("a.bin", &binary_content(5000, 2));
     let b = h.write("b.txt", b"hello\n");
     let empty = h.write("empty", b"");
-    let run = h.basin(&["put", a.to_str().unwrap(), b.to_str().unwrap(), empty.to_str().unwrap()]).ok();
+    let run = h
+        .basin(&[
+            "put",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            empty.to_str().unwrap(),
+        ])
+        .ok();
     let keys: Vec<Key> = run.lines().iter().map(|l| parse_key(l)).collect();
-    assert_eq!(keys, vec![blake3(&binary_content(5000, 2)), blake3(b"hello\n"), blake3(b"")], "keys in input order");
+    assert_eq!(
+        keys,
+        vec![
+            blake3(&binary_content(5000, 2)),
+            blake3(b"hello\n"),
+            blake3(b"")
+        ],
+        "keys in input order"
+    );
 
     assert_eq!(h.get(&stdin_key), from_stdin);
     assert_eq!(h.get(&keys[0]), binary_content(5000, 2));
@@ -189,10 +234,18 @@ fn init_put_get_round_trip_stdin_and_files() {
 
     let out = h.path("sub/out.bin");
     fs::create_dir_all(out.parent().unwrap()).unwrap();
-    h.basin(&["get", &stdin_key.to_hex(), "-o", out.to_str().unwrap()]).ok();
+    h.basin(&["get", &stdin_key.to_hex(), "-o", out.to_str().unwrap()])
+        .ok();
     assert_eq!(fs::read(&out).expect("read -o output"), from_stdin);
-    let leftovers: Vec<_> = fs::read_dir(out.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers, vec![std::ffi::OsString::from("out.bin")], "no temporary file left beside the output");
+    let leftovers: Vec<_> = fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("out.bin")],
+        "no temporary file left beside the output"
+    );
 }
 
 #[test]
@@ -202,7 +255,12 @@ fn put_batch_prints_keys_in_input_order() {
     let mut contents = Vec::new();
     for i in 0..20 {
         let content = binary_content(100 + i * 37, i as u64);
-        args.push(h.write(&format!("f{i}"), &content).to_str().unwrap().to_string());
+        args.push(
+            h.write(&format!("f{i}"), &content)
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
         contents.push(content);
     }
     // A duplicate in the batch gets its key printed twice.
@@ -226,14 +284,27 @@ fn has_and_meta_exit_codes() {
 
     let run = h.basin(&["has", &key.to_hex()]).ok();
     assert_eq!(run.lines(), vec![format!("{key} yes")]);
-    let run = h.basin(&["has", &key.to_hex(), &missing.to_hex()]).expect_code(1);
-    assert_eq!(run.lines(), vec![format!("{key} yes"), format!("{missing} no")]);
+    let run = h
+        .basin(&["has", &key.to_hex(), &missing.to_hex()])
+        .expect_code(1);
+    assert_eq!(
+        run.lines(),
+        vec![format!("{key} yes"), format!("{missing} no")]
+    );
 
     let run = h.basin(&["meta", &key.to_hex()]).ok();
     let line = run.text();
-    assert!(line.starts_with(&key.to_hex()), "meta names the key: {line}");
-    assert!(line.contains("size=12") && line.contains("location=loose"), "meta line: {line}");
-    let run = h.basin(&["meta", &missing.to_hex(), &key.to_hex()]).expect_code(1);
+    assert!(
+        line.starts_with(&key.to_hex()),
+        "meta names the key: {line}"
+    );
+    assert!(
+        line.contains("size=12") && line.contains("location=loose"),
+        "meta line: {line}"
+    );
+    let run = h
+        .basin(&["meta", &missing.to_hex(), &key.to_hex()])
+        .expect_code(1);
     assert_eq!(run.lines().len(), 2, "one line per key: {}", run.text());
     assert_eq!(run.lines()[0], format!("{missing} missing"));
 }
@@ -250,47 +321,99 @@ fn pack_then_get_and_ls() {
     for (key, content) in &keys {
         assert_eq!(&h.get(key), content, "object {key} after packing");
         let meta = h.basin(&["meta", &key.to_hex()]).ok().text();
-        assert!(meta.contains("location=packed pack="), "packed meta: {meta}");
-        assert!(!loose_path(&h.store(), key).exists(), "loose copy of {key} removed after packing");
+        assert!(
+            meta.contains("location=packed pack="),
+            "packed meta: {meta}"
+        );
+        assert!(
+            !loose_path(&h.store(), key).exists(),
+            "loose copy of {key} removed after packing"
+        );
     }
     let mut want: Vec<String> = keys.iter().map(|(k, _)| k.to_hex()).collect();
     want.sort();
-    assert_eq!(h.basin(&["ls"]).ok().lines(), want, "ls lists every key once, sorted");
+    assert_eq!(
+        h.basin(&["ls"]).ok().lines(),
+        want,
+        "ls lists every key once, sorted"
+    );
     h.basin(&["validate"]).ok();
 }
 
 #[test]
 fn pack_by_prefix_and_by_key_list() {
     let h = Harness::with_store();
-    let keys: Vec<Key> = (0..40).map(|i| h.put(&format!("o{i}"), format!("object {i}").as_bytes())).collect();
+    let keys: Vec<Key> = (0..40)
+        .map(|i| h.put(&format!("o{i}"), format!("object {i}").as_bytes()))
+        .collect();
     let prefix = &keys[0].to_hex()[..1];
     h.basin(&["pack", "--prefix", prefix]).ok();
     for key in &keys {
         let packed = !loose_path(&h.store(), key).exists();
-        assert_eq!(packed, key.to_hex().starts_with(prefix), "key {key} with prefix {prefix}");
+        assert_eq!(
+            packed,
+            key.to_hex().starts_with(prefix),
+            "key {key} with prefix {prefix}"
+        );
     }
 
-    let chosen: Vec<&Key> = keys.iter().filter(|k| !k.to_hex().starts_with(prefix)).take(3).collect();
+    let chosen: Vec<&Key> = keys
+        .iter()
+        .filter(|k| !k.to_hex().starts_with(prefix))
+        .take(3)
+        .collect();
     let list: String = chosen.iter().map(|k| format!("{k}  some/path\n")).collect();
     let list_path = h.write("keys.txt", format!("# chosen keys\n\n{list}").as_bytes());
-    h.basin(&["pack", "--keys-from", list_path.to_str().unwrap()]).ok();
+    h.basin(&["pack", "--keys-from", list_path.to_str().unwrap()])
+        .ok();
     for key in &chosen {
-        assert!(!loose_path(&h.store(), key).exists(), "listed key {key} packed");
+        assert!(
+            !loose_path(&h.store(), key).exists(),
+            "listed key {key} packed"
+        );
     }
-    let still_loose = keys.iter().filter(|k| loose_path(&h.store(), k).exists()).count();
-    assert_eq!(still_loose, keys.iter().filter(|k| !k.to_hex().starts_with(prefix)).count() - 3);
+    let still_loose = keys
+        .iter()
+        .filter(|k| loose_path(&h.store(), k).exists())
+        .count();
+    assert_eq!(
+        still_loose,
+        keys.iter()
+            .filter(|k| !k.to_hex().starts_with(prefix))
+            .count()
+            - 3
+    );
 
     let bad_list = h.write("bad.txt", format!("{}\nnot-a-key\n", keys[1]).as_bytes());
-    let run = h.basin(&["pack", "--keys-from", bad_list.to_str().unwrap()]).expect_code(2);
-    assert!(run.stderr.contains("bad.txt:2") && run.stderr.contains("not-a-key"), "names file and line: {}", run.stderr);
+    let run = h
+        .basin(&["pack", "--keys-from", bad_list.to_str().unwrap()])
+        .expect_code(2);
+    assert!(
+        run.stderr.contains("bad.txt:2") && run.stderr.contains("not-a-key"),
+        "names file and line: {}",
+        run.stderr
+    );
 }
 
 #[test]
 fn import_a_tree_straight_into_packs() {
     let h = Harness::with_store();
     let mut files = Vec::new();
-    for (i, name) in ["tree/a.txt", "tree/sub/b.bin", "tree/sub/deeper/c", "tree/z", "tree/dup"].iter().enumerate() {
-        let content = if *name == "tree/dup" { b"object 0".to_vec() } else { binary_content(2000 + i, i as u64 + 7) };
+    for (i, name) in [
+        "tree/a.txt",
+        "tree/sub/b.bin",
+        "tree/sub/deeper/c",
+        "tree/z",
+        "tree/dup",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let content = if *name == "tree/dup" {
+            b"object 0".to_vec()
+        } else {
+            binary_content(2000 + i, i as u64 + 7)
+        };
         h.write(name, &content);
         files.push((h.path(name), content));
     }
@@ -300,37 +423,76 @@ fn import_a_tree_straight_into_packs() {
     let single = h.write("single", b"a single file");
     files.push((single.clone(), b"a single file".to_vec()));
 
-    let run = h.basin(&["import", h.path("tree").to_str().unwrap(), single.to_str().unwrap()]).ok();
-    assert!(run.stderr.contains("link"), "skipped symlink is mentioned: {}", run.stderr);
+    let run = h
+        .basin(&[
+            "import",
+            h.path("tree").to_str().unwrap(),
+            single.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains("link"),
+        "skipped symlink is mentioned: {}",
+        run.stderr
+    );
     let printed: Vec<(Key, PathBuf)> = run
         .lines()
         .iter()
         .map(|l| {
-            let (key, path) = l.split_once("  ").unwrap_or_else(|| panic!("`KEY  PATH` line: {l}"));
+            let (key, path) = l
+                .split_once("  ")
+                .unwrap_or_else(|| panic!("`KEY  PATH` line: {l}"));
             (parse_key(key), PathBuf::from(path))
         })
         .collect();
-    assert_eq!(printed.len(), files.len(), "one line per file: {}", run.text());
+    assert_eq!(
+        printed.len(),
+        files.len(),
+        "one line per file: {}",
+        run.text()
+    );
     for (path, content) in &files {
-        let (key, _) = printed.iter().find(|(_, p)| p == path).unwrap_or_else(|| panic!("{} not printed", path.display()));
+        let (key, _) = printed
+            .iter()
+            .find(|(_, p)| p == path)
+            .unwrap_or_else(|| panic!("{} not printed", path.display()));
         assert_eq!(*key, blake3(content), "key of {}", path.display());
         assert_eq!(&h.get(key), content);
         let meta = h.basin(&["meta", &key.to_hex()]).ok().text();
-        assert!(meta.contains("location=packed"), "imported straight into a pack: {meta}");
+        assert!(
+            meta.contains("location=packed"),
+            "imported straight into a pack: {meta}"
+        );
     }
     h.basin(&["validate"]).ok();
 
-    let run = h.basin(&["import", h.path("no-such-thing").to_str().unwrap()]).expect_code(2);
-    assert!(run.stderr.contains("no-such-thing"), "names the missing path: {}", run.stderr);
+    let run = h
+        .basin(&["import", h.path("no-such-thing").to_str().unwrap()])
+        .expect_code(2);
+    assert!(
+        run.stderr.contains("no-such-thing"),
+        "names the missing path: {}",
+        run.stderr
+    );
 }
 
 #[test]
 fn delete_then_repack() {
     let h = Harness::with_store();
-    let tree: Vec<(PathBuf, Vec<u8>)> =
-        (0..50).map(|i| (h.write(&format!("t/{i:02}"), &binary_content(3000, i)), binary_content(3000, i))).collect();
+    let tree: Vec<(PathBuf, Vec<u8>)> = (0..50)
+        .map(|i| {
+            (
+                h.write(&format!("t/{i:02}"), &binary_content(3000, i)),
+                binary_content(3000, i),
+            )
+        })
+        .collect();
     let run = h.basin(&["import", h.path("t").to_str().unwrap()]).ok();
-    let keys: Vec<Key> = run.lines().iter().map(|l| parse_key(l.split_whitespace().next().unwrap())).collect();
+    let keys: Vec<Key> = run
+        .lines()
+        .iter()
+        .map(|l| parse_key(l.split_whitespace().next().unwrap()))
+        .collect();
     assert_eq!(keys.len(), tree.len());
     let loose = h.put("loose-one", b"a loose object");
     let absent = blake3(b"absent");
@@ -348,7 +510,11 @@ fn delete_then_repack() {
     h.basin(&["get", &keys[0].to_hex()]).expect_code(2);
 
     let run = h.basin(&["repack", "--all", "--json"]).ok();
-    assert!(run.json().is_object(), "repack --json is a report object: {}", run.text());
+    assert!(
+        run.json().is_object(),
+        "repack --json is a report object: {}",
+        run.text()
+    );
     for (key, (_, content)) in keys.iter().zip(&tree).skip(30) {
         assert_eq!(&h.get(key), content, "kept object {key} after repack");
     }
@@ -372,14 +538,27 @@ fn validate_reports_a_corrupt_loose_object_by_key() {
     fs::write(&path, &bytes).expect("damage loose file");
 
     let run = h.basin(&["validate"]).expect_code(1);
-    assert!(run.text().contains(&bad.to_hex()), "the problem names the key {bad}: {}", run.text());
-    assert!(!run.text().contains(&good.to_hex()), "the good object is not reported: {}", run.text());
+    assert!(
+        run.text().contains(&bad.to_hex()),
+        "the problem names the key {bad}: {}",
+        run.text()
+    );
+    assert!(
+        !run.text().contains(&good.to_hex()),
+        "the good object is not reported: {}",
+        run.text()
+    );
 
     // Reads refuse the damaged bytes; `-o` leaves no partial file behind.
     let run = h.basin(&["get", &bad.to_hex()]).expect_code(2);
-    assert!(run.stderr.contains(&bad.to_hex()), "error names the key: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&bad.to_hex()),
+        "error names the key: {}",
+        run.stderr
+    );
     let out = h.path("out");
-    h.basin(&["get", &bad.to_hex(), "-o", out.to_str().unwrap()]).expect_code(2);
+    h.basin(&["get", &bad.to_hex(), "-o", out.to_str().unwrap()])
+        .expect_code(2);
     assert!(!out.exists(), "no output file for a damaged object");
     let stray: Vec<_> = fs::read_dir(h.tmp.path())
         .unwrap()
@@ -394,17 +573,68 @@ fn held_lock_fails_fast_and_wait_blocks_until_released() {
     let h = Harness::with_store();
     let key = h.put("x", b"to be packed");
     let store = Store::open(&h.store()).expect("open store in the test");
-    let lock = store.maintenance(LockWait::Fail).expect("take the maintenance lock");
+    let lock = store
+        .maintenance(LockWait::Fail)
+        .expect("take the maintenance lock");
 
     let run = h.basin(&["pack"]).expect_code(3);
-    assert!(run.stderr.contains("lock") && run.stderr.contains("--wait"), "clear message: {}", run.stderr);
-    assert!(loose_path(&h.store(), &key).exists(), "nothing packed while locked");
+    assert!(
+        run.stderr.contains("lock") && run.stderr.contains("--wait"),
+        "clear message: {}",
+        run.stderr
+    );
+    assert!(
+        loose_path(&h.store(), &key).exists(),
+        "nothing packed while locked"
+    );
 
-    let waiting = h.command(&["pack", "--wait"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut waiting = h
+        .command(&["pack", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_until_blocked_on_a_lock(&mut waiting);
+    assert!(
+        loose_path(&h.store(), &key).exists(),
+        "nothing packed while locked"
+    );
     drop(lock);
-    let run = finish(&["pack", "--wait"], waiting.wait_with_output().expect("wait")).ok();
+    let run = finish(
+        &["pack", "--wait"],
+        waiting.wait_with_output().expect("wait"),
+    )
+    .ok();
     assert!(!run.stdout.is_empty(), "report printed after waiting");
-    assert!(!loose_path(&h.store(), &key).exists(), "packed once the lock was released");
+    assert!(
+        !loose_path(&h.store(), &key).exists(),
+        "packed once the lock was released"
+    );
+}
+
+/// Returns once the kernel lists `child` as waiting for a file lock (`->` lines of /proc/locks),
+/// failing if the child exits first or never blocks.
+fn wait_until_blocked_on_a_lock(child: &mut std::process::Child) {
+    let pid = child.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let locks = fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        let blocked = locks.lines().any(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(1) == Some(&"->") && fields.get(5) == Some(&pid.as_str())
+        });
+        if blocked {
+            return;
+        }
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("`basin pack --wait` exited ({status}) instead of waiting for the lock");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`basin pack --wait` never blocked on the lock:\n{locks}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 #[test]
@@ -412,11 +642,21 @@ fn bad_key_argument_is_named() {
     let h = Harness::with_store();
     for cmd in ["get", "has", "meta", "delete"] {
         let run = h.basin(&[cmd, "abc123"]).expect_code(2);
-        assert!(run.stderr.contains("abc123") && run.stderr.contains("KEY"), "{cmd}: names the bad argument: {}", run.stderr);
+        assert!(
+            run.stderr.contains("abc123") && run.stderr.contains("KEY"),
+            "{cmd}: names the bad argument: {}",
+            run.stderr
+        );
     }
     let good = blake3(b"x").to_hex();
-    let run = h.basin(&["has", &good, &format!("{good}00")]).expect_code(2);
-    assert!(run.stderr.contains(&format!("{good}00")), "second key named: {}", run.stderr);
+    let run = h
+        .basin(&["has", &good, &format!("{good}00")])
+        .expect_code(2);
+    assert!(
+        run.stderr.contains(&format!("{good}00")),
+        "second key named: {}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -426,7 +666,8 @@ fn not_a_store_names_the_path() {
     for args in [&["ls"][..], &["put"], &["pack"], &["stats"]] {
         let run = h.basin(args).expect_code(2);
         assert!(
-            run.stderr.contains(h.store().to_str().unwrap()) && run.stderr.contains("not a basin store"),
+            run.stderr.contains(h.store().to_str().unwrap())
+                && run.stderr.contains("not a basin store"),
             "{args:?}: {}",
             run.stderr
         );
@@ -434,29 +675,56 @@ fn not_a_store_names_the_path() {
     let run = h.basin(&["init"]).ok();
     assert!(run.stderr.contains("created store"), "{}", run.stderr);
     let run = h.basin(&["init"]).expect_code(2);
-    assert!(run.stderr.contains(h.store().to_str().unwrap()), "init twice names the folder: {}", run.stderr);
+    assert!(
+        run.stderr.contains(h.store().to_str().unwrap()),
+        "init twice names the folder: {}",
+        run.stderr
+    );
 
-    let run = Command::new(env!("CARGO_BIN_EXE_basin")).arg("ls").env_remove("BASIN_STORE").output().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_basin"))
+        .arg("ls")
+        .env_remove("BASIN_STORE")
+        .output()
+        .unwrap();
     assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("--store"), "says how to name a store");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("--store"),
+        "says how to name a store"
+    );
 }
 
 #[test]
 fn json_outputs_parse() {
     let h = Harness::new();
-    let init = h.basin(&["init", "--json", "--compression", "zstd:3", "--pack-size-target", "64MiB"]).ok().json();
+    let init = h
+        .basin(&[
+            "init",
+            "--json",
+            "--compression",
+            "zstd:3",
+            "--pack-size-target",
+            "64MiB",
+        ])
+        .ok()
+        .json();
     assert_eq!(init["hash"], "blake3");
     assert_eq!(init["compression"], "zstd:3");
     assert_eq!(init["pack_size_target_bytes"], 64 << 20);
 
     let a = h.write("a", &vec![b'a'; 10_000]);
-    let put = h.basin(&["put", "--json", a.to_str().unwrap()]).ok().json_lines();
+    let put = h
+        .basin(&["put", "--json", a.to_str().unwrap()])
+        .ok()
+        .json_lines();
     assert_eq!(put.len(), 1);
     let key = put[0]["key"].as_str().expect("key string").to_string();
     assert_eq!(key, blake3(&vec![b'a'; 10_000]).to_hex());
     let missing = blake3(b"missing").to_hex();
 
-    let has = h.basin(&["has", "--json", &key, &missing]).expect_code(1).json_lines();
+    let has = h
+        .basin(&["has", "--json", &key, &missing])
+        .expect_code(1)
+        .json_lines();
     assert_eq!(has[0]["present"], true);
     assert_eq!(has[1]["present"], false);
     let meta = h.basin(&["meta", "--json", &key]).ok().json_lines();
@@ -465,12 +733,23 @@ fn json_outputs_parse() {
 
     let ls = h.basin(&["ls", "--json"]).ok().json_lines();
     assert_eq!(ls, vec![serde_json::json!({ "key": key })]);
-    assert!(h.basin(&["pack", "--json"]).ok().json().is_object(), "pack report");
+    assert!(
+        h.basin(&["pack", "--json"]).ok().json().is_object(),
+        "pack report"
+    );
     let meta = h.basin(&["meta", "--json", &key]).ok().json_lines();
     assert_eq!(meta[0]["location"], "packed");
-    assert_eq!(meta[0]["compression"], "zstd", "10 000 equal bytes compress: {}", meta[0]);
+    assert_eq!(
+        meta[0]["compression"], "zstd",
+        "10 000 equal bytes compress: {}",
+        meta[0]
+    );
     assert!(meta[0]["stored_size"].as_u64().expect("stored size") < 10_000);
-    assert!(meta[0]["pack"].is_u64() && meta[0]["offset"].is_u64(), "pack and offset: {}", meta[0]);
+    assert!(
+        meta[0]["pack"].is_u64() && meta[0]["offset"].is_u64(),
+        "pack and offset: {}",
+        meta[0]
+    );
 
     let stats = h.basin(&["stats", "--json"]).ok().json();
     assert_eq!(stats["packed_objects"], 1);
@@ -481,7 +760,10 @@ fn json_outputs_parse() {
         assert!(h.basin(cmd).ok().json().is_object(), "{cmd:?} report");
     }
     let t = h.write("t/f", b"file");
-    let import = h.basin(&["import", "--json", t.parent().unwrap().to_str().unwrap()]).ok().json_lines();
+    let import = h
+        .basin(&["import", "--json", t.parent().unwrap().to_str().unwrap()])
+        .ok()
+        .json_lines();
     assert_eq!(import[0]["path"], t.to_str().unwrap());
     assert_eq!(import[0]["key"], blake3(b"file").to_hex());
 }
@@ -489,22 +771,45 @@ fn json_outputs_parse() {
 #[test]
 fn sha256_store_and_human_stats() {
     let h = Harness::new();
-    h.basin(&["init", "--hash", "sha256", "--loose-prefix-len", "2"]).ok();
+    h.basin(&["init", "--hash", "sha256", "--loose-prefix-len", "2"])
+        .ok();
     let key = h.put("x", b"abc");
-    assert_eq!(key.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "SHA-256 of 'abc'");
+    assert_eq!(
+        key.to_hex(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "SHA-256 of 'abc'"
+    );
     let stats = h.basin(&["stats"]).ok().text();
-    assert!(stats.contains("sha256") && stats.contains("bytes per object"), "{stats}");
+    assert!(
+        stats.contains("sha256") && stats.contains("bytes per object"),
+        "{stats}"
+    );
 
-    let run = h.basin(&["init", h.path("other").to_str().unwrap(), "--hash", "md5"]).expect_code(2);
+    let run = h
+        .basin(&["init", h.path("other").to_str().unwrap(), "--hash", "md5"])
+        .expect_code(2);
     assert!(run.stderr.contains("md5"), "bad hash named: {}", run.stderr);
-    let run = h.basin(&["init", h.path("other").to_str().unwrap(), "--pack-size-target", "4 parsecs"]).expect_code(2);
-    assert!(run.stderr.contains("parsecs"), "bad size named: {}", run.stderr);
+    let run = h
+        .basin(&[
+            "init",
+            h.path("other").to_str().unwrap(),
+            "--pack-size-target",
+            "4 parsecs",
+        ])
+        .expect_code(2);
+    assert!(
+        run.stderr.contains("parsecs"),
+        "bad size named: {}",
+        run.stderr
+    );
 }
 
 #[test]
 fn backup_clean_rebuild_and_import_store() {
     let h = Harness::with_store();
-    let packed: Vec<Key> = (0..10).map(|i| h.put(&format!("p{i}"), &binary_content(500, i))).collect();
+    let packed: Vec<Key> = (0..10)
+        .map(|i| h.put(&format!("p{i}"), &binary_content(500, i)))
+        .collect();
     h.basin(&["pack"]).ok();
     let loose = h.put("l", b"loose after packing");
 
@@ -514,7 +819,11 @@ fn backup_clean_rebuild_and_import_store() {
     h.basin(&["backup", dest.to_str().unwrap()]).ok();
     let backup = Store::open(&dest).expect("backup is a store");
     for key in packed.iter().chain([&loose]) {
-        assert_eq!(backup.get(key).expect("object in backup"), h.get(key), "object {key} in backup");
+        assert_eq!(
+            backup.get(key).expect("object in backup"),
+            h.get(key),
+            "object {key} in backup"
+        );
     }
 
     h.basin(&["clean"]).ok();
@@ -525,13 +834,19 @@ fn backup_clean_rebuild_and_import_store() {
     }
     h.basin(&["rebuild-index"]).ok();
     for (i, key) in packed.iter().enumerate() {
-        assert_eq!(h.get(key), binary_content(500, i as u64), "{key} after rebuild-index");
+        assert_eq!(
+            h.get(key),
+            binary_content(500, i as u64),
+            "{key} after rebuild-index"
+        );
     }
     h.basin(&["validate"]).ok();
 
     let other = Harness::with_store();
     let own = other.put("own", b"only in the other store");
-    other.basin(&["import-store", h.store().to_str().unwrap()]).ok();
+    other
+        .basin(&["import-store", h.store().to_str().unwrap()])
+        .ok();
     for key in packed.iter().chain([&loose, &own]) {
         other.basin(&["has", &key.to_hex()]).ok();
     }
@@ -549,9 +864,16 @@ fn pack_leaves_a_damaged_loose_file_and_exits_1() {
     fs::write(&path, &bytes).expect("damage loose file");
 
     let run = h.basin(&["pack"]).expect_code(1);
-    assert!(run.stderr.contains(&bad.to_hex()[2..]), "damaged file named: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&bad.to_hex()[2..]),
+        "damaged file named: {}",
+        run.stderr
+    );
     assert!(path.exists(), "damaged loose file left in place");
-    assert!(!loose_path(&h.store(), &good).exists(), "the good object was packed");
+    assert!(
+        !loose_path(&h.store(), &good).exists(),
+        "the good object was packed"
+    );
     assert_eq!(h.get(&good), b"good content");
 }
 
@@ -559,23 +881,38 @@ fn pack_leaves_a_damaged_loose_file_and_exits_1() {
 fn import_dos_container() {
     // A container written by disk-objectstore 1.5.0 itself (see crates/store/tests/import_dos.rs),
     // copied because opening its SQLite index may touch the -wal/-shm files.
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../store/tests/fixtures/dos-container");
-    let expected: std::collections::BTreeMap<String, String> =
-        serde_json::from_slice(&fs::read(fixture.with_extension("expected.json")).expect("manifest")).expect("json");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../store/tests/fixtures/dos-container");
+    let expected: std::collections::BTreeMap<String, String> = serde_json::from_slice(
+        &fs::read(fixture.with_extension("expected.json")).expect("manifest"),
+    )
+    .expect("json");
     let h = Harness::new();
     copy_tree(&fixture, &h.path("dos"));
     h.basin(&["init", "--hash", "sha256"]).ok();
-    let report = h.basin(&["import-dos", "--json", h.path("dos").to_str().unwrap()]).ok().json();
+    let report = h
+        .basin(&["import-dos", "--json", h.path("dos").to_str().unwrap()])
+        .ok()
+        .json();
     assert_eq!(report["objects"], expected.len(), "{report}");
     for (hex, content) in &expected {
         assert_eq!(h.get(&parse_key(hex)), content.as_bytes(), "object {hex}");
     }
-    let again = h.basin(&["import-dos", h.path("dos").to_str().unwrap()]).ok().text();
+    let again = h
+        .basin(&["import-dos", h.path("dos").to_str().unwrap()])
+        .ok()
+        .text();
     assert!(again.contains("already present"), "human report: {again}");
     h.basin(&["validate"]).ok();
 
-    let run = h.basin(&["import-dos", h.path("nothing-here").to_str().unwrap()]).expect_code(2);
-    assert!(run.stderr.contains("nothing-here"), "names the path: {}", run.stderr);
+    let run = h
+        .basin(&["import-dos", h.path("nothing-here").to_str().unwrap()])
+        .expect_code(2);
+    assert!(
+        run.stderr.contains("nothing-here"),
+        "names the path: {}",
+        run.stderr
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -589,4 +926,46 @@ fn copy_tree(from: &Path, to: &Path) {
             fs::copy(entry.path(), dest).expect("copy fixture file");
         }
     }
+}
+
+#[test]
+fn large_object_streams_and_a_damaged_pack_record_is_an_error() {
+    let h = Harness::with_store();
+    // Above the 16 MiB that `get` verifies in memory, so stdout is streamed.
+    let content = binary_content((17 << 20) + 123, 99);
+    let key = parse_key(h.basin_stdin(&["put"], &content).ok().text().trim());
+    assert!(h.get(&key) == content, "loose large object round trip");
+    h.basin(&["pack"]).ok();
+    assert!(h.get(&key) == content, "packed large object round trip");
+
+    let meta = h
+        .basin(&["meta", "--json", &key.to_hex()])
+        .ok()
+        .json_lines();
+    let (pack, offset) = (
+        meta[0]["pack"].as_u64().expect("pack"),
+        meta[0]["offset"].as_u64().expect("offset"),
+    );
+    let pack_path = h.store().join("packs").join(format!("{pack}.pack"));
+    let mut bytes = fs::read(&pack_path).expect("read pack");
+    let damaged_at = (offset + (8 << 20)) as usize;
+    bytes[damaged_at] ^= 0x01;
+    fs::write(&pack_path, &bytes).expect("damage pack");
+
+    let run = h.basin(&["get", &key.to_hex()]).expect_code(2);
+    assert!(
+        run.stderr.contains(&key.to_hex()) || run.stderr.contains(&format!("offset {offset}")),
+        "{}",
+        run.stderr
+    );
+    let out = h.path("big.out");
+    h.basin(&["get", &key.to_hex(), "-o", out.to_str().unwrap()])
+        .expect_code(2);
+    assert!(!out.exists(), "no output file for a damaged object");
+    let run = h.basin(&["validate"]).expect_code(1);
+    assert!(
+        run.text().contains(&format!("pack {pack}")),
+        "problem names the pack: {}",
+        run.text()
+    );
 }

@@ -111,14 +111,21 @@ impl Algorithm {
 
     /// Whether the output length may be chosen (`shake256:64`, `blake3:64`).
     pub fn is_xof(self) -> bool {
-        matches!(self, Algorithm::Shake128 | Algorithm::Shake256 | Algorithm::Blake3)
+        matches!(
+            self,
+            Algorithm::Shake128 | Algorithm::Shake256 | Algorithm::Blake3
+        )
     }
 
     /// Whether the algorithm resists deliberate collisions. Checksums (CRC, xxHash) only catch accidents.
     pub fn is_cryptographic(self) -> bool {
         !matches!(
             self,
-            Algorithm::Crc32 | Algorithm::Crc32c | Algorithm::Xxh64 | Algorithm::Xxh3_64 | Algorithm::Xxh3_128
+            Algorithm::Crc32
+                | Algorithm::Crc32c
+                | Algorithm::Xxh64
+                | Algorithm::Xxh3_64
+                | Algorithm::Xxh3_128
         )
     }
 
@@ -183,8 +190,12 @@ impl FromStr for Algorithm {
     /// Accepts the canonical name and the spellings other tools use (`SHA-256`, `sha512/256`,
     /// `sha3_256`, `blake2b`, `b3`, `xxh3`), case-insensitively.
     fn from_str(s: &str) -> Result<Self, Error> {
-        let folded: String =
-            s.trim().chars().filter(|c| !matches!(c, '-' | '_' | '/' | ' ')).flat_map(char::to_lowercase).collect();
+        let folded: String = s
+            .trim()
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | '/' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect();
         let algorithm = match folded.as_str() {
             "md5" => Algorithm::Md5,
             "sha1" => Algorithm::Sha1,
@@ -207,7 +218,11 @@ impl FromStr for Algorithm {
             "xxh3128" | "xxh128" => Algorithm::Xxh3_128,
             "shake128" => Algorithm::Shake128,
             "shake256" => Algorithm::Shake256,
-            _ => return Err(Error::UnknownAlgorithm { name: s.to_string() }),
+            _ => {
+                return Err(Error::UnknownAlgorithm {
+                    name: s.to_string(),
+                })
+            }
         };
         Ok(algorithm)
     }
@@ -223,7 +238,10 @@ pub struct AlgoSpec {
 impl AlgoSpec {
     /// The algorithm at its default output length.
     pub fn new(algorithm: Algorithm) -> AlgoSpec {
-        AlgoSpec { algorithm, output_len_bytes: algorithm.default_output_len_bytes() }
+        AlgoSpec {
+            algorithm,
+            output_len_bytes: algorithm.default_output_len_bytes(),
+        }
     }
 
     /// An extendable-output function at a chosen length; refused for fixed-length algorithms
@@ -233,12 +251,22 @@ impl AlgoSpec {
             return Ok(AlgoSpec::new(algorithm));
         }
         if !algorithm.is_xof() {
-            return Err(Error::FixedLength { algorithm, asked_bytes: output_len_bytes });
+            return Err(Error::FixedLength {
+                algorithm,
+                asked_bytes: output_len_bytes,
+            });
         }
         if output_len_bytes == 0 || output_len_bytes > XOF_OUTPUT_LEN_MAX_BYTES {
-            return Err(Error::OutputLength { algorithm, asked_bytes: output_len_bytes, max_bytes: XOF_OUTPUT_LEN_MAX_BYTES });
+            return Err(Error::OutputLength {
+                algorithm,
+                asked_bytes: output_len_bytes,
+                max_bytes: XOF_OUTPUT_LEN_MAX_BYTES,
+            });
         }
-        Ok(AlgoSpec { algorithm, output_len_bytes })
+        Ok(AlgoSpec {
+            algorithm,
+            output_len_bytes,
+        })
     }
 
     /// A name safe as an SQL identifier suffix: `sha3-256` → `sha3_256`, `shake256:64` → `shake256_64`.
@@ -254,12 +282,21 @@ impl AlgoSpec {
             .map(Ok)
             .unwrap_or_else(|| {
                 // XOF at a chosen length: "<name>_<len>".
-                let (name, len) = column.rsplit_once('_').ok_or_else(|| Error::UnknownAlgorithm { name: column.into() })?;
-                let len: usize = len.parse().map_err(|_| Error::UnknownAlgorithm { name: column.into() })?;
+                let (name, len) =
+                    column
+                        .rsplit_once('_')
+                        .ok_or_else(|| Error::UnknownAlgorithm {
+                            name: column.into(),
+                        })?;
+                let len: usize = len.parse().map_err(|_| Error::UnknownAlgorithm {
+                    name: column.into(),
+                })?;
                 let algorithm = Algorithm::ALL
                     .into_iter()
                     .find(|a| a.is_xof() && AlgoSpec::new(*a).column_name() == name)
-                    .ok_or_else(|| Error::UnknownAlgorithm { name: column.into() })?;
+                    .ok_or_else(|| Error::UnknownAlgorithm {
+                        name: column.into(),
+                    })?;
                 AlgoSpec::with_len(algorithm, len)
             })
     }
@@ -290,8 +327,9 @@ impl FromStr for AlgoSpec {
             None => Ok(AlgoSpec::new(s.parse()?)),
             Some((name, len)) => {
                 let algorithm: Algorithm = name.parse()?;
-                let output_len_bytes =
-                    len.trim().parse().map_err(|_| Error::BadLength { spec: s.to_string() })?;
+                let output_len_bytes = len.trim().parse().map_err(|_| Error::BadLength {
+                    spec: s.to_string(),
+                })?;
                 AlgoSpec::with_len(algorithm, output_len_bytes)
             }
         }
@@ -303,7 +341,11 @@ impl FromStr for AlgoSpec {
 pub fn parse_algo_list(s: &str) -> Result<Vec<AlgoSpec>, Error> {
     let mut specs: Vec<AlgoSpec> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let parsed = if part.eq_ignore_ascii_case("all") { AlgoSpec::all_default() } else { vec![part.parse()?] };
+        let parsed = if part.eq_ignore_ascii_case("all") {
+            AlgoSpec::all_default()
+        } else {
+            vec![part.parse()?]
+        };
         for spec in parsed {
             if !specs.contains(&spec) {
                 specs.push(spec);
@@ -311,7 +353,9 @@ pub fn parse_algo_list(s: &str) -> Result<Vec<AlgoSpec>, Error> {
         }
     }
     if specs.is_empty() {
-        return Err(Error::EmptyAlgorithmList { list: s.to_string() });
+        return Err(Error::EmptyAlgorithmList {
+            list: s.to_string(),
+        });
     }
     Ok(specs)
 }

@@ -82,7 +82,9 @@ impl Running {
             Algorithm::Crc32 => State::Crc32(crc32fast::Hasher::new()),
             Algorithm::Crc32c => State::Crc32c(0),
             Algorithm::Xxh64 => State::Xxh64(xxhash_rust::xxh64::Xxh64::new(0)),
-            Algorithm::Xxh3_64 | Algorithm::Xxh3_128 => State::Xxh3(Box::new(xxhash_rust::xxh3::Xxh3::new())),
+            Algorithm::Xxh3_64 | Algorithm::Xxh3_128 => {
+                State::Xxh3(Box::new(xxhash_rust::xxh3::Xxh3::new()))
+            }
             Algorithm::Shake128 => State::Shake128(sha3::Shake128::default()),
             Algorithm::Shake256 => State::Shake256(sha3::Shake256::default()),
         };
@@ -160,8 +162,16 @@ impl Running {
                 out
             }
         };
-        debug_assert_eq!(bytes.len(), len, "{} produced a digest of the wrong length", self.spec);
-        Digest { spec: self.spec, bytes }
+        debug_assert_eq!(
+            bytes.len(),
+            len,
+            "{} produced a digest of the wrong length",
+            self.spec
+        );
+        Digest {
+            spec: self.spec,
+            bytes,
+        }
     }
 }
 
@@ -180,7 +190,9 @@ pub struct MultiHasher {
 
 impl MultiHasher {
     pub fn new(specs: &[AlgoSpec]) -> Self {
-        MultiHasher { states: specs.iter().copied().map(Running::new).collect() }
+        MultiHasher {
+            states: specs.iter().copied().map(Running::new).collect(),
+        }
     }
 
     pub fn update(&mut self, buf: &[u8]) {

@@ -45,15 +45,28 @@ pub enum Error {
     #[error("bad output length in {spec:?}: expected <algorithm>:<bytes>")]
     BadLength { spec: String },
     #[error("{algorithm} has a fixed output length; {asked_bytes} bytes cannot be chosen")]
-    FixedLength { algorithm: Algorithm, asked_bytes: usize },
+    FixedLength {
+        algorithm: Algorithm,
+        asked_bytes: usize,
+    },
     #[error("{algorithm}: output length {asked_bytes} bytes is outside 1..={max_bytes}")]
-    OutputLength { algorithm: Algorithm, asked_bytes: usize, max_bytes: usize },
+    OutputLength {
+        algorithm: Algorithm,
+        asked_bytes: usize,
+        max_bytes: usize,
+    },
     #[error("unknown sums format {name:?} (gnu, bsd, json, hashdeep)")]
     UnknownFormat { name: String },
     #[error("{format} format: {reason}")]
-    FormatAlgorithms { format: &'static str, reason: String },
+    FormatAlgorithms {
+        format: &'static str,
+        reason: String,
+    },
     #[error("sums file line {line}: {reason}")]
     SumsLine { line: usize, reason: String },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

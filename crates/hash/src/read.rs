@@ -39,7 +39,9 @@ impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             strategy: ReadStrategy::Buffered,
-            lanes_max: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            lanes_max: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             read_buffer_bytes: 4 << 20,
             buffers_in_flight: 4,
             pipeline_min_bytes: 16 << 20,
@@ -55,15 +57,26 @@ pub fn plan_lanes(specs: &[AlgoSpec], lanes_max: usize) -> Vec<Vec<usize>> {
     order.sort_by_key(|&i| std::cmp::Reverse(specs[i].algorithm.cost_weight()));
     let mut lanes: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); lane_count];
     for i in order {
-        let lightest = lanes.iter_mut().min_by_key(|(cost, _)| *cost).expect("lane_count >= 1");
+        let lightest = lanes
+            .iter_mut()
+            .min_by_key(|(cost, _)| *cost)
+            .expect("lane_count >= 1");
         lightest.0 += u64::from(specs[i].algorithm.cost_weight());
         lightest.1.push(i);
     }
-    lanes.into_iter().map(|(_, members)| members).filter(|m| !m.is_empty()).collect()
+    lanes
+        .into_iter()
+        .map(|(_, members)| members)
+        .filter(|m| !m.is_empty())
+        .collect()
 }
 
 /// Hashes everything `reader` yields on the calling thread, reusing `buffer` (grown to 1 MiB if smaller).
-pub fn hash_reader<R: Read>(mut reader: R, specs: &[AlgoSpec], buffer: &mut Vec<u8>) -> io::Result<(u64, Vec<Digest>)> {
+pub fn hash_reader<R: Read>(
+    mut reader: R,
+    specs: &[AlgoSpec],
+    buffer: &mut Vec<u8>,
+) -> io::Result<(u64, Vec<Digest>)> {
     if buffer.len() < 1 << 20 {
         buffer.resize(1 << 20, 0);
     }
@@ -96,7 +109,10 @@ pub fn hash_slice(data: &[u8], specs: &[AlgoSpec], lanes_max: usize) -> Vec<Dige
             .iter()
             .map(|members| {
                 scope.spawn(move || {
-                    let mut states: Vec<(usize, Running)> = members.iter().map(|&i| (i, Running::new(specs[i]))).collect();
+                    let mut states: Vec<(usize, Running)> = members
+                        .iter()
+                        .map(|&i| (i, Running::new(specs[i])))
+                        .collect();
                     // Chunked so the lanes touch the same pages at about the same time.
                     for chunk in data.chunks(8 << 20) {
                         for (_, s) in &mut states {
@@ -107,12 +123,17 @@ pub fn hash_slice(data: &[u8], specs: &[AlgoSpec], lanes_max: usize) -> Vec<Dige
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
     });
     for (i, digest) in results.into_iter().flatten() {
         out[i] = Some(digest);
     }
-    out.into_iter().map(|d| d.expect("every spec is in exactly one lane")).collect()
+    out.into_iter()
+        .map(|d| d.expect("every spec is in exactly one lane"))
+        .collect()
 }
 
 /// One filled read buffer shared by every lane; the last lane to drop it sends it back for reuse.
@@ -141,7 +162,10 @@ pub fn hash_reader_pipelined<R: Read>(
             senders.push(tx);
             let recycle_tx = recycle_tx.clone();
             handles.push(scope.spawn(move || {
-                let mut states: Vec<(usize, Running)> = members.iter().map(|&i| (i, Running::new(specs[i]))).collect();
+                let mut states: Vec<(usize, Running)> = members
+                    .iter()
+                    .map(|&i| (i, Running::new(specs[i])))
+                    .collect();
                 for chunk in rx {
                     for (_, s) in &mut states {
                         s.update(&chunk.buffer[..chunk.len]);
@@ -151,7 +175,10 @@ pub fn hash_reader_pipelined<R: Read>(
                         let _ = recycle_tx.try_send(chunk.buffer);
                     }
                 }
-                states.into_iter().map(|(i, s)| (i, s.finalize())).collect::<Vec<_>>()
+                states
+                    .into_iter()
+                    .map(|(i, s)| (i, s.finalize()))
+                    .collect::<Vec<_>>()
             }));
         }
         drop(recycle_tx);
@@ -181,23 +208,35 @@ pub fn hash_reader_pipelined<R: Read>(
                 return Ok(());
             }
             total_bytes += len as u64;
-            let chunk = Arc::new(Chunk { buffer, len });
-            for tx in &senders {
-                // A lane only disconnects by panicking, which the join below reports.
-                let _ = tx.send(Arc::clone(&chunk));
+            // The reader keeps no reference: whichever lane drops the chunk last recycles its buffer.
+            let mut chunk = Some(Arc::new(Chunk { buffer, len }));
+            for (i, tx) in senders.iter().enumerate() {
+                let share = if i + 1 == senders.len() { chunk.take() } else { chunk.clone() };
+                if let Some(share) = share {
+                    // A lane only disconnects by panicking, which the join below reports.
+                    let _ = tx.send(share);
+                }
             }
             if len < buffer_bytes {
                 return Ok(());
             }
         })();
         drop(senders);
-        let results = handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect();
+        let results = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
         read_result.map(|()| results)
     })?;
     for (i, digest) in lane_results.into_iter().flatten() {
         out[i] = Some(digest);
     }
-    Ok((total_bytes, out.into_iter().map(|d| d.expect("every spec is in exactly one lane")).collect()))
+    Ok((
+        total_bytes,
+        out.into_iter()
+            .map(|d| d.expect("every spec is in exactly one lane"))
+            .collect(),
+    ))
 }
 
 /// Hashes an open file with the strategy in `options`; `size_hint_bytes` (from a stat) picks the
@@ -221,16 +260,27 @@ pub fn hash_file(
             let digests = hash_slice(&map, specs, options.lanes_max);
             Ok((map.len() as u64, digests))
         }
-        _ if size_hint_bytes >= options.pipeline_min_bytes => hash_reader_pipelined(file, specs, options),
+        _ if size_hint_bytes >= options.pipeline_min_bytes => {
+            hash_reader_pipelined(file, specs, options)
+        }
         // Reading exactly the expected size saves the EOF read per small file; a file that grew
-        // or shrank meanwhile is caught by the caller comparing sizes before and after.
-        _ => hash_reader(Read::take(file, size_hint_bytes), specs, buffer),
+        // or shrank meanwhile is caught by the caller comparing sizes before and after. Size 0 is
+        // read to the end: pseudo-files (procfs) report 0 whatever they hold.
+        _ if size_hint_bytes > 0 => hash_reader(Read::take(file, size_hint_bytes), specs, buffer),
+        _ => hash_reader(file, specs, buffer),
     }
 }
 
 /// Opens and hashes one file: the convenience entry point for library users.
-pub fn hash_path(path: &Path, specs: &[AlgoSpec], options: &ReadOptions) -> Result<(u64, Vec<Digest>), Error> {
-    let wrap = |source| Error::Io { path: path.to_path_buf(), source };
+pub fn hash_path(
+    path: &Path,
+    specs: &[AlgoSpec],
+    options: &ReadOptions,
+) -> Result<(u64, Vec<Digest>), Error> {
+    let wrap = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(wrap)?;
     let size = file.metadata().map_err(wrap)?.len();
     hash_file(&mut file, size, specs, options, &mut Vec::new()).map_err(wrap)

@@ -31,7 +31,9 @@ impl FromStr for SumsFormat {
             "bsd" | "tag" => Ok(SumsFormat::Bsd),
             "json" | "jsonl" => Ok(SumsFormat::Json),
             "hashdeep" => Ok(SumsFormat::Hashdeep),
-            _ => Err(Error::UnknownFormat { name: s.to_string() }),
+            _ => Err(Error::UnknownFormat {
+                name: s.to_string(),
+            }),
         }
     }
 }
@@ -88,13 +90,26 @@ impl SumsFormat {
             SumsFormat::Gnu => {
                 for d in digests {
                     let (escaped, name) = gnu_escape(path);
-                    let _ = writeln!(s, "{}{}  {}", if escaped { "\\" } else { "" }, d.to_hex(), name);
+                    let _ = writeln!(
+                        s,
+                        "{}{}  {}",
+                        if escaped { "\\" } else { "" },
+                        d.to_hex(),
+                        name
+                    );
                 }
             }
             SumsFormat::Bsd => {
                 for d in digests {
                     let (escaped, name) = gnu_escape(path);
-                    let _ = writeln!(s, "{}{} ({}) = {}", if escaped { "\\" } else { "" }, bsd_tag(&d.spec), name, d.to_hex());
+                    let _ = writeln!(
+                        s,
+                        "{}{} ({}) = {}",
+                        if escaped { "\\" } else { "" },
+                        bsd_tag(&d.spec),
+                        name,
+                        d.to_hex()
+                    );
                 }
             }
             SumsFormat::Json => {
@@ -134,7 +149,12 @@ fn gnu_escape(path: &str) -> (bool, String) {
     if !path.contains(['\\', '\n', '\r']) {
         return (false, path.to_string());
     }
-    (true, path.replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "\\r"))
+    (
+        true,
+        path.replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r"),
+    )
 }
 
 fn gnu_unescape(name: &str) -> String {
@@ -179,7 +199,10 @@ pub fn parse_sums(text: &str, gnu_algorithm: Option<AlgoSpec>) -> Result<Vec<Sum
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for (n, raw) in text.lines().enumerate() {
         let line_no = n + 1;
-        let bad = |reason: &str| Error::SumsLine { line: line_no, reason: reason.to_string() };
+        let bad = |reason: &str| Error::SumsLine {
+            line: line_no,
+            reason: reason.to_string(),
+        };
         if raw.len() > SUMS_LINE_MAX_BYTES {
             return Err(bad("line too long"));
         }
@@ -194,19 +217,32 @@ pub fn parse_sums(text: &str, gnu_algorithm: Option<AlgoSpec>) -> Result<Vec<Sum
                 Some(rest) => (true, rest),
                 None => (false, line),
             };
-            let unescape = |s: &str| if escaped { gnu_unescape(s) } else { s.to_string() };
-            let bsd = body
-                .split_once(" (")
-                .and_then(|(tag, rest)| Some((tag.parse::<AlgoSpec>().ok()?, rest.rsplit_once(") = ")?)));
+            let unescape = |s: &str| {
+                if escaped {
+                    gnu_unescape(s)
+                } else {
+                    s.to_string()
+                }
+            };
+            let bsd = body.split_once(" (").and_then(|(tag, rest)| {
+                Some((tag.parse::<AlgoSpec>().ok()?, rest.rsplit_once(") = ")?))
+            });
             if let Some((spec, (name, hex_digest))) = bsd {
                 let bytes = decode_hex(hex_digest, spec).map_err(|r| bad(&r))?;
                 (unescape(name), None, vec![Digest { spec, bytes }])
             } else {
-                let (hex_digest, rest) = body.split_once(' ').ok_or_else(|| bad("expected '<hex>  <path>'"))?;
-                let name = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*')).ok_or_else(|| bad("expected two spaces or ' *' after the digest"))?;
+                let (hex_digest, rest) = body
+                    .split_once(' ')
+                    .ok_or_else(|| bad("expected '<hex>  <path>'"))?;
+                let name = rest
+                    .strip_prefix(' ')
+                    .or_else(|| rest.strip_prefix('*'))
+                    .ok_or_else(|| bad("expected two spaces or ' *' after the digest"))?;
                 let spec = match gnu_algorithm {
                     Some(spec) => spec,
-                    None => guess_by_length(hex_digest.len() / 2).ok_or_else(|| bad("cannot tell the algorithm from the digest length; pass --algo"))?,
+                    None => guess_by_length(hex_digest.len() / 2).ok_or_else(|| {
+                        bad("cannot tell the algorithm from the digest length; pass --algo")
+                    })?,
                 };
                 let bytes = decode_hex(hex_digest, spec).map_err(|r| bad(&r))?;
                 (unescape(name), None, vec![Digest { spec, bytes }])
@@ -224,7 +260,11 @@ pub fn parse_sums(text: &str, gnu_algorithm: Option<AlgoSpec>) -> Result<Vec<Sum
             }
             None => {
                 index.insert(path.clone(), entries.len());
-                entries.push(SumsEntry { path, size_bytes, digests });
+                entries.push(SumsEntry {
+                    path,
+                    size_bytes,
+                    digests,
+                });
             }
         }
     }
@@ -247,7 +287,11 @@ fn guess_by_length(len_bytes: usize) -> Option<AlgoSpec> {
 fn decode_hex(hex_digest: &str, spec: AlgoSpec) -> Result<Vec<u8>, String> {
     let bytes = hex::decode(hex_digest.trim()).map_err(|e| format!("bad hex digest: {e}"))?;
     if bytes.len() != spec.output_len_bytes {
-        return Err(format!("{spec} digest has {} bytes, expected {}", bytes.len(), spec.output_len_bytes));
+        return Err(format!(
+            "{spec} digest has {} bytes, expected {}",
+            bytes.len(),
+            spec.output_len_bytes
+        ));
     }
     Ok(bytes)
 }
@@ -255,18 +299,30 @@ fn decode_hex(hex_digest: &str, spec: AlgoSpec) -> Result<Vec<u8>, String> {
 type ParsedLine = (String, Option<u64>, Vec<Digest>);
 
 fn parse_json_line(line: &str) -> Result<ParsedLine, String> {
-    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
     let object = value.as_object().ok_or("JSON line is not an object")?;
-    let path = object.get("path").and_then(|p| p.as_str()).ok_or("JSON line without \"path\"")?.to_string();
+    let path = object
+        .get("path")
+        .and_then(|p| p.as_str())
+        .ok_or("JSON line without \"path\"")?
+        .to_string();
     let size_bytes = object.get("size").and_then(|s| s.as_u64());
     let mut digests = Vec::new();
     for (key, value) in object {
         if matches!(key.as_str(), "path" | "size" | "error") {
             continue;
         }
-        let Ok(spec) = key.parse::<AlgoSpec>() else { continue };
-        let hex_digest = value.as_str().ok_or_else(|| format!("{key} is not a string"))?;
-        digests.push(Digest { spec, bytes: decode_hex(hex_digest, spec)? });
+        let Ok(spec) = key.parse::<AlgoSpec>() else {
+            continue;
+        };
+        let hex_digest = value
+            .as_str()
+            .ok_or_else(|| format!("{key} is not a string"))?;
+        digests.push(Digest {
+            spec,
+            bytes: decode_hex(hex_digest, spec)?,
+        });
     }
     Ok((path, size_bytes, digests))
 }
@@ -276,7 +332,10 @@ fn parse_hashdeep(text: &str) -> Result<Vec<SumsEntry>, Error> {
     let mut entries = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line_no = n + 1;
-        let bad = |reason: &str| Error::SumsLine { line: line_no, reason: reason.to_string() };
+        let bad = |reason: &str| Error::SumsLine {
+            line: line_no,
+            reason: reason.to_string(),
+        };
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.is_empty() || line.starts_with("##") || line.starts_with("%%%% HASHDEEP") {
             continue;
@@ -288,12 +347,17 @@ fn parse_hashdeep(text: &str) -> Result<Vec<SumsEntry>, Error> {
             }
             let specs = names[1..names.len() - 1]
                 .iter()
-                .map(|n| n.parse::<AlgoSpec>().map_err(|_| bad(&format!("hashdeep algorithm {n:?} is not supported"))))
+                .map(|n| {
+                    n.parse::<AlgoSpec>()
+                        .map_err(|_| bad(&format!("hashdeep algorithm {n:?} is not supported")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             columns = Some(specs);
             continue;
         }
-        let specs = columns.as_ref().ok_or_else(|| bad("hashdeep line before the %%%% header"))?;
+        let specs = columns
+            .as_ref()
+            .ok_or_else(|| bad("hashdeep line before the %%%% header"))?;
         let fields: Vec<&str> = line.splitn(specs.len() + 2, ',').collect();
         if fields.len() != specs.len() + 2 {
             return Err(bad("wrong number of hashdeep fields"));
@@ -302,10 +366,16 @@ fn parse_hashdeep(text: &str) -> Result<Vec<SumsEntry>, Error> {
         let digests = specs
             .iter()
             .zip(&fields[1..])
-            .map(|(spec, hex_digest)| decode_hex(hex_digest, *spec).map(|bytes| Digest { spec: *spec, bytes }))
+            .map(|(spec, hex_digest)| {
+                decode_hex(hex_digest, *spec).map(|bytes| Digest { spec: *spec, bytes })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|r| bad(&r))?;
-        entries.push(SumsEntry { path: fields[specs.len() + 1].to_string(), size_bytes: Some(size_bytes), digests });
+        entries.push(SumsEntry {
+            path: fields[specs.len() + 1].to_string(),
+            size_bytes: Some(size_bytes),
+            digests,
+        });
     }
     Ok(entries)
 }

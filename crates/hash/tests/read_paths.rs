@@ -26,18 +26,49 @@ fn strings(digests: Vec<basin_hash::Digest>) -> Vec<String> {
     digests.iter().map(|d| d.to_string()).collect()
 }
 
-fn every_path(data: &[u8], specs: &[AlgoSpec], buffer_bytes: usize) -> Vec<(&'static str, Vec<String>)> {
+fn every_path(
+    data: &[u8],
+    specs: &[AlgoSpec],
+    buffer_bytes: usize,
+) -> Vec<(&'static str, Vec<String>)> {
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(data).unwrap();
     std::io::Seek::rewind(&mut file).unwrap();
     let mut out = Vec::new();
-    let small = ReadOptions { read_buffer_bytes: buffer_bytes, buffers_in_flight: 2, pipeline_min_bytes: 0, lanes_max: 3, ..Default::default() };
-    out.push(("reader", strings(hash_reader(data, specs, &mut Vec::new()).unwrap().1)));
-    out.push(("pipelined", strings(hash_reader_pipelined(data, specs, &small).unwrap().1)));
+    let small = ReadOptions {
+        read_buffer_bytes: buffer_bytes,
+        buffers_in_flight: 2,
+        pipeline_min_bytes: 0,
+        lanes_max: 3,
+        ..Default::default()
+    };
+    out.push((
+        "reader",
+        strings(hash_reader(data, specs, &mut Vec::new()).unwrap().1),
+    ));
+    out.push((
+        "pipelined",
+        strings(hash_reader_pipelined(data, specs, &small).unwrap().1),
+    ));
     out.push(("slice-lanes", strings(hash_slice(data, specs, 3))));
-    for (name, strategy, min) in [("file-buffered", ReadStrategy::Buffered, u64::MAX), ("file-pipelined", ReadStrategy::Buffered, 0), ("file-mmap", ReadStrategy::Mmap, 0)] {
-        let options = ReadOptions { strategy, pipeline_min_bytes: min, ..small };
-        let (bytes, digests) = hash_file(&mut file.try_clone().unwrap(), data.len() as u64, specs, &options, &mut Vec::new()).unwrap();
+    for (name, strategy, min) in [
+        ("file-buffered", ReadStrategy::Buffered, u64::MAX),
+        ("file-pipelined", ReadStrategy::Buffered, 0),
+        ("file-mmap", ReadStrategy::Mmap, 0),
+    ] {
+        let options = ReadOptions {
+            strategy,
+            pipeline_min_bytes: min,
+            ..small
+        };
+        let (bytes, digests) = hash_file(
+            &mut file.try_clone().unwrap(),
+            data.len() as u64,
+            specs,
+            &options,
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert_eq!(bytes, data.len() as u64, "{name}");
         out.push((name, strings(digests)));
         std::io::Seek::rewind(&mut file).unwrap();
@@ -47,7 +78,9 @@ fn every_path(data: &[u8], specs: &[AlgoSpec], buffer_bytes: usize) -> Vec<(&'st
 
 #[test]
 fn all_paths_agree_on_a_multi_buffer_file() {
-    let data: Vec<u8> = (0..3_000_001u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..3_000_001u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let specs = all_specs();
     let expected = reference(&data, &specs);
     for (name, got) in every_path(&data, &specs, 64 * 1024) {
@@ -87,5 +120,26 @@ proptest! {
         for (name, got) in every_path(&data, &specs, buffer_kib * 1024) {
             prop_assert_eq!(&got, &expected, "path {}", name);
         }
+    }
+}
+
+/// Regression: the reader kept its own reference to each chunk, so a lane finishing first could
+/// not recycle the buffer; once every buffer was lost that way the reader waited forever.
+#[test]
+fn pipelined_reader_does_not_lose_buffers_when_lanes_are_fast() {
+    let data = vec![7u8; 40 << 20];
+    let specs = basin_hash::parse_algo_list("crc32").unwrap();
+    let expected = reference(&data[..], &specs);
+    for lanes_max in [1, 2] {
+        let options = ReadOptions {
+            read_buffer_bytes: 64 * 1024,
+            buffers_in_flight: 2,
+            pipeline_min_bytes: 0,
+            lanes_max,
+            ..Default::default()
+        };
+        let (bytes, digests) = hash_reader_pipelined(&data[..], &specs, &options).unwrap();
+        assert_eq!(bytes, data.len() as u64);
+        assert_eq!(strings(digests), expected);
     }
 }

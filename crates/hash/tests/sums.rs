@@ -11,7 +11,11 @@ fn digests_of(data: &[u8], specs: &[AlgoSpec]) -> Vec<basin_hash::Digest> {
 #[test]
 fn every_format_round_trips() {
     let specs = parse_algo_list("md5,sha256").unwrap();
-    let files = [("a.txt", &b"alpha"[..]), ("dir/with space (1).bin", b"beta"), ("odd\\name\nline", b"")];
+    let files = [
+        ("a.txt", &b"alpha"[..]),
+        ("dir/with space (1).bin", b"beta"),
+        ("odd\\name\nline", b""),
+    ];
     for format in [SumsFormat::Bsd, SumsFormat::Json, SumsFormat::Hashdeep] {
         let mut text = format.header(&specs, "/tmp", "basin hash");
         for (path, data) in files {
@@ -24,8 +28,17 @@ fn every_format_round_trips() {
         let expected_len = if format == SumsFormat::Hashdeep { 2 } else { 3 };
         assert_eq!(entries.len(), expected_len, "{format:?}: {text}");
         for entry in entries {
-            let data = files.iter().find(|(p, _)| *p == entry.path).unwrap_or_else(|| panic!("{format:?}: unexpected path {:?}", entry.path)).1;
-            assert_eq!(entry.digests, digests_of(data, &specs), "{format:?} {}", entry.path);
+            let data = files
+                .iter()
+                .find(|(p, _)| *p == entry.path)
+                .unwrap_or_else(|| panic!("{format:?}: unexpected path {:?}", entry.path))
+                .1;
+            assert_eq!(
+                entry.digests,
+                digests_of(data, &specs),
+                "{format:?} {}",
+                entry.path
+            );
         }
     }
 }
@@ -36,7 +49,10 @@ fn gnu_lines_guess_by_length_or_take_the_given_algorithm() {
     let mut text = String::new();
     text.push_str(&SumsFormat::Gnu.format_entry("x y", 1, &digests_of(b"x", &sha)));
     text.push_str(&SumsFormat::Gnu.format_entry("back\\slash", 1, &digests_of(b"y", &sha)));
-    assert!(text.lines().nth(1).unwrap().starts_with('\\'), "escaped line: {text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with('\\'),
+        "escaped line: {text}"
+    );
     let entries = parse_sums(&text, None).unwrap();
     assert_eq!(entries[0].path, "x y");
     assert_eq!(entries[1].path, "back\\slash");
@@ -49,16 +65,28 @@ fn gnu_lines_guess_by_length_or_take_the_given_algorithm() {
 
 #[test]
 fn bad_lines_name_their_line_number() {
-    let err = parse_sums("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  ok\nnot a sums line\n", None).unwrap_err();
-    assert!(matches!(err, basin_hash::Error::SumsLine { line: 2, .. }), "got {err:?}");
+    let err = parse_sums(
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  ok\nnot a sums line\n",
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, basin_hash::Error::SumsLine { line: 2, .. }),
+        "got {err:?}"
+    );
     let err = parse_sums("SHA256 (f) = abcd\n", None).unwrap_err();
-    assert!(matches!(err, basin_hash::Error::SumsLine { line: 1, .. }), "got {err:?}");
+    assert!(
+        matches!(err, basin_hash::Error::SumsLine { line: 1, .. }),
+        "got {err:?}"
+    );
 }
 
 #[test]
 fn format_algorithm_limits() {
     let two = parse_algo_list("md5,sha256").unwrap();
     assert!(SumsFormat::Gnu.check_algorithms(&two).is_err());
-    assert!(SumsFormat::Hashdeep.check_algorithms(&parse_algo_list("blake3").unwrap()).is_err());
+    assert!(SumsFormat::Hashdeep
+        .check_algorithms(&parse_algo_list("blake3").unwrap())
+        .is_err());
     assert!(SumsFormat::Hashdeep.check_algorithms(&two).is_ok());
 }

@@ -43,7 +43,12 @@ pub fn format_utc(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// Parses `YYYY-MM-DD`, `YYYY-MM-DD[T ]HH:MM[:SS][Z|±HH:MM]` (UTC when no offset) or `@<unix seconds>`.
@@ -63,7 +68,11 @@ pub fn parse_time_ns(s: &str) -> Option<i64> {
         None => (s, None),
     };
     let mut parts = date.split('-');
-    let (y, m, d) = (num(parts.next()?)?, num(parts.next()?)?, num(parts.next()?)?);
+    let (y, m, d) = (
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+    );
     if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
@@ -84,7 +93,11 @@ pub fn parse_time_ns(s: &str) -> Option<i64> {
         }
         let h = num(fields[0])?;
         let mi = num(fields[1])?;
-        let se = if fields.len() == 3 { num(fields[2])? } else { 0 };
+        let se = if fields.len() == 3 {
+            num(fields[2])?
+        } else {
+            0
+        };
         if h > 23 || mi > 59 || se > 60 {
             return None;
         }
@@ -100,15 +113,25 @@ mod tests {
     #[test]
     fn round_trips_and_known_dates() {
         assert_eq!(parse_time_ns("1970-01-01"), Some(0));
-        assert_eq!(parse_time_ns("2000-03-01T00:00:00Z"), Some(951_868_800_000_000_000));
-        assert_eq!(parse_time_ns("2000-03-01T02:00+02:00"), Some(951_868_800_000_000_000));
+        assert_eq!(
+            parse_time_ns("2000-03-01T00:00:00Z"),
+            Some(951_868_800_000_000_000)
+        );
+        assert_eq!(
+            parse_time_ns("2000-03-01T02:00+02:00"),
+            Some(951_868_800_000_000_000)
+        );
         assert_eq!(parse_time_ns("@951868800"), Some(951_868_800_000_000_000));
         assert_eq!(format_utc(951_868_800_000_000_000), "2000-03-01T00:00:00Z");
         assert_eq!(parse_time_ns("2000-13-01"), None);
         assert_eq!(parse_time_ns("yesterday"), None);
         for ns in [0i64, 1_700_000_000_123_000_000, -86_400_000_000_000] {
             let text = format_utc(ns);
-            assert_eq!(parse_time_ns(&text), Some(ns.div_euclid(1_000_000_000) * 1_000_000_000), "{text}");
+            assert_eq!(
+                parse_time_ns(&text),
+                Some(ns.div_euclid(1_000_000_000) * 1_000_000_000),
+                "{text}"
+            );
         }
     }
 }

@@ -38,13 +38,22 @@ impl<R: Read> Read for Tee<'_, R> {
 }
 
 fn temp_path_for(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.basin-copy.{}", std::process::id()))
 }
 
 /// Copies `source` to `dest` (parents created), hashing with `specs`, then verifies the copy.
 /// With `no_clobber`, an existing `dest` is an error. Errors are messages for the failed-files list.
-pub fn copy_file(source: &Path, dest: &Path, specs: &[AlgoSpec], read: &ReadOptions, no_clobber: bool) -> Result<CopiedFile, String> {
+pub fn copy_file(
+    source: &Path,
+    dest: &Path,
+    specs: &[AlgoSpec],
+    read: &ReadOptions,
+    no_clobber: bool,
+) -> Result<CopiedFile, String> {
     if no_clobber && std::fs::symlink_metadata(dest).is_ok() {
         return Err(format!("{} exists (no-clobber)", dest.display()));
     }
@@ -58,7 +67,8 @@ pub fn copy_file(source: &Path, dest: &Path, specs: &[AlgoSpec], read: &ReadOpti
     }
     let source_meta = FileMeta::from_metadata(&source_before);
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let temp = temp_path_for(dest);
     let result = (|| {
@@ -68,31 +78,50 @@ pub fn copy_file(source: &Path, dest: &Path, specs: &[AlgoSpec], read: &ReadOpti
             .create_new(true)
             .open(&temp)
             .map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
-        let tee = Tee { inner: &mut input, sink: &mut out };
+        let tee = Tee {
+            inner: &mut input,
+            sink: &mut out,
+        };
         let hashed = if source_meta.size_bytes >= read.pipeline_min_bytes {
             hash_reader_pipelined(tee, specs, read)
         } else {
             hash_reader(tee, specs, &mut Vec::new())
         };
         let (bytes, digests) = hashed.map_err(|e| format!("copy failed: {e}"))?;
-        let source_after = input.metadata().map(|m| FileMeta::from_metadata(&m)).map_err(|e| format!("cannot stat: {e}"))?;
+        let source_after = input
+            .metadata()
+            .map(|m| FileMeta::from_metadata(&m))
+            .map_err(|e| format!("cannot stat: {e}"))?;
         if bytes != source_meta.size_bytes || source_after != source_meta {
             return Err("source changed while being copied".to_string());
         }
-        out.sync_all().map_err(|e| format!("fsync of {} failed: {e}", temp.display()))?;
+        out.sync_all()
+            .map_err(|e| format!("fsync of {} failed: {e}", temp.display()))?;
         drop_cached_pages(&out);
-        let mut reread = File::open(&temp).map_err(|e| format!("cannot reopen {}: {e}", temp.display()))?;
-        let (dest_bytes, dest_digests) = hash_file(&mut reread, bytes, specs, read, &mut Vec::new())
-            .map_err(|e| format!("read-back of {} failed: {e}", temp.display()))?;
+        let mut reread =
+            File::open(&temp).map_err(|e| format!("cannot reopen {}: {e}", temp.display()))?;
+        let (dest_bytes, dest_digests) =
+            hash_file(&mut reread, bytes, specs, read, &mut Vec::new())
+                .map_err(|e| format!("read-back of {} failed: {e}", temp.display()))?;
         if dest_bytes != bytes || dest_digests != digests {
-            return Err(format!("copy at {} does not match the source on read-back", dest.display()));
+            return Err(format!(
+                "copy at {} does not match the source on read-back",
+                dest.display()
+            ));
         }
         if let Ok(mtime) = source_before.modified() {
             let _ = out.set_modified(mtime);
         }
-        std::fs::rename(&temp, dest).map_err(|e| format!("cannot rename into {}: {e}", dest.display()))?;
-        let dest_meta = std::fs::metadata(dest).map(|m| FileMeta::from_metadata(&m)).map_err(|e| format!("cannot stat copy: {e}"))?;
-        Ok(CopiedFile { source_meta, dest_meta, digests })
+        std::fs::rename(&temp, dest)
+            .map_err(|e| format!("cannot rename into {}: {e}", dest.display()))?;
+        let dest_meta = std::fs::metadata(dest)
+            .map(|m| FileMeta::from_metadata(&m))
+            .map_err(|e| format!("cannot stat copy: {e}"))?;
+        Ok(CopiedFile {
+            source_meta,
+            dest_meta,
+            digests,
+        })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -148,13 +177,22 @@ pub fn copy_tree(
 ) -> Result<crate::catalog::RunCounters, crate::ScanError> {
     use crate::catalog::{FileRow, RunCounters};
     use crate::walk::{walk, WalkItem};
-    std::fs::create_dir_all(dest_dir).map_err(|e| crate::ScanError::Io { path: dest_dir.to_path_buf(), source: e })?;
-    let dest_dir = std::fs::canonicalize(dest_dir).map_err(|e| crate::ScanError::Io { path: dest_dir.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(dest_dir).map_err(|e| crate::ScanError::Io {
+        path: dest_dir.to_path_buf(),
+        source: e,
+    })?;
+    let dest_dir = std::fs::canonicalize(dest_dir).map_err(|e| crate::ScanError::Io {
+        path: dest_dir.to_path_buf(),
+        source: e,
+    })?;
     let dest_key = dest_dir.to_string_lossy().into_owned();
     let mut locks = Vec::new();
     let mut ids = None;
     if let Some(c) = catalog.as_deref_mut() {
-        locks.push(crate::lock::RootLock::acquire(&c.lock_dir(), &source.key())?);
+        locks.push(crate::lock::RootLock::acquire(
+            &c.lock_dir(),
+            &source.key(),
+        )?);
         if dest_key != source.key() {
             locks.push(crate::lock::RootLock::acquire(&c.lock_dir(), &dest_key)?);
         }
@@ -169,10 +207,10 @@ pub fn copy_tree(
     let mut source_rows: Vec<FileRow> = Vec::new();
     let mut dest_rows: Vec<FileRow> = Vec::new();
     let mut failure: Option<crate::ScanError> = None;
-    let produce = |emit: &mut dyn FnMut(Result<String, (String, String)>) -> bool| {
+    let produce = |emit: &mut dyn FnMut(Result<String, (String, String)>, u64) -> bool| {
         walk(source, &options.filters, &mut |item| match item {
-            WalkItem::File { rel_path, .. } => emit(Ok(rel_path)),
-            WalkItem::Error { rel_path, message } => emit(Err((rel_path, message))),
+            WalkItem::File { rel_path, meta } => emit(Ok(rel_path), meta.size_bytes),
+            WalkItem::Error { rel_path, message } => emit(Err((rel_path, message)), 0),
         });
     };
     let work = |item: Result<String, (String, String)>, _buffer: &mut Vec<u8>| -> CopyOutcome {
@@ -189,12 +227,22 @@ pub fn copy_tree(
                     &options.read,
                     options.no_clobber,
                 );
-                CopyOutcome { rel_path, dest_rel_path, result }
+                CopyOutcome {
+                    rel_path,
+                    dest_rel_path,
+                    result,
+                }
             }
-            Err((rel_path, message)) => CopyOutcome { dest_rel_path: rel_path.clone(), rel_path, result: Err(message) },
+            Err((rel_path, message)) => CopyOutcome {
+                dest_rel_path: rel_path.clone(),
+                rel_path,
+                result: Err(message),
+            },
         }
     };
-    let flush = |source_rows: &mut Vec<FileRow>, dest_rows: &mut Vec<FileRow>, catalog: &mut Option<&mut dyn crate::catalog::CatalogStore>| {
+    let flush = |source_rows: &mut Vec<FileRow>,
+                 dest_rows: &mut Vec<FileRow>,
+                 catalog: &mut Option<&mut dyn crate::catalog::CatalogStore>| {
         if let (Some(c), Some(((sid, srun), (did, drun)))) = (catalog.as_deref_mut(), ids) {
             c.write_batch(sid, srun, &options.specs, source_rows)?;
             c.write_batch(did, drun, &options.specs, dest_rows)?;
@@ -211,8 +259,18 @@ pub fn copy_tree(
                 counters.bytes_hashed += copied.source_meta.size_bytes;
                 if ids.is_some() {
                     let ok = Ok(copied.digests.clone());
-                    source_rows.push(FileRow { rel_path: outcome.rel_path.clone(), meta: copied.source_meta, result: ok.clone(), replace_members: false });
-                    dest_rows.push(FileRow { rel_path: outcome.dest_rel_path.clone(), meta: copied.dest_meta, result: ok, replace_members: false });
+                    source_rows.push(FileRow {
+                        rel_path: outcome.rel_path.clone(),
+                        meta: copied.source_meta,
+                        result: ok.clone(),
+                        replace_members: false,
+                    });
+                    dest_rows.push(FileRow {
+                        rel_path: outcome.dest_rel_path.clone(),
+                        meta: copied.dest_meta,
+                        result: ok,
+                        replace_members: false,
+                    });
                 }
             }
             Err(_) => counters.files_failed += 1,
@@ -226,7 +284,13 @@ pub fn copy_tree(
         }
         true
     };
-    crate::pipeline::run_ordered(options.jobs, std::time::Duration::from_millis(250), produce, work, &mut sink);
+    crate::pipeline::run_ordered(
+        options.jobs,
+        std::time::Duration::from_millis(250),
+        produce,
+        work,
+        &mut sink,
+    );
     if let Some(e) = failure {
         return Err(e);
     }

@@ -14,7 +14,9 @@
 //! this run), the request asks for the rest with `Range: bytes=<len>-`. A `206` whose
 //! `Content-Range` starts exactly there is appended (the digests cover the old bytes too, re-read
 //! from the part file); a `200` means the server ignores ranges, and the file restarts from zero.
-//! A body shorter than its `Content-Length` is never a success.
+//! A body shorter than its `Content-Length` is never a success. The part file stays under an
+//! exclusive OS lock for the whole download, so two runs never write into one file
+//! ([`DownloadError::PartLocked`]).
 //!
 //! Destinations never escape the destination folder: names come from URL path segments that are
 //! percent-decoded and sanitised ([`destination_for`]), or from a user-given name that must be a
@@ -25,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -123,6 +125,8 @@ pub enum DownloadError {
         expected_start: u64,
         content_range: String,
     },
+    #[error("{path} is locked: another download is writing it")]
+    PartLocked { path: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -195,6 +199,7 @@ impl DownloadError {
             DownloadError::Truncated { .. } => "truncated",
             DownloadError::TooLarge { .. } => "too_large",
             DownloadError::BadContentRange { .. } => "bad_content_range",
+            DownloadError::PartLocked { .. } => "part_locked",
             DownloadError::Io { .. } => "local_io",
         }
     }
@@ -271,17 +276,19 @@ impl Downloader {
 
     /// Downloads planned jobs in order (see [`plan`]); a job that could not be planned counts as
     /// a failure in its place. After a failure the rest are left alone unless `keep_going`.
-    /// `on_outcome` sees each outcome as it happens (for printing); all are also returned.
+    /// `on_progress(job, bytes_on_disk, total)` follows each transfer; `on_outcome` sees each
+    /// outcome as it happens (for printing); all outcomes are also returned.
     pub fn download_all(
         &self,
         jobs: impl IntoIterator<Item = Result<DownloadJob, DownloadFailure>>,
         keep_going: bool,
+        on_progress: &mut dyn FnMut(&DownloadJob, u64, Option<u64>),
         on_outcome: &mut dyn FnMut(&DownloadOutcome),
     ) -> Vec<DownloadOutcome> {
         let mut outcomes = Vec::new();
         for job in jobs {
             let outcome = match job {
-                Ok(job) => self.download(&job, &mut |_, _| {}),
+                Ok(job) => self.download(&job, &mut |bytes, total| on_progress(&job, bytes, total)),
                 Err(failure) => DownloadOutcome::Failed(failure),
             };
             on_outcome(&outcome);
@@ -331,39 +338,51 @@ impl Downloader {
             }
         }
         let part = part_path(&job.destination);
+        // The part file is held open and locked for the whole download, so two runs writing
+        // into the same folder never interleave their bytes into one file.
+        let mut file = match open_locked(&part) {
+            Ok(file) => file,
+            Err(error) => return fail(0, error),
+        };
         let mut state = AttemptState { validator: None };
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            match self.attempt(job, &part, &mut state, progress) {
-                Ok(done) => {
-                    return DownloadOutcome::Downloaded(Downloaded {
-                        url: job.url.clone(),
-                        path: job.destination.clone(),
-                        size: done.size,
-                        digests: done.digests,
-                        attempts,
-                        resumed_from_bytes: done.resumed_from_bytes,
-                    })
-                }
-                Err(failed) => {
-                    if !failed.error.is_retryable() || attempts > self.options.retries_max {
-                        return fail(attempts, failed.error);
-                    }
-                    let delay = if failed.retry_now {
-                        Duration::ZERO
-                    } else {
-                        backoff_delay(
+            let failed = match self.attempt(job, &mut file, &part, &mut state, progress) {
+                Ok(done) => match publish(file, &part, &job.destination) {
+                    Ok(()) => {
+                        return DownloadOutcome::Downloaded(Downloaded {
+                            url: job.url.clone(),
+                            path: job.destination.clone(),
+                            size: done.size,
+                            digests: done.digests,
                             attempts,
-                            self.options.backoff_initial,
-                            self.options.backoff_max,
-                            failed.retry_after,
-                            rand::random::<f64>(),
-                        )
-                    };
-                    std::thread::sleep(delay);
+                            resumed_from_bytes: done.resumed_from_bytes,
+                        })
+                    }
+                    Err(error) => return fail(attempts, error),
+                },
+                Err(failed) => failed,
+            };
+            if !failed.error.is_retryable() || attempts > self.options.retries_max {
+                // An empty part file holds nothing worth resuming.
+                if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+                    let _ = remove_part(&part);
                 }
+                return fail(attempts, failed.error);
             }
+            let delay = if failed.retry_now {
+                Duration::ZERO
+            } else {
+                backoff_delay(
+                    attempts,
+                    self.options.backoff_initial,
+                    self.options.backoff_max,
+                    failed.retry_after,
+                    rand::random::<f64>(),
+                )
+            };
+            std::thread::sleep(delay);
         }
     }
 
@@ -371,6 +390,7 @@ impl Downloader {
     fn attempt(
         &self,
         job: &DownloadJob,
+        file: &mut File,
         part: &Path,
         state: &mut AttemptState,
         progress: &mut dyn FnMut(u64, Option<u64>),
@@ -380,11 +400,7 @@ impl Downloader {
             let path = path.to_path_buf();
             move |source| AttemptFailure::from(DownloadError::Io { path, source })
         };
-        let offset = match fs::metadata(part) {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io_err(part)(e)),
-        };
+        let offset = file.metadata().map_err(io_err(part))?.len();
         let mut request = self.agent.get(url);
         if offset > 0 {
             request = request.set("Range", &format!("bytes={offset}-"));
@@ -397,7 +413,7 @@ impl Downloader {
             Ok(response) => response,
             Err(ureq::Error::Status(416, _)) if offset > 0 => {
                 // The part is as long as (or longer than) the resource: it cannot be trusted.
-                remove_part(part).map_err(io_err(part))?;
+                file.set_len(0).map_err(io_err(part))?;
                 return Err(AttemptFailure {
                     error: DownloadError::BadContentRange {
                         url: url.to_string(),
@@ -432,7 +448,7 @@ impl Downloader {
                 Some((first, _, total)) if first == offset && offset > 0 => (offset, total),
                 _ => {
                     // Not the bytes we asked for: start again from zero without a range.
-                    remove_part(part).map_err(io_err(part))?;
+                    file.set_len(0).map_err(io_err(part))?;
                     return Err(AttemptFailure {
                         error: DownloadError::BadContentRange {
                             url: url.to_string(),
@@ -449,7 +465,7 @@ impl Downloader {
         };
         if let (Some(limit), Some(total)) = (self.options.response_bytes_max, total) {
             if total > limit {
-                remove_part(part).map_err(io_err(part))?;
+                file.set_len(0).map_err(io_err(part))?;
                 return Err(DownloadError::TooLarge {
                     url: url.to_string(),
                     limit_bytes: limit,
@@ -460,29 +476,27 @@ impl Downloader {
         state.validator = strong_validator(&response);
 
         let mut hasher = MultiHasher::new(&self.options.algorithms);
-        let mut file = if start > 0 {
+        if start > 0 {
             // The digests must cover the whole file, so the kept bytes are hashed first.
-            let mut kept = File::open(part).map_err(io_err(part))?;
-            let kept_bytes = feed(&mut kept, &mut hasher).map_err(io_err(part))?;
+            file.seek(SeekFrom::Start(0)).map_err(io_err(part))?;
+            let kept_bytes =
+                feed(&mut Read::by_ref(file).take(start), &mut hasher).map_err(io_err(part))?;
             if kept_bytes != start {
-                remove_part(part).map_err(io_err(part))?;
+                file.set_len(0).map_err(io_err(part))?;
                 return Err(AttemptFailure {
                     error: DownloadError::BadContentRange {
                         url: url.to_string(),
                         expected_start: start,
-                        content_range: format!("(part file changed to {kept_bytes} bytes)"),
+                        content_range: format!("(part file shrank to {kept_bytes} bytes)"),
                     },
                     retry_after: None,
                     retry_now: true,
                 });
             }
-            OpenOptions::new()
-                .append(true)
-                .open(part)
-                .map_err(io_err(part))?
         } else {
-            File::create(part).map_err(io_err(part))?
-        };
+            file.set_len(0).map_err(io_err(part))?;
+        }
+        file.seek(SeekFrom::Start(start)).map_err(io_err(part))?;
         progress(start, total);
 
         let mut reader = response.into_reader();
@@ -501,8 +515,7 @@ impl Downloader {
             };
             if let Some(limit) = self.options.response_bytes_max {
                 if start + received + n as u64 > limit {
-                    drop(file);
-                    remove_part(part).map_err(io_err(part))?;
+                    file.set_len(0).map_err(io_err(part))?;
                     return Err(DownloadError::TooLarge {
                         url: url.to_string(),
                         limit_bytes: limit,
@@ -530,10 +543,6 @@ impl Downloader {
                 .into());
             }
         }
-        file.sync_all().map_err(io_err(part))?;
-        drop(file);
-        fs::rename(part, &job.destination).map_err(io_err(&job.destination))?;
-        sync_parent(&job.destination).map_err(io_err(&job.destination))?;
         Ok(Done {
             size: start + received,
             digests: hasher.finalize(),
@@ -713,6 +722,41 @@ pub fn part_path(destination: &Path) -> PathBuf {
         .unwrap_or_default();
     name.push(".part");
     destination.with_file_name(name)
+}
+
+/// Opens (creating if needed, never truncating) and exclusively locks the part file.
+fn open_locked(part: &Path) -> Result<File, DownloadError> {
+    use fs4::fs_std::FileExt;
+    let io_err = |source| DownloadError::Io {
+        path: part.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)
+        .map_err(io_err)?;
+    if !file.try_lock_exclusive().map_err(io_err)? {
+        return Err(DownloadError::PartLocked {
+            path: part.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
+/// Makes a complete part file the destination: fsync, rename, fsync the folder. The lock is
+/// held until the new name is in place.
+fn publish(file: File, part: &Path, destination: &Path) -> Result<(), DownloadError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DownloadError::Io { path, source }
+    };
+    file.sync_all().map_err(io_err(part))?;
+    fs::rename(part, destination).map_err(io_err(destination))?;
+    drop(file);
+    sync_parent(destination).map_err(io_err(destination))
 }
 
 fn remove_part(part: &Path) -> io::Result<()> {

@@ -38,10 +38,17 @@ pub fn read_list(path: &Path) -> io::Result<Vec<FailedEntry>> {
             continue;
         }
         if line.len() > FAILED_LINE_MAX_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}:{}: line too long", path.display(), n + 1)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}:{}: line too long", path.display(), n + 1),
+            ));
         }
-        let entry: FailedEntry = serde_json::from_str(&line)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}:{}: {e}", path.display(), n + 1)))?;
+        let entry: FailedEntry = serde_json::from_str(&line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}:{}: {e}", path.display(), n + 1),
+            )
+        })?;
         entries.push(entry);
     }
     Ok(entries)

@@ -50,7 +50,10 @@ pub use walk::{Filters, ScanRoot};
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Lock(#[from] lock::LockError),
     #[error(transparent)]

@@ -24,7 +24,11 @@ pub struct LockHolder {
 
 impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} on {} since {}", self.pid, self.host, self.started)
+        write!(
+            f,
+            "pid {} on {} since {}",
+            self.pid, self.host, self.started
+        )
     }
 }
 
@@ -32,9 +36,16 @@ impl std::fmt::Display for LockHolder {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("root {root} is being scanned by {holder} (lock file {})", lock_path.display())]
-    Held { root: String, holder: LockHolder, lock_path: PathBuf },
+    Held {
+        root: String,
+        holder: LockHolder,
+        lock_path: PathBuf,
+    },
     #[error("lock file {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A held lock; released when dropped (or when the process dies).
@@ -52,13 +63,24 @@ impl RootLock {
     /// Takes the lock for `root` in `lock_dir` (created if missing), or fails at once naming the holder.
     pub fn acquire(lock_dir: &Path, root: &str) -> Result<RootLock, LockError> {
         fn io(path: &Path) -> impl Fn(std::io::Error) -> LockError + '_ {
-            move |source| LockError::Io { path: path.to_path_buf(), source }
+            move |source| LockError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
         std::fs::create_dir_all(lock_dir).map_err(io(lock_dir))?;
-        let path = lock_dir.join(format!("{:016x}.lock", xxhash_rust::xxh3::xxh3_64(root.as_bytes())));
+        let path = lock_dir.join(format!(
+            "{:016x}.lock",
+            xxhash_rust::xxh3::xxh3_64(root.as_bytes())
+        ));
         // Never truncate on open: the holder's content must survive a failed attempt.
-        let mut file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
         let taken = file.try_lock_exclusive().map_err(io(&path))?;
         if !taken {
             let mut content = String::new();
@@ -68,10 +90,21 @@ impl RootLock {
                 host: "an unknown host".into(),
                 started: "an unknown time".into(),
             });
-            return Err(LockError::Held { root: root.to_string(), holder, lock_path: path });
+            return Err(LockError::Held {
+                root: root.to_string(),
+                holder,
+                lock_path: path,
+            });
         }
-        let holder = LockHolder { pid: std::process::id(), host: host_name(), started: clock::format_utc(clock::now_ns()) };
-        let content = format!("pid={}\nhost={}\nstarted={}\nroot={root}\n", holder.pid, holder.host, holder.started);
+        let holder = LockHolder {
+            pid: std::process::id(),
+            host: host_name(),
+            started: clock::format_utc(clock::now_ns()),
+        };
+        let content = format!(
+            "pid={}\nhost={}\nstarted={}\nroot={root}\n",
+            holder.pid, holder.host, holder.started
+        );
         file.set_len(0).map_err(io(&path))?;
         file.rewind().map_err(io(&path))?;
         file.write_all(content.as_bytes()).map_err(io(&path))?;
@@ -89,8 +122,17 @@ impl Drop for RootLock {
 
 /// Reads the holder from a lock file's content.
 pub fn parse_holder(content: &str) -> Option<LockHolder> {
-    let field = |key: &str| content.lines().find_map(|l| l.strip_prefix(key)).map(str::to_string);
-    Some(LockHolder { pid: field("pid=")?.parse().ok()?, host: field("host=")?, started: field("started=")? })
+    let field = |key: &str| {
+        content
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_string)
+    };
+    Some(LockHolder {
+        pid: field("pid=")?.parse().ok()?,
+        host: field("host=")?,
+        started: field("started=")?,
+    })
 }
 
 /// This machine's name, for lock files and run rows.
@@ -105,5 +147,7 @@ pub fn host_name() -> String {
             return String::from_utf8_lossy(&buf[..end]).into_owned();
         }
     }
-    std::env::var("COMPUTERNAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown-host".into())
+    std::env::var("COMPUTERNAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown-host".into())
 }

@@ -1,43 +1,78 @@
 //! An ordered parallel map: one producer thread, `jobs` workers, results handed to the caller's
 //! thread in the order the producer made them.
 //!
-//! Memory is bounded: at most `window` items are between the producer and the sink at any time
-//! (a big file being hashed holds back at most `window` finished small ones), and the channels
-//! are bounded too.
+//! Memory is bounded: at most `WINDOW_BATCHES_MAX` batches of at most `BATCH_ITEMS_MAX` items
+//! are between the producer and the sink at any time (a big file being hashed holds back at most
+//! that many finished small ones), and the channels are bounded too.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, RecvTimeoutError};
 
-/// Items in flight (produced but not yet handed to the sink), at most.
-pub const WINDOW_ITEMS_MAX: usize = 4096;
+/// Batches in flight (produced but not yet handed to the sink), at most.
+pub const WINDOW_BATCHES_MAX: usize = 256;
+/// A batch closes at this many items...
+pub const BATCH_ITEMS_MAX: usize = 64;
+/// ...or at this much work (bytes to hash, as the producer weighs items), whichever comes first.
+/// Small files travel in batches so channel hand-offs stay rare; big files travel alone so the
+/// workers share them.
+pub const BATCH_WEIGHT_MAX: u64 = 4 << 20;
 
 /// Runs `produce` on its own thread and `work` on `jobs` threads (each with a reusable buffer);
 /// calls `sink(Some(output))` in production order on the calling thread, and `sink(None)` when
 /// nothing arrived for `tick` (so the sink can flush). A sink returning `false` stops everything.
-pub fn run_ordered<I, O, P, W>(jobs: usize, tick: Duration, produce: P, work: W, sink: &mut dyn FnMut(Option<O>) -> bool)
-where
+/// The producer emits `(item, weight)`; weights (bytes, usually) only shape the batches.
+pub fn run_ordered<I, O, P, W>(
+    jobs: usize,
+    tick: Duration,
+    produce: P,
+    work: W,
+    sink: &mut dyn FnMut(Option<O>) -> bool,
+) where
     I: Send,
     O: Send,
-    P: FnOnce(&mut dyn FnMut(I) -> bool) + Send,
+    P: FnOnce(&mut dyn FnMut(I, u64) -> bool) + Send,
     W: Fn(I, &mut Vec<u8>) -> O + Sync,
 {
     let jobs = jobs.max(1);
     std::thread::scope(|scope| {
-        let (work_tx, work_rx) = bounded::<(u64, I)>(jobs * 4);
-        let (done_tx, done_rx) = bounded::<(u64, O)>(jobs * 4);
-        let (ticket_tx, ticket_rx) = bounded::<()>(WINDOW_ITEMS_MAX);
+        let (work_tx, work_rx) = bounded::<(u64, Vec<I>)>(jobs * 2);
+        let (done_tx, done_rx) = bounded::<(u64, Vec<O>)>(jobs * 2);
+        let (ticket_tx, ticket_rx) = bounded::<()>(WINDOW_BATCHES_MAX);
         scope.spawn(move || {
             let mut seq = 0u64;
-            produce(&mut |item| {
-                // The ticket is taken before the item exists downstream, so the sink can always return one.
-                if ticket_tx.send(()).is_err() || work_tx.send((seq, item)).is_err() {
+            let mut batch: Vec<I> = Vec::with_capacity(BATCH_ITEMS_MAX);
+            let mut weight = 0u64;
+            let mut send = |batch: &mut Vec<I>| -> bool {
+                let full = std::mem::replace(batch, Vec::with_capacity(BATCH_ITEMS_MAX));
+                // The ticket is taken before the batch exists downstream, so the sink can always return one.
+                if ticket_tx.send(()).is_err() || work_tx.send((seq, full)).is_err() {
                     return false;
                 }
                 seq += 1;
                 true
+            };
+            let mut alive = true;
+            produce(&mut |item, item_weight| {
+                if !alive {
+                    return false;
+                }
+                if !batch.is_empty() && weight.saturating_add(item_weight) > BATCH_WEIGHT_MAX {
+                    alive = send(&mut batch);
+                    weight = 0;
+                }
+                batch.push(item);
+                weight = weight.saturating_add(item_weight);
+                if alive && batch.len() >= BATCH_ITEMS_MAX {
+                    alive = send(&mut batch);
+                    weight = 0;
+                }
+                alive
             });
+            if alive && !batch.is_empty() {
+                send(&mut batch);
+            }
         });
         let work = &work;
         for _ in 0..jobs {
@@ -45,8 +80,12 @@ where
             let tx = done_tx.clone();
             scope.spawn(move || {
                 let mut buffer = Vec::new();
-                for (seq, item) in rx {
-                    if tx.send((seq, work(item, &mut buffer))).is_err() {
+                for (seq, batch) in rx {
+                    let out: Vec<O> = batch
+                        .into_iter()
+                        .map(|item| work(item, &mut buffer))
+                        .collect();
+                    if tx.send((seq, out)).is_err() {
                         break;
                     }
                 }
@@ -55,16 +94,18 @@ where
         drop(done_tx);
         drop(work_rx);
         let mut next = 0u64;
-        let mut pending: BTreeMap<u64, O> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Vec<O>> = BTreeMap::new();
         'outer: loop {
             match done_rx.recv_timeout(tick) {
                 Ok((seq, out)) => {
                     pending.insert(seq, out);
-                    while let Some(out) = pending.remove(&next) {
+                    while let Some(outs) = pending.remove(&next) {
                         next += 1;
                         let _ = ticket_rx.try_recv();
-                        if !sink(Some(out)) {
-                            break 'outer;
+                        for out in outs {
+                            if !sink(Some(out)) {
+                                break 'outer;
+                            }
                         }
                     }
                 }
@@ -94,7 +135,7 @@ mod tests {
             Duration::from_millis(50),
             |emit| {
                 for i in 0..10_000u32 {
-                    if !emit(i) {
+                    if !emit(i, u64::from(i % 7) << 20) {
                         return;
                     }
                 }
@@ -114,10 +155,22 @@ mod tests {
         );
         assert_eq!(got, (0..10_000u32).collect::<Vec<_>>());
         let mut stopped = 0;
-        run_ordered(2, Duration::from_millis(50), |emit| for i in 0..1_000_000u32 { if !emit(i) { return } }, |i, _| i, &mut |out| {
-            stopped += usize::from(out.is_some());
-            stopped < 100
-        });
+        run_ordered(
+            2,
+            Duration::from_millis(50),
+            |emit| {
+                for i in 0..1_000_000u32 {
+                    if !emit(i, 1) {
+                        return;
+                    }
+                }
+            },
+            |i, _| i,
+            &mut |out| {
+                stopped += usize::from(out.is_some());
+                stopped < 100
+            },
+        );
         assert_eq!(stopped, 100);
     }
 }

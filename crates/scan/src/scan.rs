@@ -50,7 +50,9 @@ impl ScanOptions {
     pub fn new(specs: Vec<AlgoSpec>) -> ScanOptions {
         ScanOptions {
             specs,
-            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             filters: Filters::default(),
             read: ReadOptions::default(),
             rehash: false,
@@ -112,7 +114,13 @@ pub struct ScanSummary {
 }
 
 /// Hashes one file. Never panics on what it reads; every failure becomes `Err(message)`.
-pub fn hash_one(path: &Path, specs: &[AlgoSpec], read: &ReadOptions, buffer: &mut Vec<u8>) -> Result<(FileMeta, Vec<Digest>), String> {
+pub fn hash_one(
+    path: &Path,
+    walked: Option<FileMeta>,
+    specs: &[AlgoSpec],
+    read: &ReadOptions,
+    buffer: &mut Vec<u8>,
+) -> Result<(FileMeta, Vec<Digest>), String> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -125,36 +133,68 @@ pub fn hash_one(path: &Path, specs: &[AlgoSpec], read: &ReadOptions, buffer: &mu
         io::ErrorKind::NotFound => "vanished before it was read".to_string(),
         _ => format!("cannot open: {e}"),
     })?;
-    let before = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
-    if !before.is_file() {
+    // With the walk's lstat in hand, one fstat after reading is enough: if it still matches, the
+    // bytes read are the file the walk saw. Otherwise hash again with a stat before and after.
+    let meta = match walked {
+        Some(meta) => meta,
+        None => {
+            let before = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+            if !before.is_file() {
+                return Err("not a regular file".into());
+            }
+            FileMeta::from_metadata(&before)
+        }
+    };
+    let (bytes_read, digests) = hash_file(&mut file, meta.size_bytes, specs, read, buffer)
+        .map_err(|e| format!("read failed: {e}"))?;
+    let after = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !after.is_file() {
         return Err("not a regular file".into());
     }
-    let meta = FileMeta::from_metadata(&before);
-    let (bytes_read, digests) = hash_file(&mut file, meta.size_bytes, specs, read, buffer).map_err(|e| format!("read failed: {e}"))?;
-    let after = file.metadata().map(|m| FileMeta::from_metadata(&m)).map_err(|e| format!("cannot stat: {e}"))?;
-    if bytes_read != meta.size_bytes || after != meta {
-        return Err(format!(
-            "changed while being read ({} bytes expected, {bytes_read} read, now {} bytes)",
-            meta.size_bytes, after.size_bytes
-        ));
+    let after = FileMeta::from_metadata(&after);
+    if bytes_read == meta.size_bytes && after == meta {
+        return Ok((meta, digests));
     }
-    Ok((meta, digests))
+    if walked.is_some() {
+        drop(file);
+        return hash_one(path, None, specs, read, buffer);
+    }
+    Err(format!(
+        "changed while being read ({} bytes expected, {bytes_read} read, now {} bytes)",
+        meta.size_bytes, after.size_bytes
+    ))
 }
 
 /// The archive members of `path`, if it is an archive.
-pub(crate) fn hash_archive_members(path: &Path, rel_path: &str, specs: &[AlgoSpec]) -> Vec<MemberOutcome> {
+pub(crate) fn hash_archive_members(
+    path: &Path,
+    rel_path: &str,
+    specs: &[AlgoSpec],
+) -> Vec<MemberOutcome> {
     if crate::archive::archive_kind(path).is_none() {
         return Vec::new();
     }
     let prefix = path.to_string_lossy().into_owned();
     let mut members = Vec::new();
     let result = crate::archive::hash_members(path, specs, &mut |member| {
-        let inner = member.path.strip_prefix(&prefix).and_then(|p| p.strip_prefix('!')).unwrap_or(&member.path);
-        members.push(MemberOutcome { rel_path: format!("{rel_path}!{inner}"), size_bytes: member.size, result: Ok(member.digests) });
+        let inner = member
+            .path
+            .strip_prefix(&prefix)
+            .and_then(|p| p.strip_prefix('!'))
+            .unwrap_or(&member.path);
+        members.push(MemberOutcome {
+            rel_path: format!("{rel_path}!{inner}"),
+            size_bytes: member.size,
+            result: Ok(member.digests),
+        });
         Ok(())
     });
     if let Err(e) = result {
-        members.push(MemberOutcome { rel_path: format!("{rel_path}!"), size_bytes: 0, result: Err(e.to_string()) });
+        members.push(MemberOutcome {
+            rel_path: format!("{rel_path}!"),
+            size_bytes: 0,
+            result: Err(e.to_string()),
+        });
     }
     members
 }
@@ -187,30 +227,43 @@ pub fn scan(
         let run_id = catalog.start_run(root_id, &options.command)?;
         ids = Some((root_id, run_id));
     }
-    let hold_after_rows: Option<u64> = std::env::var(TEST_HOLD_ENV).ok().and_then(|v| v.parse().ok());
+    let hold_after_rows: Option<u64> = std::env::var(TEST_HOLD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
 
     let files_discovered = AtomicU64::new(0);
     let bytes_discovered = AtomicU64::new(0);
     let files_skipped = AtomicU64::new(0);
     let bytes_skipped = AtomicU64::new(0);
     let walk_finished = std::sync::atomic::AtomicBool::new(false);
-    let mut summary = ScanSummary { run_id: ids.map(|(_, run)| run), ..Default::default() };
+    let mut summary = ScanSummary {
+        run_id: ids.map(|(_, run)| run),
+        ..Default::default()
+    };
     let mut progress = ScanProgress::default();
     let mut pending: Vec<FileRow> = Vec::new();
     let mut rows_committed = 0u64;
     let mut last_flush = Instant::now();
     let mut failure: Option<ScanError> = None;
 
-    let produce = |emit: &mut dyn FnMut(Task) -> bool| {
+    let produce = |emit: &mut dyn FnMut(Task, u64) -> bool| {
         match &options.only_paths {
             Some(paths) => {
                 for rel_path in paths {
                     let meta = std::fs::symlink_metadata(root.abs_path(rel_path))
                         .map(|m| FileMeta::from_metadata(&m))
-                        .unwrap_or(FileMeta { size_bytes: 0, mtime_ns: 0, inode: 0 });
+                        .unwrap_or(FileMeta {
+                            size_bytes: 0,
+                            mtime_ns: 0,
+                            inode: 0,
+                        });
                     files_discovered.fetch_add(1, Ordering::Relaxed);
                     bytes_discovered.fetch_add(meta.size_bytes, Ordering::Relaxed);
-                    if !emit(Task::Hash { rel_path: rel_path.clone(), meta }) {
+                    let task = Task::Hash {
+                        rel_path: rel_path.clone(),
+                        meta,
+                    };
+                    if !emit(task, meta.size_bytes) {
                         break;
                     }
                 }
@@ -219,15 +272,19 @@ pub fn scan(
                 WalkItem::File { rel_path, meta } => {
                     files_discovered.fetch_add(1, Ordering::Relaxed);
                     bytes_discovered.fetch_add(meta.size_bytes, Ordering::Relaxed);
-                    let unchanged = known.get(&path_key(&rel_path)).is_some_and(|k| k.complete && k.meta == meta);
+                    let unchanged = known
+                        .get(&path_key(&rel_path))
+                        .is_some_and(|k| k.complete && k.meta == meta);
                     if unchanged {
                         files_skipped.fetch_add(1, Ordering::Relaxed);
                         bytes_skipped.fetch_add(meta.size_bytes, Ordering::Relaxed);
                         return true;
                     }
-                    emit(Task::Hash { rel_path, meta })
+                    emit(Task::Hash { rel_path, meta }, meta.size_bytes)
                 }
-                WalkItem::Error { rel_path, message } => emit(Task::WalkError { rel_path, message }),
+                WalkItem::Error { rel_path, message } => {
+                    emit(Task::WalkError { rel_path, message }, 0)
+                }
             }),
         }
         walk_finished.store(true, Ordering::Relaxed);
@@ -237,26 +294,47 @@ pub fn scan(
         match task {
             Task::WalkError { rel_path, message } => FileOutcome {
                 rel_path,
-                meta: FileMeta { size_bytes: 0, mtime_ns: 0, inode: 0 },
+                meta: FileMeta {
+                    size_bytes: 0,
+                    mtime_ns: 0,
+                    inode: 0,
+                },
                 result: Err(message),
                 walk_error: true,
                 members: Vec::new(),
             },
             Task::Hash { rel_path, meta } => {
                 let path = root.abs_path(&rel_path);
-                match hash_one(&path, specs, &options.read, buffer) {
+                match hash_one(&path, Some(meta), specs, &options.read, buffer) {
                     Ok((meta, digests)) => {
-                        let members =
-                            if options.inside_archives { hash_archive_members(&path, &rel_path, specs) } else { Vec::new() };
-                        FileOutcome { rel_path, meta, result: Ok(digests), walk_error: false, members }
+                        let members = if options.inside_archives {
+                            hash_archive_members(&path, &rel_path, specs)
+                        } else {
+                            Vec::new()
+                        };
+                        FileOutcome {
+                            rel_path,
+                            meta,
+                            result: Ok(digests),
+                            walk_error: false,
+                            members,
+                        }
                     }
-                    Err(message) => FileOutcome { rel_path, meta, result: Err(message), walk_error: false, members: Vec::new() },
+                    Err(message) => FileOutcome {
+                        rel_path,
+                        meta,
+                        result: Err(message),
+                        walk_error: false,
+                        members: Vec::new(),
+                    },
                 }
             }
         }
     };
 
-    let mut flush = |pending: &mut Vec<FileRow>, catalog: &mut Option<&mut dyn CatalogStore>| -> Result<(), ScanError> {
+    let mut flush = |pending: &mut Vec<FileRow>,
+                     catalog: &mut Option<&mut dyn CatalogStore>|
+     -> Result<(), ScanError> {
         if let (Some(catalog), Some((root_id, run_id))) = (catalog.as_deref_mut(), ids) {
             if !pending.is_empty() {
                 catalog.write_batch(root_id, run_id, specs, pending)?;
@@ -287,8 +365,10 @@ pub fn scan(
                     }
                     Err(_) => summary.counters.files_failed += 1,
                 }
-                summary.members_hashed += outcome.members.iter().filter(|m| m.result.is_ok()).count() as u64;
-                summary.counters.files_failed += outcome.members.iter().filter(|m| m.result.is_err()).count() as u64;
+                summary.members_hashed +=
+                    outcome.members.iter().filter(|m| m.result.is_ok()).count() as u64;
+                summary.counters.files_failed +=
+                    outcome.members.iter().filter(|m| m.result.is_err()).count() as u64;
                 if ids.is_some() {
                     let is_archive_scan = options.inside_archives && outcome.result.is_ok();
                     pending.push(FileRow {
@@ -301,7 +381,10 @@ pub fn scan(
                         pending.push(FileRow {
                             rel_path: m.rel_path.clone(),
                             // Members carry the archive's mtime and inode: they change only with it.
-                            meta: FileMeta { size_bytes: m.size_bytes, ..outcome.meta },
+                            meta: FileMeta {
+                                size_bytes: m.size_bytes,
+                                ..outcome.meta
+                            },
                             result: m.result.clone(),
                             replace_members: false,
                         });
@@ -313,7 +396,9 @@ pub fn scan(
                 return false;
             }
         }
-        if pending.len() >= options.batch_rows.max(1) || (!pending.is_empty() && last_flush.elapsed() >= options.batch_interval) {
+        if pending.len() >= options.batch_rows.max(1)
+            || (!pending.is_empty() && last_flush.elapsed() >= options.batch_interval)
+        {
             if let Err(e) = flush(&mut pending, &mut catalog) {
                 failure = Some(e);
                 return false;
@@ -329,7 +414,13 @@ pub fn scan(
         true
     };
 
-    run_ordered(options.jobs, options.batch_interval.min(Duration::from_millis(250)), produce, work, &mut sink);
+    run_ordered(
+        options.jobs,
+        options.batch_interval.min(Duration::from_millis(250)),
+        produce,
+        work,
+        &mut sink,
+    );
     if let Some(e) = failure {
         return Err(e);
     }

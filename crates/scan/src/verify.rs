@@ -22,11 +22,15 @@ pub struct Expected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Ok,
-    Changed { reason: String },
+    Changed {
+        reason: String,
+    },
     Missing,
     /// On disk, not expected.
     New,
-    Unreadable { reason: String },
+    Unreadable {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +71,9 @@ pub struct VerifyOptions {
 pub fn judge(expected: &Expected, size_bytes: u64, got: &[Digest]) -> Verdict {
     if let Some(want) = expected.size_bytes {
         if want != size_bytes {
-            return Verdict::Changed { reason: format!("size {want} -> {size_bytes} bytes") };
+            return Verdict::Changed {
+                reason: format!("size {want} -> {size_bytes} bytes"),
+            };
         }
     }
     let differing: Vec<String> = expected
@@ -79,7 +85,9 @@ pub fn judge(expected: &Expected, size_bytes: u64, got: &[Digest]) -> Verdict {
     if differing.is_empty() {
         Verdict::Ok
     } else {
-        Verdict::Changed { reason: format!("{} differs", differing.join(", ")) }
+        Verdict::Changed {
+            reason: format!("{} differs", differing.join(", ")),
+        }
     }
 }
 
@@ -89,13 +97,24 @@ fn specs_of(digests: &[Digest]) -> Vec<AlgoSpec> {
     specs
 }
 
+/// Weight of an item whose size is unknown: enough to travel alone.
+const BATCH_WEIGHT_UNKNOWN: u64 = 1 << 20;
+
 /// A member's size and digests (or why it could not be read), keyed by its `archive!member` path.
 type MemberResult = (u64, Result<Vec<Digest>, String>);
 
 enum Task {
-    Check { expected: Expected, members: Vec<Expected> },
-    New { rel_path: String },
-    Unreadable { rel_path: String, reason: String },
+    Check {
+        expected: Expected,
+        members: Vec<Expected>,
+    },
+    New {
+        rel_path: String,
+    },
+    Unreadable {
+        rel_path: String,
+        reason: String,
+    },
 }
 
 /// Verifies `root` against `expected`, calling `report` for every file in walk order (then the
@@ -110,7 +129,9 @@ pub fn verify(
     let mut members: HashMap<String, Vec<Expected>> = HashMap::new();
     for e in expected {
         match e.rel_path.split_once('!') {
-            Some((archive, _)) if !files.contains_key(&e.rel_path) => members.entry(archive.to_string()).or_default().push(e),
+            Some((archive, _)) if !files.contains_key(&e.rel_path) => {
+                members.entry(archive.to_string()).or_default().push(e)
+            }
             _ => {
                 files.insert(e.rel_path.clone(), e);
             }
@@ -120,21 +141,33 @@ pub fn verify(
         members.clear();
     }
     let mut counts = VerifyCounts::default();
-    let produce = |emit: &mut dyn FnMut(Task) -> bool| {
+    let produce = |emit: &mut dyn FnMut(Task, u64) -> bool| {
         let mut files = files;
         let mut members = members;
         if options.walk_for_new {
             let mut keep_going = true;
             walk(root, &options.filters, &mut |item| {
                 keep_going = match item {
-                    WalkItem::File { rel_path, .. } => match files.remove(&rel_path) {
+                    WalkItem::File { rel_path, meta } => match files.remove(&rel_path) {
                         Some(expected) => {
                             let m = members.remove(&rel_path).unwrap_or_default();
-                            emit(Task::Check { expected, members: m })
+                            emit(
+                                Task::Check {
+                                    expected,
+                                    members: m,
+                                },
+                                meta.size_bytes,
+                            )
                         }
-                        None => emit(Task::New { rel_path }),
+                        None => emit(Task::New { rel_path }, 0),
                     },
-                    WalkItem::Error { rel_path, message } => emit(Task::Unreadable { rel_path, reason: message }),
+                    WalkItem::Error { rel_path, message } => emit(
+                        Task::Unreadable {
+                            rel_path,
+                            reason: message,
+                        },
+                        0,
+                    ),
                 };
                 keep_going
             });
@@ -146,28 +179,64 @@ pub fn verify(
         let rest: BTreeMap<String, Expected> = files.into_iter().collect();
         for (rel_path, expected) in rest {
             let m = members.remove(&rel_path).unwrap_or_default();
-            if !emit(Task::Check { expected, members: m }) {
+            let weight = expected.size_bytes.unwrap_or(BATCH_WEIGHT_UNKNOWN);
+            if !emit(
+                Task::Check {
+                    expected,
+                    members: m,
+                },
+                weight,
+            ) {
                 return;
             }
         }
         // Members whose archive has no row of its own.
         let orphans: BTreeMap<String, Vec<Expected>> = members.into_iter().collect();
         for (archive, m) in orphans {
-            let expected = Expected { rel_path: archive, size_bytes: None, digests: Vec::new() };
-            if !emit(Task::Check { expected, members: m }) {
+            let expected = Expected {
+                rel_path: archive,
+                size_bytes: None,
+                digests: Vec::new(),
+            };
+            let weight = expected.size_bytes.unwrap_or(BATCH_WEIGHT_UNKNOWN);
+            if !emit(
+                Task::Check {
+                    expected,
+                    members: m,
+                },
+                weight,
+            ) {
                 return;
             }
         }
     };
     let work = |task: Task, buffer: &mut Vec<u8>| -> (Vec<VerifyOutcome>, u64) {
         match task {
-            Task::New { rel_path } => (vec![VerifyOutcome { rel_path, verdict: Verdict::New }], 0),
-            Task::Unreadable { rel_path, reason } => (vec![VerifyOutcome { rel_path, verdict: Verdict::Unreadable { reason } }], 0),
+            Task::New { rel_path } => (
+                vec![VerifyOutcome {
+                    rel_path,
+                    verdict: Verdict::New,
+                }],
+                0,
+            ),
+            Task::Unreadable { rel_path, reason } => (
+                vec![VerifyOutcome {
+                    rel_path,
+                    verdict: Verdict::Unreadable { reason },
+                }],
+                0,
+            ),
             Task::Check { expected, members } => {
                 let path = root.abs_path(&expected.rel_path);
                 let mut out = Vec::new();
                 let mut bytes = 0;
-                match hash_one(&path, &specs_of(&expected.digests), &options.read, buffer) {
+                match hash_one(
+                    &path,
+                    None,
+                    &specs_of(&expected.digests),
+                    &options.read,
+                    buffer,
+                ) {
                     Ok((meta, digests)) => {
                         bytes = meta.size_bytes;
                         if !expected.digests.is_empty() || expected.size_bytes.is_some() {
@@ -177,22 +246,28 @@ pub fn verify(
                             });
                         }
                         if !members.is_empty() {
-                            let mut specs: Vec<AlgoSpec> = members.iter().flat_map(|m| specs_of(&m.digests)).collect();
+                            let mut specs: Vec<AlgoSpec> =
+                                members.iter().flat_map(|m| specs_of(&m.digests)).collect();
                             specs.sort();
                             specs.dedup();
-                            let mut found: HashMap<String, MemberResult> = hash_archive_members(&path, &expected.rel_path, &specs)
-                                .into_iter()
-                                .map(|m| (m.rel_path, (m.size_bytes, m.result)))
-                                .collect();
+                            let mut found: HashMap<String, MemberResult> =
+                                hash_archive_members(&path, &expected.rel_path, &specs)
+                                    .into_iter()
+                                    .map(|m| (m.rel_path, (m.size_bytes, m.result)))
+                                    .collect();
                             for m in members {
                                 let verdict = match found.remove(&m.rel_path) {
                                     Some((size, Ok(digests))) => judge(&m, size, &digests),
                                     Some((_, Err(reason))) => Verdict::Unreadable { reason },
                                     None => Verdict::Missing,
                                 };
-                                out.push(VerifyOutcome { rel_path: m.rel_path, verdict });
+                                out.push(VerifyOutcome {
+                                    rel_path: m.rel_path,
+                                    verdict,
+                                });
                             }
-                            let mut extra: Vec<(String, MemberResult)> = found.into_iter().collect();
+                            let mut extra: Vec<(String, MemberResult)> =
+                                found.into_iter().collect();
                             extra.sort_by(|a, b| a.0.cmp(&b.0));
                             for (rel_path, (_, result)) in extra {
                                 let verdict = match result {
@@ -205,10 +280,20 @@ pub fn verify(
                     }
                     Err(reason) => {
                         let gone = !path.exists() && std::fs::symlink_metadata(&path).is_err();
-                        let verdict = if gone { Verdict::Missing } else { Verdict::Unreadable { reason } };
-                        out.push(VerifyOutcome { rel_path: expected.rel_path.clone(), verdict: verdict.clone() });
+                        let verdict = if gone {
+                            Verdict::Missing
+                        } else {
+                            Verdict::Unreadable { reason }
+                        };
+                        out.push(VerifyOutcome {
+                            rel_path: expected.rel_path.clone(),
+                            verdict: verdict.clone(),
+                        });
                         for m in members {
-                            out.push(VerifyOutcome { rel_path: m.rel_path, verdict: verdict.clone() });
+                            out.push(VerifyOutcome {
+                                rel_path: m.rel_path,
+                                verdict: verdict.clone(),
+                            });
                         }
                     }
                 }
@@ -232,6 +317,12 @@ pub fn verify(
         }
         true
     };
-    run_ordered(options.jobs, Duration::from_millis(250), produce, work, &mut sink);
+    run_ordered(
+        options.jobs,
+        Duration::from_millis(250),
+        produce,
+        work,
+        &mut sink,
+    );
     counts
 }

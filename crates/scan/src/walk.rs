@@ -44,7 +44,10 @@ impl Filters {
         if self.extensions_allow.is_empty() && self.extensions_deny.is_empty() {
             return true;
         }
-        let extension = Path::new(name).extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let extension = Path::new(name)
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         if !self.extensions_allow.is_empty() && !self.extensions_allow.contains(&extension) {
             return false;
         }
@@ -68,7 +71,10 @@ impl FileMeta {
             use std::os::unix::fs::MetadataExt;
             FileMeta {
                 size_bytes: meta.len(),
-                mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+                mtime_ns: meta
+                    .mtime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(meta.mtime_nsec()),
                 inode: meta.ino(),
             }
         }
@@ -76,7 +82,10 @@ impl FileMeta {
         {
             FileMeta {
                 size_bytes: meta.len(),
-                mtime_ns: meta.modified().map(crate::clock::system_time_ns).unwrap_or(0),
+                mtime_ns: meta
+                    .modified()
+                    .map(crate::clock::system_time_ns)
+                    .unwrap_or(0),
                 inode: 0,
             }
         }
@@ -97,15 +106,34 @@ pub struct ScanRoot {
 impl ScanRoot {
     /// Resolves a user argument. A file becomes its folder plus `only`.
     pub fn resolve(given: &Path) -> Result<ScanRoot, ScanError> {
-        let canonical =
-            std::fs::canonicalize(given).map_err(|source| ScanError::Io { path: given.to_path_buf(), source })?;
-        let meta = std::fs::metadata(&canonical).map_err(|source| ScanError::Io { path: given.to_path_buf(), source })?;
+        let canonical = std::fs::canonicalize(given).map_err(|source| ScanError::Io {
+            path: given.to_path_buf(),
+            source,
+        })?;
+        let meta = std::fs::metadata(&canonical).map_err(|source| ScanError::Io {
+            path: given.to_path_buf(),
+            source,
+        })?;
         if meta.is_dir() {
-            return Ok(ScanRoot { dir: canonical, only: None, given: given.to_path_buf() });
+            return Ok(ScanRoot {
+                dir: canonical,
+                only: None,
+                given: given.to_path_buf(),
+            });
         }
-        let dir = canonical.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-        let name = canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(ScanRoot { dir, only: Some(name), given: given.to_path_buf() })
+        let dir = canonical
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let name = canonical
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(ScanRoot {
+            dir,
+            only: Some(name),
+            given: given.to_path_buf(),
+        })
     }
 
     /// The key of this root in a catalog.
@@ -121,8 +149,16 @@ impl ScanRoot {
         let given = self.given.to_string_lossy();
         if self.only.is_some() {
             // A sibling of a named file (a retried failure, say): print it beside the file.
-            let parent = self.given.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-            return if parent.is_empty() { rel_path.to_string() } else { format!("{parent}/{rel_path}") };
+            let parent = self
+                .given
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return if parent.is_empty() {
+                rel_path.to_string()
+            } else {
+                format!("{parent}/{rel_path}")
+            };
         }
         if given == "." {
             return rel_path.to_string();
@@ -138,9 +174,15 @@ impl ScanRoot {
 /// One thing a walk found.
 #[derive(Debug)]
 pub enum WalkItem {
-    File { rel_path: String, meta: FileMeta },
+    File {
+        rel_path: String,
+        meta: FileMeta,
+    },
     /// A folder or file the walk could not read; the path is relative to the root.
-    Error { rel_path: String, message: String },
+    Error {
+        rel_path: String,
+        message: String,
+    },
 }
 
 /// Relative path with `/` separators whatever the platform.
@@ -162,12 +204,24 @@ pub fn walk(root: &ScanRoot, filters: &Filters, visit: &mut dyn FnMut(WalkItem) 
     if let Some(only) = &root.only {
         let path = root.abs_path(only);
         let item = match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => WalkItem::File { rel_path: only.clone(), meta: FileMeta::from_metadata(&m) },
-            Ok(_) => match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => WalkItem::File { rel_path: only.clone(), meta: FileMeta::from_metadata(&m) },
-                _ => WalkItem::Error { rel_path: only.clone(), message: "not a regular file".into() },
+            Ok(m) if m.is_file() => WalkItem::File {
+                rel_path: only.clone(),
+                meta: FileMeta::from_metadata(&m),
             },
-            Err(e) => WalkItem::Error { rel_path: only.clone(), message: e.to_string() },
+            Ok(_) => match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => WalkItem::File {
+                    rel_path: only.clone(),
+                    meta: FileMeta::from_metadata(&m),
+                },
+                _ => WalkItem::Error {
+                    rel_path: only.clone(),
+                    message: "not a regular file".into(),
+                },
+            },
+            Err(e) => WalkItem::Error {
+                rel_path: only.clone(),
+                message: e.to_string(),
+            },
         };
         visit(item);
         return;
@@ -187,14 +241,21 @@ pub fn walk(root: &ScanRoot, filters: &Filters, visit: &mut dyn FnMut(WalkItem) 
         let entry = match entry {
             Ok(e) => e,
             Err(err) => {
-                let rel_path = walk_error_path(&err).map(|p| relative_string(&root.dir, &p)).unwrap_or_default();
-                if !visit(WalkItem::Error { rel_path, message: err.to_string() }) {
+                let rel_path = walk_error_path(&err)
+                    .map(|p| relative_string(&root.dir, &p))
+                    .unwrap_or_default();
+                if !visit(WalkItem::Error {
+                    rel_path,
+                    message: err.to_string(),
+                }) {
                     return;
                 }
                 continue;
             }
         };
-        let Some(file_type) = entry.file_type() else { continue };
+        let Some(file_type) = entry.file_type() else {
+            continue;
+        };
         if !file_type.is_file() {
             // Folders, symlinks not followed, FIFOs, sockets, devices: never opened.
             continue;
@@ -203,7 +264,10 @@ pub fn walk(root: &ScanRoot, filters: &Filters, visit: &mut dyn FnMut(WalkItem) 
         let meta = match entry.metadata() {
             Ok(m) => FileMeta::from_metadata(&m),
             Err(err) => {
-                if !visit(WalkItem::Error { rel_path, message: err.to_string() }) {
+                if !visit(WalkItem::Error {
+                    rel_path,
+                    message: err.to_string(),
+                }) {
                     return;
                 }
                 continue;
@@ -222,7 +286,9 @@ pub fn walk(root: &ScanRoot, filters: &Filters, visit: &mut dyn FnMut(WalkItem) 
 fn walk_error_path(err: &ignore::Error) -> Option<PathBuf> {
     match err {
         ignore::Error::WithPath { path, .. } => Some(path.clone()),
-        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => walk_error_path(err),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            walk_error_path(err)
+        }
         ignore::Error::Loop { child, .. } => Some(child.clone()),
         ignore::Error::Partial(errs) => errs.first().and_then(walk_error_path),
         _ => None,

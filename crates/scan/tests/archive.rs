@@ -40,6 +40,11 @@ fn sources() -> BTreeMap<String, Vec<u8>> {
     files.insert("dir/b.bin".to_string(), noise(700_000, SEED));
     files.insert("dir/sub/empty".to_string(), Vec::new());
     files.insert("dir/sub/zeros".to_string(), vec![0u8; 300_000]);
+    // Longer than tar's 100-byte name field: GNU long-name or PAX records carry it.
+    files.insert(
+        format!("dir/{}.txt", "long-name-".repeat(12)),
+        b"long\n".to_vec(),
+    );
     files
 }
 

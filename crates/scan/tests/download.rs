@@ -683,9 +683,19 @@ fn keep_going_collects_failures_into_a_report() {
     let mut opts = options();
     opts.retries_max = 1;
     let mut seen = Vec::new();
-    let outcomes =
-        Downloader::new(opts).download_all(jobs, true, &mut |o| seen.push(o.url().to_string()));
+    let mut progress = Vec::new();
+    let outcomes = Downloader::new(opts).download_all(
+        jobs,
+        true,
+        &mut |job, bytes, total| progress.push((job.url.clone(), bytes, total)),
+        &mut |o| seen.push(o.url().to_string()),
+    );
     assert_eq!(seen, urls);
+    assert_eq!(
+        progress.last(),
+        Some(&(urls[1].clone(), 1, Some(1))),
+        "{progress:?}"
+    );
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"a");
     let failures: Vec<_> = outcomes
         .iter()
@@ -730,6 +740,7 @@ fn without_keep_going_the_first_failure_stops_the_run() {
     let outcomes = Downloader::new(options()).download_all(
         plan(&urls, dir.path(), None, Layout::Flat),
         false,
+        &mut |_, _, _| {},
         &mut |_| {},
     );
     assert_eq!(outcomes.len(), 1);
@@ -740,6 +751,7 @@ fn without_keep_going_the_first_failure_stops_the_run() {
     let outcomes = Downloader::new(options()).download_all(
         plan(&urls, dir.path(), None, Layout::Flat),
         false,
+        &mut |_, _, _| {},
         &mut |_| {},
     );
     assert_eq!(outcomes.len(), 1);
@@ -810,5 +822,47 @@ fn short_ranges_are_stitched_into_the_whole_file() {
     assert_eq!(
         d.digests.iter().map(|x| x.to_hex()).collect::<Vec<_>>(),
         expected_hex(&body)
+    );
+}
+
+#[test]
+fn a_part_file_locked_by_another_download_is_left_alone() {
+    use fs4::fs_std::FileExt;
+    let server = Server::start(|_, _| reply(200, b"new bytes"));
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("busy.part");
+    std::fs::write(&part, b"another run's bytes").unwrap();
+    let other = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&part)
+        .unwrap();
+    assert!(other.try_lock_exclusive().unwrap());
+
+    let f = failure(Downloader::new(options()).download(
+        &job(server.url("/busy"), dir.path(), "busy"),
+        &mut |_, _| {},
+    ));
+    assert!(
+        matches!(f.error, DownloadError::PartLocked { .. }),
+        "got {:?}",
+        f.error
+    );
+    assert_eq!(server.requests("/busy").len(), 0);
+    assert_eq!(std::fs::read(&part).unwrap(), b"another run's bytes");
+
+    // Once the other run is gone (its lock dies with its file handle), the part is resumed.
+    drop(other);
+    let d = downloaded(Downloader::new(options()).download(
+        &job(server.url("/busy"), dir.path(), "busy"),
+        &mut |_, _| {},
+    ));
+    assert_eq!(
+        d.resumed_from_bytes, 0,
+        "the server ignores ranges, so the download restarted"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("busy")).unwrap(),
+        b"new bytes"
     );
 }

@@ -42,7 +42,12 @@ fn make_tree(dir: &Path, seed: u64) -> BTreeMap<String, Vec<u8>> {
     }
     files.insert("empty.txt".into(), Vec::new());
     files.insert(".hidden/h.txt".into(), b"hidden".to_vec());
-    files.insert("big.dat".into(), (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect());
+    files.insert(
+        "big.dat".into(),
+        (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect(),
+    );
     for (rel, data) in &files {
         let path = dir.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -63,10 +68,16 @@ fn rows_without_run_info(c: &mut dyn CatalogStore, root: &ScanRoot) -> Vec<Store
     c.stored_rows(id).unwrap()
 }
 
-fn check_rows_match_files(rows: &[StoredRow], files: &BTreeMap<String, Vec<u8>>, specs: &[AlgoSpec]) {
+fn check_rows_match_files(
+    rows: &[StoredRow],
+    files: &BTreeMap<String, Vec<u8>>,
+    specs: &[AlgoSpec],
+) {
     assert_eq!(rows.len(), files.len(), "one row per file");
     for row in rows {
-        let data = files.get(&row.rel_path).unwrap_or_else(|| panic!("unexpected row {}", row.rel_path));
+        let data = files
+            .get(&row.rel_path)
+            .unwrap_or_else(|| panic!("unexpected row {}", row.rel_path));
         assert_eq!(row.size_bytes, data.len() as u64);
         assert_eq!(row.error, None);
         assert_eq!(row.digests, hash_slice(data, specs, 1), "{}", row.rel_path);
@@ -90,11 +101,18 @@ fn sqlite_scan_rerun_skips_and_changes_are_rehashed() {
     let mut sorted = walked.clone();
     sorted.sort();
     assert_eq!(walked, sorted, "outcomes arrive in walk (sorted) order");
-    check_rows_match_files(&rows_without_run_info(cat.as_mut(), &root), &files, &opts.specs);
+    check_rows_match_files(
+        &rows_without_run_info(cat.as_mut(), &root),
+        &files,
+        &opts.specs,
+    );
 
     // Unchanged rerun: nothing hashed.
     let second = scan(&root, Some(cat.as_mut()), &opts, &mut Collect::default()).unwrap();
-    assert_eq!((second.counters.files_hashed, second.counters.files_skipped), (0, files.len() as u64));
+    assert_eq!(
+        (second.counters.files_hashed, second.counters.files_skipped),
+        (0, files.len() as u64)
+    );
 
     // Change one file's content and size: only it is hashed again.
     let mut changed = files.clone();
@@ -102,15 +120,35 @@ fn sqlite_scan_rerun_skips_and_changes_are_rehashed() {
     std::fs::write(tree.join("d0/e0/f0.bin"), b"new content").unwrap();
     let third = scan(&root, Some(cat.as_mut()), &opts, &mut Collect::default()).unwrap();
     assert_eq!(third.counters.files_hashed, 1);
-    check_rows_match_files(&rows_without_run_info(cat.as_mut(), &root), &changed, &opts.specs);
+    check_rows_match_files(
+        &rows_without_run_info(cat.as_mut(), &root),
+        &changed,
+        &opts.specs,
+    );
 
     // --rehash hashes everything again; a new algorithm makes rows incomplete, so they are rehashed.
     let mut rehash = opts.clone();
     rehash.rehash = true;
-    assert_eq!(scan(&root, Some(cat.as_mut()), &rehash, &mut Collect::default()).unwrap().counters.files_hashed, changed.len() as u64);
+    assert_eq!(
+        scan(&root, Some(cat.as_mut()), &rehash, &mut Collect::default())
+            .unwrap()
+            .counters
+            .files_hashed,
+        changed.len() as u64
+    );
     let more = options("crc32,md5,sha256,blake3");
-    assert_eq!(scan(&root, Some(cat.as_mut()), &more, &mut Collect::default()).unwrap().counters.files_hashed, changed.len() as u64);
-    check_rows_match_files(&rows_without_run_info(cat.as_mut(), &root), &changed, &more.specs);
+    assert_eq!(
+        scan(&root, Some(cat.as_mut()), &more, &mut Collect::default())
+            .unwrap()
+            .counters
+            .files_hashed,
+        changed.len() as u64
+    );
+    check_rows_match_files(
+        &rows_without_run_info(cat.as_mut(), &root),
+        &changed,
+        &more.specs,
+    );
     // Hashing with sha1 only keeps the other digests of unchanged files.
     let sha1 = options("sha1");
     scan(&root, Some(cat.as_mut()), &sha1, &mut Collect::default()).unwrap();
@@ -139,19 +177,43 @@ fn every_read_path_through_the_walk_gives_equal_digests() {
     ] {
         let mut opts = options(specs);
         opts.jobs = jobs;
-        opts.read = ReadOptions { strategy, pipeline_min_bytes, read_buffer_bytes: 256 * 1024, lanes_max: 3, ..ReadOptions::default() };
+        opts.read = ReadOptions {
+            strategy,
+            pipeline_min_bytes,
+            read_buffer_bytes: 256 * 1024,
+            lanes_max: 3,
+            ..ReadOptions::default()
+        };
         let mut seen = Collect::default();
         scan(&root, None, &opts, &mut seen).unwrap();
         let digests: BTreeMap<String, Vec<String>> = seen
             .outcomes
             .iter()
-            .map(|o| (o.rel_path.clone(), o.result.as_ref().unwrap().iter().map(|d| d.to_string()).collect()))
+            .map(|o| {
+                (
+                    o.rel_path.clone(),
+                    o.result
+                        .as_ref()
+                        .unwrap()
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect(),
+                )
+            })
             .collect();
         results.push((name, digests));
     }
     let expected: BTreeMap<String, Vec<String>> = files
         .iter()
-        .map(|(rel, data)| (rel.clone(), hash_slice(data, &parse_algo_list(specs).unwrap(), 1).iter().map(|d| d.to_string()).collect()))
+        .map(|(rel, data)| {
+            (
+                rel.clone(),
+                hash_slice(data, &parse_algo_list(specs).unwrap(), 1)
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect(),
+            )
+        })
         .collect();
     for (name, got) in results {
         assert_eq!(got, expected, "{name}");
@@ -172,20 +234,39 @@ fn filters_select_files() {
         seen.outcomes.into_iter().map(|o| o.rel_path).collect()
     };
     let hidden_out = run(&|o| o.filters.exclude_hidden = true);
-    assert!(!hidden_out.iter().any(|p| p.starts_with(".hidden")), "{hidden_out:?}");
+    assert!(
+        !hidden_out.iter().any(|p| p.starts_with(".hidden")),
+        "{hidden_out:?}"
+    );
     assert!(run(&|_| ()).iter().any(|p| p.starts_with(".hidden")));
     let txt = run(&|o| o.filters.extensions_allow = vec!["txt".into()]);
     let mut txt_sorted = txt.clone();
     txt_sorted.sort();
     assert_eq!(txt_sorted, [".hidden/h.txt", "empty.txt", "keep.TXT"]);
-    assert!(run(&|o| o.filters.extensions_deny = vec!["bin".into(), "dat".into()]).iter().all(|p| !p.ends_with(".bin") && !p.ends_with(".dat")));
-    assert_eq!(run(&|o| o.filters.size_min_bytes = Some(1_000_000)), ["big.dat"]);
+    assert!(
+        run(&|o| o.filters.extensions_deny = vec!["bin".into(), "dat".into()])
+            .iter()
+            .all(|p| !p.ends_with(".bin") && !p.ends_with(".dat"))
+    );
+    assert_eq!(
+        run(&|o| o.filters.size_min_bytes = Some(1_000_000)),
+        ["big.dat"]
+    );
     assert!(run(&|o| o.filters.size_max_bytes = Some(0)).contains(&"empty.txt".to_string()));
-    assert_eq!(run(&|o| o.filters.modified_before_ns = Some(0)), Vec::<String>::new());
-    assert_eq!(run(&|o| o.filters.modified_since_ns = Some(0)).len(), run(&|_| ()).len());
+    assert_eq!(
+        run(&|o| o.filters.modified_before_ns = Some(0)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        run(&|o| o.filters.modified_since_ns = Some(0)).len(),
+        run(&|_| ()).len()
+    );
     std::fs::write(tmp.path().join(".gitignore"), "*.bin\n").unwrap();
     let ignored = run(&|o| o.filters.gitignore = true);
-    assert!(ignored.iter().all(|p| !p.ends_with(".bin")) && ignored.contains(&"big.dat".to_string()), "{ignored:?}");
+    assert!(
+        ignored.iter().all(|p| !p.ends_with(".bin")) && ignored.contains(&"big.dat".to_string()),
+        "{ignored:?}"
+    );
 }
 
 #[test]
@@ -206,7 +287,11 @@ fn per_file_errors_are_outcomes_and_rows_and_retry_fixes_them() {
     let mut opts = options("sha256");
     let mut seen = Collect::default();
     let s = scan(&root, Some(cat.as_mut()), &opts, &mut seen).unwrap();
-    assert_eq!((s.counters.files_hashed, s.counters.files_failed), (1, 0), "FIFO and symlink are skipped");
+    assert_eq!(
+        (s.counters.files_hashed, s.counters.files_failed),
+        (1, 0),
+        "FIFO and symlink are skipped"
+    );
 
     // A retry list naming a file that vanished: an error row, counted, not fatal.
     opts.only_paths = Some(vec!["gone.txt".into(), "a.txt".into()]);
@@ -233,7 +318,11 @@ fn per_file_errors_are_outcomes_and_rows_and_retry_fixes_them() {
         follow.filters.follow_symlinks = true;
         let mut seen = Collect::default();
         let s = scan(&root, None, &follow, &mut seen).unwrap();
-        assert!(s.walk_errors >= 1, "loop or dangling link reported: {:?}", seen.outcomes);
+        assert!(
+            s.walk_errors >= 1,
+            "loop or dangling link reported: {:?}",
+            seen.outcomes
+        );
     }
 }
 
@@ -246,16 +335,32 @@ fn a_held_lock_fails_the_scan_at_once_naming_the_holder() {
     let root = ScanRoot::resolve(tmp.path()).unwrap();
     // flock locks belong to an open file description, so this process can hold one against itself.
     let held = RootLock::acquire(&cat.lock_dir(), &root.key()).unwrap();
-    let err = scan(&root, Some(cat.as_mut()), &options("sha256"), &mut Collect::default()).unwrap_err();
+    let err = scan(
+        &root,
+        Some(cat.as_mut()),
+        &options("sha256"),
+        &mut Collect::default(),
+    )
+    .unwrap_err();
     match &err {
         ScanError::Lock(LockError::Held { holder, .. }) => {
             assert_eq!(holder.pid, std::process::id());
-            assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("pid {}", std::process::id())),
+                "{err}"
+            );
         }
         other => panic!("expected a held lock, got {other:?}"),
     }
     drop(held);
-    scan(&root, Some(cat.as_mut()), &options("sha256"), &mut Collect::default()).unwrap();
+    scan(
+        &root,
+        Some(cat.as_mut()),
+        &options("sha256"),
+        &mut Collect::default(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -275,7 +380,10 @@ fn archive_members_are_rows() {
     let rows = rows_without_run_info(cat.as_mut(), &root);
     let paths: Vec<&str> = rows.iter().map(|r| r.rel_path.as_str()).collect();
     assert_eq!(paths, ["note.txt.gz", "note.txt.gz!note.txt"]);
-    assert_eq!(rows[1].digests, hash_slice(b"inside the gzip", &opts.specs, 1));
+    assert_eq!(
+        rows[1].digests,
+        hash_slice(b"inside the gzip", &opts.specs, 1)
+    );
     // Re-reading a changed archive replaces its member rows.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(b"other").unwrap();
@@ -287,16 +395,22 @@ fn archive_members_are_rows() {
 }
 
 fn pg_url(schema: &str) -> String {
-    let base = std::env::var("BASIN_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base = std::env::var("BASIN_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}schema={schema}")
 }
 
 #[test]
 fn postgres_catalog_matches_sqlite() {
-    let schema = format!("basin_scan_test_{}_{}", std::process::id(), basin_scan::clock::now_ns() % 1_000_000_007);
+    let schema = format!(
+        "basin_scan_test_{}_{}",
+        std::process::id(),
+        basin_scan::clock::now_ns() % 1_000_000_007
+    );
     let url = pg_url(&schema);
-    let mut pg = catalog::open(&url).unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {url}: {e}"));
+    let mut pg = catalog::open(&url)
+        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {url}: {e}"));
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     let files = make_tree(&tree, 0x5eed_0004);
@@ -313,9 +427,12 @@ fn postgres_catalog_matches_sqlite() {
     let again = scan(&root, Some(pg.as_mut()), &opts, &mut Collect::default()).unwrap();
     assert_eq!(again.counters.files_skipped, files.len() as u64);
     let mut client = postgres::Client::connect(
-        &std::env::var("BASIN_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        &std::env::var("BASIN_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
         postgres::NoTls,
     )
     .unwrap();
-    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
 }

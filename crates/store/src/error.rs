@@ -12,11 +12,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{op} {}: {source}", path.display())]
+    /// The cause is part of the message and deliberately not chained as `source()`, so a caller
+    /// printing the whole chain says it once.
+    #[error("{op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
 
     #[error("{} is not a basin store: {reason}", path.display())]
@@ -70,10 +72,10 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("index {}: {source}", path.display())]
+    #[error("index {}: {cause}", path.display())]
     Index {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
 
     #[error("index {}: {detail}", path.display())]
@@ -101,11 +103,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
     }
 

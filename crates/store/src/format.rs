@@ -136,6 +136,11 @@ impl PackHeader {
         if version != PACK_FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion(version));
         }
+        if b[12..16] != [0; 4] || b[40..44] != [0; 4] {
+            return Err(FormatError::BadLength(
+                "reserved header bytes are not zero".into(),
+            ));
+        }
         let hash = HashAlgorithm::from_id(b[10]).ok_or(FormatError::UnknownHash(b[10]))?;
         if b[11] as usize != KEY_BYTES {
             return Err(FormatError::BadLength(format!("key length {}", b[11])));
@@ -363,6 +368,11 @@ impl Footer {
         let version = u16_at(b, 20);
         if version != PACK_FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion(version));
+        }
+        if b[22..28] != [0; 6] {
+            return Err(FormatError::BadLength(
+                "reserved footer bytes are not zero".into(),
+            ));
         }
         let footer = Footer {
             table_offset: u64_at(b, 0),

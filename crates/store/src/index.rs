@@ -65,6 +65,9 @@ pub(crate) struct Index {
     snapshot_since: Option<Instant>,
 }
 
+/// Above this many index bytes per object, `clean` compacts the index.
+const VACUUM_BYTES_PER_OBJECT_MAX: i64 = 70;
+
 /// Longest a read snapshot is reused. Beginning a read transaction costs more than the lookup
 /// itself (WAL read locks are fcntl calls); reusing one for a few milliseconds makes single
 /// reads several times faster, and bounds how long a checkpoint can be held back.
@@ -126,7 +129,7 @@ impl Index {
         )
         .map_err(|e| Error::Index {
             path: path.clone(),
-            source: e,
+            cause: e,
         })?;
         let idx = Index {
             conn,
@@ -134,9 +137,9 @@ impl Index {
             snapshot_since: None,
         };
         idx.setup(container_id).map_err(|e| match e {
-            Error::Index { path, source } if is_corruption(&source) => Error::IndexCorrupt {
+            Error::Index { path, cause } if is_corruption(&cause) => Error::IndexCorrupt {
                 path,
-                detail: source.to_string(),
+                detail: cause.to_string(),
             },
             other => other,
         })?;
@@ -152,7 +155,7 @@ impl Index {
         }
         Error::Index {
             path: self.path.clone(),
-            source: e,
+            cause: e,
         }
     }
 
@@ -198,8 +201,9 @@ impl Index {
         Ok(())
     }
 
-    /// Looks `key` up in a recent read snapshot (at most [`SNAPSHOT_AGE_MAX`] old). A hit is
-    /// safe to use: a key's bytes never change, and a row whose pack was repacked away since is
+    /// Looks `key` up in a recent read snapshot (at most [`SNAPSHOT_AGE_MAX`] old). On the
+    /// maintenance connection, the only writer, the snapshot is never behind (its own commits
+    /// end it). On a reader's connection a hit is safe to use: a key's bytes never change, and a row whose pack was repacked away since is
     /// detected when the pack file is gone. A miss proves nothing: ask [`Index::get`].
     pub(crate) fn get_recent(&mut self, key: &Key) -> Result<Option<IndexRow>> {
         if self
@@ -469,7 +473,7 @@ impl Index {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| Error::Index {
                 path: self.path.clone(),
-                source: e,
+                cause: e,
             })?;
         Ok(IndexTx {
             tx,
@@ -480,19 +484,27 @@ impl Index {
     pub(crate) fn checkpoint_and_vacuum(&mut self, vacuum: bool) -> Result<()> {
         self.end_snapshot()?;
         if vacuum {
-            // Rewriting the whole file pays only when a good share of it is free pages.
-            let (free, total): (i64, i64) = self
+            // Rewriting the whole file pays when a good share of it is free pages, or when
+            // random-order inserts left pages half full (a compact index is ~50 B/object).
+            let (free, total, page_bytes): (i64, i64, i64) = self
                 .conn
-                .query_row("SELECT freelist_count, page_count FROM pragma_freelist_count, pragma_page_count", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT freelist_count, page_count, page_size FROM pragma_freelist_count, pragma_page_count, pragma_page_size",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .map_err(|e| self.err(e))?;
-            if free * 10 >= total.max(1) {
+            let rows: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            let sparse = rows > 1000 && total * page_bytes > rows * VACUUM_BYTES_PER_OBJECT_MAX;
+            if free * 10 >= total.max(1) || sparse {
                 self.conn.execute_batch("VACUUM").map_err(|e| self.err(e))?;
             }
         }
         self.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
             .map_err(|e| self.err(e))
     }
 
@@ -536,7 +548,7 @@ impl IndexTx<'_> {
     fn err(&self, e: rusqlite::Error) -> Error {
         Error::Index {
             path: self.path.clone(),
-            source: e,
+            cause: e,
         }
     }
 
@@ -628,6 +640,6 @@ impl IndexTx<'_> {
         let path = self.path;
         self.tx
             .commit()
-            .map_err(|e| Error::Index { path, source: e })
+            .map_err(|e| Error::Index { path, cause: e })
     }
 }

@@ -84,7 +84,10 @@ pub(crate) fn list_loose(root: &Path, prefix_len: u8) -> Result<Vec<Key>> {
 
 /// Reads a loose object and checks that its content hashes to its name.
 pub(crate) fn read_loose(path: &Path, key: &Key, hash: HashAlgorithm) -> Result<Option<Vec<u8>>> {
-    let bytes = match fs::read(path) {
+    let bytes = match open_noatime(path).and_then(|mut f| {
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).map(|_| b)
+    }) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", path, e)),
@@ -100,12 +103,34 @@ pub(crate) fn read_loose(path: &Path, key: &Key, hash: HashAlgorithm) -> Result<
     Ok(Some(bytes))
 }
 
+/// Opens a file for reading without updating its access time where the OS allows it: with
+/// `relatime`, the first read after a write would otherwise cost an inode write.
+pub(crate) fn open_noatime(path: &Path) -> std::io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(path)
+        {
+            // O_NOATIME is refused for files of other owners: fall back to a plain open.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+            other => other,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    File::open(path)
+}
+
 /// Makes sure the prefix folder of a loose path exists; a new folder is made durable in its parent.
-pub(crate) fn ensure_parent(path: &Path) -> Result<PathBuf> {
+/// `durable`: fsync the folder's parent when the folder is new (a batch skips it: its
+/// `syncfs` round makes the new folder durable with everything else).
+pub(crate) fn ensure_parent(path: &Path, durable: bool) -> Result<PathBuf> {
     let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
     match fs::create_dir(&parent) {
         Ok(()) => {
-            if let Some(grand) = parent.parent() {
+            if let Some(grand) = parent.parent().filter(|_| durable) {
                 fsutil::fsync_dir(grand)?;
             }
         }
@@ -161,8 +186,8 @@ pub(crate) fn copy_hashing(
 }
 
 /// Moves a durable sandbox file into its loose place. Returns the folder that needs an fsync.
-pub(crate) fn install(sandbox: &Path, dest: &Path) -> Result<PathBuf> {
-    let parent = ensure_parent(dest)?;
+pub(crate) fn install(sandbox: &Path, dest: &Path, durable_parent: bool) -> Result<PathBuf> {
+    let parent = ensure_parent(dest, durable_parent)?;
     // Renaming over an existing copy is fine: same key, same bytes (and a corrupt copy gets replaced).
     fs::rename(sandbox, dest).at("rename into", dest)?;
     Ok(parent)

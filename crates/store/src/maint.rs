@@ -130,21 +130,10 @@ pub enum PackSelection {
 }
 
 /// Options for writing into packs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PackOptions {
     /// `None`: the store's configured policy.
     pub compression: Option<Compression>,
-    /// Re-hash loose objects before packing them (catches files damaged since they were written).
-    pub validate: bool,
-}
-
-impl Default for PackOptions {
-    fn default() -> Self {
-        PackOptions {
-            compression: None,
-            validate: true,
-        }
-    }
 }
 
 /// What `pack_loose` did.
@@ -222,6 +211,12 @@ impl Default for CleanOptions {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CleanReport {
     pub sandbox_removed: u64,
+    /// Pack files the index did not know and fully accounted for (crash leftovers), removed.
+    pub stray_packs_removed: u64,
+    /// Pack files the index does not know that hold records it lacks: run rebuild-index.
+    pub stray_packs_kept: Vec<u64>,
+    /// Index rows of packs whose file was never created.
+    pub pack_rows_removed: u64,
     pub loose_copies_removed: u64,
     pub tail_bytes_truncated: u64,
     pub temp_files_removed: u64,
@@ -237,6 +232,8 @@ pub struct RebuildReport {
     pub dead_records: u64,
     /// Packs that could not be read, with why.
     pub unreadable_packs: Vec<String>,
+    /// Damaged records skipped (their objects are not indexed), as "pack N offset M".
+    pub damaged_records: Vec<String>,
 }
 
 /// A loose object read for packing: small ones encoded in memory, large ones streamed later.
@@ -282,7 +279,10 @@ impl<'s> Maintenance<'s> {
     ) -> Result<T> {
         let mut index = self.index();
         let mut app = self.appender(exclude);
-        match f(&mut index, &mut app) {
+        let result = f(&mut index, &mut app);
+        // Whatever was committed, this process's readers see it from now on.
+        let _ = self.store.index().end_snapshot();
+        match result {
             Ok(v) => match app.finish(&mut index, false) {
                 Ok(()) => Ok(v),
                 Err(e) => Err(self.store.note_failure(e)),
@@ -331,7 +331,7 @@ impl<'s> Maintenance<'s> {
             for chunk in keys.chunks(PARALLEL_CHUNK_OBJECTS) {
                 let prepared: Vec<(Key, std::result::Result<Option<Prepared>, String>)> = chunk
                     .par_iter()
-                    .map(|k| (*k, prepare_loose(store, k, opts.validate, policy)))
+                    .map(|k| (*k, prepare_loose(store, k, policy)))
                     .collect();
                 for (key, prep) in prepared {
                     match prep {
@@ -340,7 +340,7 @@ impl<'s> Maintenance<'s> {
                             report.corrupt.push(why[8..].to_string())
                         }
                         Err(why) => report.skipped.push(why),
-                        Ok(Some(_)) if index.get(&key)?.is_some() => {
+                        Ok(Some(_)) if index.get_recent(&key)?.is_some() => {
                             report.already_packed += 1;
                             to_remove.push(key);
                         }
@@ -484,7 +484,7 @@ impl<'s> Maintenance<'s> {
                     .collect();
                 for (i, key, raw_len, enc) in prepared {
                     keys[i] = key;
-                    if session.contains(&key) || index.get(&key)?.is_some() {
+                    if session.contains(&key) || index.get_recent(&key)?.is_some() {
                         continue;
                     }
                     let enc = enc.map_err(|e| Error::io("compress", key.to_hex(), e))?;
@@ -550,7 +550,7 @@ impl<'s> Maintenance<'s> {
                 if !seen.insert(*key) {
                     continue;
                 }
-                let in_pack = index.get(key)?.is_some();
+                let in_pack = index.get_recent(key)?.is_some();
                 let lp = store.loose_path(key);
                 let in_loose = lp.exists();
                 if in_pack {
@@ -626,10 +626,14 @@ impl<'s> Maintenance<'s> {
             return Ok(report);
         }
         let rewriting: HashSet<u64> = candidates.iter().map(|r| r.id).collect();
+        // The packs being rewritten count as present: if the process dies after the index
+        // switch but before their files are unlinked, the tombstones carried forward still
+        // explain every dead record in them (to clean, validate and rebuild-index). A tombstone
+        // is dropped only once no pack that could hold a record it kills exists at all.
         let keep_min_pack = all_packs
             .iter()
-            .filter(|r| !rewriting.contains(&r.id))
             .map(|r| r.id)
+            .chain(pack::pack_ids_on_disk(store.path())?)
             .min();
         p.start("repack", Some(candidates.len() as u64), Unit::Packs);
         let result = self.with_appender(rewriting.clone(), |index, app| {
@@ -750,7 +754,7 @@ impl<'s> Maintenance<'s> {
             let mut index = self.index();
             let mut v = Vec::new();
             for k in loose_keys {
-                if index.get(&k)?.is_some() {
+                if index.get_recent(&k)?.is_some() {
                     v.push(k);
                 }
             }
@@ -771,6 +775,61 @@ impl<'s> Maintenance<'s> {
                     .at("truncate crash tail of", &path)?;
                 fsutil::datasync(&f, &path)?;
                 report.tail_bytes_truncated += len - row.end_bytes;
+            }
+        }
+        // Pack rows whose file was never created (a crash right after registering a new
+        // pack) and that nothing points at.
+        let live = index.live_bytes_per_pack()?;
+        for row in index.packs()? {
+            if !pack::pack_path(root, row.id).exists()
+                && !live.contains_key(&row.id)
+                && row.end_bytes == PACK_HEADER_BYTES as u64
+            {
+                let tx = index.begin()?;
+                tx.remove_pack(row.id)?;
+                tx.commit()?;
+                report.pack_rows_removed += 1;
+            }
+        }
+        // Pack files the index does not know: left by a crash between a repack's index switch
+        // and the unlink of the old pack, or by an emptied pack. Removed only when the index
+        // accounts for every object record in them; otherwise they may hold the only copy of
+        // something, and are left for rebuild-index (validate reports them).
+        let known: HashSet<u64> = index.packs()?.iter().map(|r| r.id).collect();
+        let tombstones = index.tombstones()?;
+        let mut killed_before: HashMap<Key, Position> = HashMap::new();
+        for t in &tombstones {
+            let e = killed_before.entry(t.key).or_insert(t.before);
+            *e = (*e).max(t.before);
+        }
+        for id in pack::pack_ids_on_disk(root)? {
+            if known.contains(&id) {
+                continue;
+            }
+            let mut records = HashMap::new();
+            let mut stray_tombstones = Vec::new();
+            let mut damaged = Vec::new();
+            if rebuild_scan_pack(store, id, &mut records, &mut stray_tombstones, &mut damaged)
+                .is_err()
+                || !damaged.is_empty()
+            {
+                report.stray_packs_kept.push(id);
+                continue;
+            }
+            let mut accounted = true;
+            for (key, row) in &records {
+                let killed = killed_before.get(key).is_some_and(|b| row.position() < *b);
+                if !killed && index.get_recent(key)?.is_none() {
+                    accounted = false;
+                    break;
+                }
+            }
+            if accounted {
+                let path = pack::pack_path(root, id);
+                fs::remove_file(&path).at("remove stray pack", &path)?;
+                report.stray_packs_removed += 1;
+            } else {
+                report.stray_packs_kept.push(id);
             }
         }
         let packs_dir = root.join(PACKS_DIR);
@@ -801,7 +860,14 @@ impl<'s> Maintenance<'s> {
         let mut tombstones: Vec<TombstoneRow> = Vec::new();
         let mut pack_rows: Vec<PackRow> = Vec::new();
         for id in ids {
-            match rebuild_scan_pack(store, id, &mut latest, &mut tombstones) {
+            let mut damaged = Vec::new();
+            let scanned = rebuild_scan_pack(store, id, &mut latest, &mut tombstones, &mut damaged);
+            report.damaged_records.extend(
+                damaged
+                    .into_iter()
+                    .map(|offset| format!("pack {id} offset {offset}")),
+            );
+            match scanned {
                 Ok(row) => pack_rows.push(row),
                 Err(e) => report.unreadable_packs.push(e.to_string()),
             }
@@ -854,6 +920,8 @@ impl<'s> Maintenance<'s> {
             report.objects += 1;
         }
         tx.commit()?;
+        drop(index);
+        self.store.index().end_snapshot()?;
         report.packs = pack_rows.len() as u64;
         report.tombstones = tombstones.len() as u64;
         p.finish();
@@ -868,6 +936,7 @@ fn rebuild_scan_pack(
     id: u64,
     latest: &mut HashMap<Key, IndexRow>,
     tombstones: &mut Vec<TombstoneRow>,
+    damaged: &mut Vec<u64>,
 ) -> Result<PackRow> {
     let path = pack::pack_path(store.path(), id);
     let file = File::open(&path).at("open pack", &path)?;
@@ -930,23 +999,20 @@ fn rebuild_scan_pack(
             Ok(())
         };
     if let Ok(Some((_footer, table))) = pack::read_sealed_table(&file, id, len) {
+        // A damaged entry costs that record only, never the rest of the pack.
         for (key, offset) in table {
             let mut hb = [0u8; crate::format::RECORD_HEADER_BYTES];
-            pack::read_exact_at(&file, &mut hb, offset, id)?;
-            let h = crate::format::RecordHeader::decode(&hb).map_err(|reason| {
-                Error::CorruptRecord {
-                    pack: id,
-                    offset,
-                    reason,
-                }
-            })?;
-            if h.key != key {
-                return Err(Error::CorruptPack {
-                    pack: id,
-                    reason: format!("table entry at {offset} names another key"),
-                });
+            let header = pack::read_exact_at(&file, &mut hb, offset, id)
+                .ok()
+                .and_then(|_| crate::format::RecordHeader::decode(&hb).ok())
+                .filter(|h| h.key == key);
+            match header {
+                Some(h) => match note(offset, &h, None) {
+                    Err(e) if e.is_corruption() => damaged.push(offset),
+                    other => other?,
+                },
+                None => damaged.push(offset),
             }
-            note(offset, &h, None)?;
         }
         return Ok(PackRow {
             id,
@@ -954,9 +1020,15 @@ fn rebuild_scan_pack(
             end_bytes: len,
         });
     }
-    let end = pack::scan_records(&file, id, len, &mut |rec| {
-        note(rec.offset, &rec.header, Some(rec.payload))
+    let (end, bad) = pack::scan_records_resilient(&file, id, len, &mut |rec| match note(
+        rec.offset,
+        &rec.header,
+        Some(rec.payload),
+    ) {
+        Err(e) if e.is_corruption() => Ok(()),
+        other => other,
     })?;
+    damaged.extend(bad);
     Ok(PackRow {
         id,
         sealed: false,
@@ -969,7 +1041,6 @@ fn rebuild_scan_pack(
 fn prepare_loose(
     store: &Store,
     key: &Key,
-    validate: bool,
     policy: Compression,
 ) -> std::result::Result<Option<Prepared>, String> {
     let path = store.loose_path(key);
@@ -984,14 +1055,14 @@ fn prepare_loose(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    if validate {
-        let actual = store.config().hash.hash(&bytes);
-        if actual != *key {
-            return Err(format!(
-                "corrupt:{}: content hashes to {actual}",
-                path.display()
-            ));
-        }
+    // Always re-hash: a loose file damaged since it was written must never be packed under
+    // its name (packed reads check record checksums, which would then vouch for wrong bytes).
+    let actual = store.config().hash.hash(&bytes);
+    if actual != *key {
+        return Err(format!(
+            "corrupt:{}: content hashes to {actual}",
+            path.display()
+        ));
     }
     let raw_len = bytes.len() as u64;
     let enc = match policy {
@@ -1103,7 +1174,7 @@ fn append_stream(
                 return Ok(false);
             }
         }
-        Ok(!session.contains(key) && index.get(key)?.is_none())
+        Ok(!session.contains(key) && index.get_recent(key)?.is_none())
     };
     let (key, at) = app.append_streamed(index, &mut fill, &mut keep)?;
     let outcome = match (at, mismatch) {

@@ -83,9 +83,31 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, pack: u64)
                 return Err(Error::Io {
                     op: "read pack",
                     path: PathBuf::from(format!("pack {pack}")),
-                    source: e,
+                    cause: e,
                 })
             }
+        }
+    }
+    Ok(())
+}
+
+/// Lengths come from the index, which may be damaged: before allocating for a large record,
+/// make sure the pack really holds that many bytes there.
+pub(crate) fn check_fits(file: &File, row: &IndexRow, len: u64) -> Result<()> {
+    if len > 1 << 20 {
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("stat pack", format!("pack {}", row.pack), e))?
+            .len();
+        if row.offset.checked_add(len).is_none_or(|e| e > file_len) {
+            return Err(Error::CorruptRecord {
+                pack: row.pack,
+                offset: row.offset,
+                reason: format::FormatError::Truncated {
+                    need: len,
+                    have: file_len.saturating_sub(row.offset),
+                },
+            });
         }
     }
     Ok(())
@@ -94,6 +116,7 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, pack: u64)
 /// Reads and fully verifies the record at `row` and returns the object's content.
 pub(crate) fn read_object(file: &File, key: &Key, row: &IndexRow) -> Result<Vec<u8>> {
     let len = format::RECORD_OVERHEAD_BYTES + row.stored_len;
+    check_fits(file, row, len)?;
     let mut buf = vec![0u8; len as usize];
     read_exact_at(file, &mut buf, row.offset, row.pack)?;
     let (header, _) = format::decode_record(&buf).map_err(|reason| Error::CorruptRecord {
@@ -219,21 +242,21 @@ pub(crate) struct ScannedRecord<'a> {
     pub payload: &'a [u8],
 }
 
-/// Walks the records of a pack from just after its header to `end` (exclusive), verifying every
-/// record's checksums. Stops with `Ok(offset)` at the first place that does not hold a valid
-/// record (a crash tail or the sealed table), returning where valid records end.
-pub(crate) fn scan_records(
+/// Walks the records of a pack from `start` to `end` (exclusive), verifying every record's
+/// checksums. Stops with `Ok(offset)` at the first place that does not hold a valid record.
+fn scan_records_from(
     file: &File,
     pack: u64,
+    start: u64,
     end: u64,
     visit: &mut dyn FnMut(ScannedRecord<'_>) -> Result<()>,
 ) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
     let mut reader = BufReader::with_capacity(4 << 20, file);
-    let mut skip = [0u8; PACK_HEADER_BYTES];
     reader
-        .read_exact(&mut skip)
-        .at("read pack header", format!("pack {pack}"))?;
-    let mut offset = PACK_HEADER_BYTES as u64;
+        .seek(SeekFrom::Start(start))
+        .at("seek pack", format!("pack {pack}"))?;
+    let mut offset = start;
     let mut buf = Vec::new();
     while offset + format::RECORD_OVERHEAD_BYTES <= end {
         let mut hb = [0u8; RECORD_HEADER_BYTES];
@@ -292,6 +315,67 @@ pub(crate) fn scan_records(
         offset += len;
     }
     Ok(offset)
+}
+
+/// Like [`scan_records`], but damage does not end the walk: a record whose header is intact
+/// but whose payload or trailer is not is skipped by its (checksummed) length; after a damaged
+/// header the walk resumes at the next offset where a valid record header starts. Returns the
+/// end of the last valid record and the offsets of damaged regions.
+pub(crate) fn scan_records_resilient(
+    file: &File,
+    pack: u64,
+    end: u64,
+    visit: &mut dyn FnMut(ScannedRecord<'_>) -> Result<()>,
+) -> Result<(u64, Vec<u64>)> {
+    let mut offset = PACK_HEADER_BYTES as u64;
+    let mut valid_end = offset;
+    let mut damaged = Vec::new();
+    while offset + format::RECORD_OVERHEAD_BYTES <= end {
+        let stop = scan_records_from(file, pack, offset, end, &mut |rec| {
+            valid_end = rec.offset + rec.header.record_len();
+            visit(rec)
+        })?;
+        if stop + format::RECORD_OVERHEAD_BYTES > end {
+            break;
+        }
+        damaged.push(stop);
+        // Skip the damaged record by its header's length when the header itself is intact.
+        let mut hb = [0u8; RECORD_HEADER_BYTES];
+        let next = match read_exact_at(file, &mut hb, stop, pack)
+            .ok()
+            .and_then(|_| RecordHeader::decode(&hb).ok())
+        {
+            Some(h) if stop + h.record_len() <= end => stop + h.record_len(),
+            _ => match find_next_header(file, pack, stop + 1, end)? {
+                Some(at) => at,
+                None => break,
+            },
+        };
+        offset = next;
+    }
+    Ok((valid_end, damaged))
+}
+
+/// The next offset in `[from, end)` where a record header with a valid checksum starts.
+fn find_next_header(file: &File, pack: u64, from: u64, end: u64) -> Result<Option<u64>> {
+    let mut at = from;
+    let mut buf = vec![0u8; 1 << 20];
+    while at + RECORD_HEADER_BYTES as u64 <= end {
+        let n = ((end - at) as usize).min(buf.len());
+        read_exact_at(file, &mut buf[..n], at, pack)?;
+        let mut i = 0;
+        while i + RECORD_HEADER_BYTES <= n {
+            if buf[i..i + 4] == format::RECORD_MAGIC
+                && RecordHeader::decode(&buf[i..i + RECORD_HEADER_BYTES]).is_ok()
+            {
+                return Ok(Some(at + i as u64));
+            }
+            i += 1;
+        }
+        // Overlap by a header so one straddling the chunk boundary is not missed.
+        at += (n - RECORD_HEADER_BYTES + 1).max(1) as u64;
+    }
+    Ok(None)
 }
 
 /// A record to append, already encoded.
@@ -368,94 +452,91 @@ impl<'a> Appender<'a> {
                 .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
             self.full.push(full);
         }
-        // Continue the newest unsealed pack with room, else start a new one.
+        // Only ever append to the newest pack: positions (pack id, offset) must follow write
+        // order, because a tombstone kills exactly the records positioned before it. An older
+        // pack left unsealed by a crash is never written again (repack retires it).
         let packs = index.packs()?;
-        let reusable = packs
-            .iter()
-            .filter(|p| {
-                !p.sealed
-                    && !self.exclude.contains(&p.id)
-                    && p.end_bytes < self.pack_size_target_bytes
-            })
-            .filter(|p| !self.full.iter().any(|f| f.id == p.id))
-            .max_by_key(|p| p.id)
-            .copied();
-        if let Some(p) = reusable {
-            let path = pack_path(self.root, p.id);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .at("open pack", &path)?;
-            let header = read_pack_header(&file, p.id)?;
-            if header.hash != self.hash || header.pack_id != p.id {
-                return Err(Error::CorruptPack {
-                    pack: p.id,
-                    reason: "pack header does not match the store".into(),
-                });
-            }
-            // Bytes past the committed end are a crash tail nobody points at: drop them.
-            let on_disk = file.metadata().at("stat", &path)?.len();
-            if on_disk < p.end_bytes {
-                return Err(Error::CorruptPack {
-                    pack: p.id,
-                    reason: format!(
-                        "file is {on_disk} bytes, index says {} are committed",
-                        p.end_bytes
-                    ),
-                });
-            }
-            if on_disk > p.end_bytes {
-                file.set_len(p.end_bytes)
-                    .at("truncate crash tail of", &path)?;
-                fsutil::datasync(&file, &path)?;
-            }
-            self.open = Some(OpenPack {
-                id: p.id,
-                file,
-                path,
-                len: p.end_bytes,
-                buf_at: p.end_bytes,
-                buf: Vec::new(),
-            });
-            return Ok(());
-        }
         let on_disk_max = pack_ids_on_disk(self.root)?.into_iter().max();
         let index_max = packs.iter().map(|p| p.id).max();
         let full_max = self.full.iter().map(|p| p.id).max();
         let high_water = Some(index.pack_id_high_water()?);
-        let id = [on_disk_max, index_max, full_max, high_water]
+        let newest = [on_disk_max, index_max, full_max, high_water]
             .into_iter()
             .flatten()
-            .max()
-            .map_or(1, |m| m + 1);
-        let path = pack_path(self.root, id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at("create pack", &path)?;
-        let header = PackHeader {
-            version: PACK_FORMAT_VERSION,
-            hash: self.hash,
-            pack_id: id,
-            container_id: self.container_id,
+            .max();
+        let reusable = newest
+            .and_then(|id| packs.iter().find(|p| p.id == id))
+            .filter(|p| {
+                !p.sealed
+                    && !self.exclude.contains(&p.id)
+                    && p.end_bytes < self.pack_size_target_bytes
+                    && !self.full.iter().any(|f| f.id == p.id)
+            });
+        let (id, len) = match reusable {
+            Some(p) => (p.id, p.end_bytes),
+            None => {
+                let id = newest.map_or(1, |m| m + 1);
+                // Register first, create the file second: a crash in between leaves an index
+                // row with no file (created on next use, or dropped by clean), never a pack
+                // file the index does not know.
+                let tx = index.begin()?;
+                tx.put_pack(&PackRow {
+                    id,
+                    sealed: false,
+                    end_bytes: PACK_HEADER_BYTES as u64,
+                })?;
+                tx.set_pack_id_high_water(id)?;
+                tx.commit()?;
+                (id, PACK_HEADER_BYTES as u64)
+            }
         };
-        file.write_all_at(&header.encode(), 0)
-            .at("write pack header", &path)?;
-        fsutil::datasync(&file, &path)?;
-        fsutil::fsync_dir(&self.root.join(PACKS_DIR))?;
-        // Register the pack at once, so a pack file the index does not know is always a stray.
-        let tx = index.begin()?;
-        tx.put_pack(&PackRow {
-            id,
-            sealed: false,
-            end_bytes: PACK_HEADER_BYTES as u64,
-        })?;
-        tx.set_pack_id_high_water(id)?;
-        tx.commit()?;
-        let len = PACK_HEADER_BYTES as u64;
+        let path = pack_path(self.root, id);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => {
+                let header = read_pack_header(&file, id)?;
+                if header.hash != self.hash || header.pack_id != id {
+                    return Err(Error::CorruptPack {
+                        pack: id,
+                        reason: "pack header does not match the store".into(),
+                    });
+                }
+                // Bytes past the committed end are a crash tail nobody points at: drop them.
+                let on_disk = file.metadata().at("stat", &path)?.len();
+                if on_disk < len {
+                    return Err(Error::CorruptPack {
+                        pack: id,
+                        reason: format!("file is {on_disk} bytes, index says {len} are committed"),
+                    });
+                }
+                if on_disk > len {
+                    file.set_len(len).at("truncate crash tail of", &path)?;
+                    fsutil::datasync(&file, &path)?;
+                }
+                file
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && len == PACK_HEADER_BYTES as u64 =>
+            {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .at("create pack", &path)?;
+                let header = PackHeader {
+                    version: PACK_FORMAT_VERSION,
+                    hash: self.hash,
+                    pack_id: id,
+                    container_id: self.container_id,
+                };
+                file.write_all_at(&header.encode(), 0)
+                    .at("write pack header", &path)?;
+                fsutil::datasync(&file, &path)?;
+                fsutil::fsync_dir(&self.root.join(PACKS_DIR))?;
+                file
+            }
+            Err(e) => return Err(Error::io("open pack", &path, e)),
+        };
         self.open = Some(OpenPack {
             id,
             file,
@@ -837,6 +918,34 @@ pub(crate) fn seal(index: &mut Index, file: File, id: u64, path: &Path, len: u64
     tx.commit()
 }
 
+/// Groups records (all in one pack, sorted by offset) into runs read with one call each: a run
+/// ends where the next record would take it past `span_bytes_max` (a single larger record is a
+/// run of its own). Returns (first row, end row, first byte, end byte) per run.
+pub(crate) fn plan_spans(
+    rows: &[(Key, IndexRow)],
+    span_bytes_max: u64,
+) -> Vec<(usize, usize, u64, u64)> {
+    let len_of = |r: &IndexRow| format::RECORD_OVERHEAD_BYTES + r.stored_len;
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let start = rows[i].1.offset;
+        let mut end_i = i + 1;
+        let mut span_end = start + len_of(&rows[i].1);
+        while end_i < rows.len() {
+            let r = &rows[end_i].1;
+            if r.offset < span_end || r.offset + len_of(r) - start > span_bytes_max {
+                break;
+            }
+            span_end = r.offset + len_of(r);
+            end_i += 1;
+        }
+        spans.push((i, end_i, start, span_end));
+        i = end_i;
+    }
+    spans
+}
+
 /// Reads the records at `rows` (all in `pack`, sorted by offset) with few large reads and hands
 /// each one's bytes (header, payload, trailer; not yet verified) to `visit`.
 pub(crate) fn for_each_record(
@@ -846,30 +955,19 @@ pub(crate) fn for_each_record(
     span_bytes_max: u64,
     visit: &mut RecordVisit<'_>,
 ) -> Result<()> {
-    let len_of = |r: &IndexRow| format::RECORD_OVERHEAD_BYTES + r.stored_len;
     let mut buf = Vec::new();
-    let mut i = 0;
-    while i < rows.len() {
-        let start = rows[i].1.offset;
-        let mut end_i = i + 1;
-        let mut span_end = start + len_of(&rows[i].1);
-        while end_i < rows.len() {
-            let r = &rows[end_i].1;
-            if r.offset < span_end
-                || r.offset + len_of(r) - start > span_end.max(start + span_bytes_max) - start
-            {
-                break;
-            }
-            span_end = r.offset + len_of(r);
-            end_i += 1;
-        }
-        buf.resize((span_end - start) as usize, 0);
+    for (i, end_i, start, end) in plan_spans(rows, span_bytes_max) {
+        check_fits(file, &rows[i].1, end - start)?;
+        buf.resize((end - start) as usize, 0);
         read_exact_at(file, &mut buf, start, pack)?;
         for (key, row) in &rows[i..end_i] {
             let at = (row.offset - start) as usize;
-            visit(key, row, &buf[at..at + len_of(row) as usize])?;
+            visit(
+                key,
+                row,
+                &buf[at..at + (format::RECORD_OVERHEAD_BYTES + row.stored_len) as usize],
+            )?;
         }
-        i = end_i;
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub(crate) const MAINTENANCE_LOCK: &str = "maintenance.lock";
 const BULK_SCAN_KEYS_MIN: usize = 4096;
 /// Largest span of a pack read in one call by bulk reads.
 const BULK_READ_SPAN_BYTES: u64 = 8 << 20;
+/// Objects up to this size are verified whole when a range of them is read.
+const RANGE_VERIFIED_WHOLE_BYTES_MAX: u64 = 4 << 20;
 /// Open pack handles kept per store handle.
 const PACK_HANDLES_MAX: usize = 256;
 
@@ -120,6 +122,15 @@ impl Store {
         }
         for sub in [LOOSE_DIR, PACKS_DIR, SANDBOX_DIR, LOCKS_DIR] {
             config::ensure_dir(&dir.join(sub))?;
+        }
+        // Every prefix folder up front, made durable once, so no loose write ever pays for a
+        // new folder and its parent's fsync.
+        if (1..=3).contains(&cfg.loose_prefix_len) {
+            let width = cfg.loose_prefix_len as usize;
+            for n in 0..16u32.pow(width as u32) {
+                config::ensure_dir(&dir.join(LOOSE_DIR).join(format!("{n:0width$x}")))?;
+            }
+            fsutil::fsync_dir(&dir.join(LOOSE_DIR))?;
         }
         Index::open(dir, &cfg.container_id)?;
         // The config goes last: its presence is what makes the folder a store.
@@ -247,7 +258,7 @@ impl Store {
         }
         fsutil::datasync(&sb.file, &sb.path)?;
         let dest = self.loose_path(&key);
-        let dir = loose::install(&sb.path, &dest)?;
+        let dir = loose::install(&sb.path, &dest, true)?;
         fsutil::fsync_dir(&dir)?;
         Ok(key)
     }
@@ -378,7 +389,7 @@ impl Store {
     pub fn open_object(&self, key: &Key) -> Result<ObjectReader> {
         for _ in 0..3 {
             let mut opened = None;
-            let located = self.locate(key, &mut |path| match File::open(path) {
+            let located = self.locate(key, &mut |path| match loose::open_noatime(path) {
                 Ok(f) => {
                     opened = Some(f);
                     Ok(true)
@@ -404,6 +415,22 @@ impl Store {
     /// `len` bytes of an object from `offset` (fewer at the end of the object).
     pub fn read_range(&self, key: &Key, offset: u64, len: u64) -> Result<Vec<u8>> {
         use std::io::{Seek, SeekFrom};
+        // Small objects are read and verified whole: a range of them is then checked too.
+        if let Some(meta) = self.meta(key)? {
+            if meta.size <= RANGE_VERIFIED_WHOLE_BYTES_MAX {
+                let all = self.get(key)?;
+                if offset > meta.size {
+                    return Err(Error::OutOfRange {
+                        key: *key,
+                        offset,
+                        len,
+                        size: meta.size,
+                    });
+                }
+                let end = offset.saturating_add(len).min(all.len() as u64);
+                return Ok(all[offset as usize..end as usize].to_vec());
+            }
+        }
         let mut r = self.open_object(key)?;
         let size = r.size();
         if offset > size {
@@ -513,51 +540,42 @@ impl Store {
             }
         }
         found.sort_unstable_by_key(|(_, r)| (r.pack, r.offset));
-        let mut i = 0;
         let mut buf = Vec::new();
-        while i < found.len() {
-            let pack_id = found[i].1.pack;
+        let mut at = 0;
+        while at < found.len() {
+            let pack_id = found[at].1.pack;
+            let group_end = at
+                + found[at..]
+                    .iter()
+                    .take_while(|(_, r)| r.pack == pack_id)
+                    .count();
+            let group = &found[at..group_end];
+            at = group_end;
             let Some(file) = self.pack_handle(pack_id)? else {
-                // Repacked meanwhile: these keys take the slow path.
-                while i < found.len() && found[i].1.pack == pack_id {
-                    rest.push(found[i].0);
-                    i += 1;
-                }
+                // Repacked meanwhile: these keys take the one-by-one path.
+                rest.extend(group.iter().map(|(k, _)| *k));
                 continue;
             };
-            // Read runs of neighbouring records with one call each.
-            let start = i;
-            let mut end = i;
-            let span_start = found[start].1.offset;
-            let mut span_end = span_start;
-            while end < found.len()
-                && found[end].1.pack == pack_id
-                && found[end].1.offset >= span_end
-                && found[end].1.offset + record_len(&found[end].1) - span_start
-                    <= BULK_READ_SPAN_BYTES.max(record_len(&found[start].1))
-            {
-                span_end = found[end].1.offset + record_len(&found[end].1);
-                end += 1;
-            }
-            if end == start {
-                end = start + 1;
-                span_end = span_start + record_len(&found[start].1);
-            }
-            buf.resize((span_end - span_start) as usize, 0);
-            pack::read_exact_at(&file, &mut buf, span_start, pack_id)?;
-            for (key, row) in &found[start..end] {
-                let at = (row.offset - span_start) as usize;
-                let rec = &buf[at..at + record_len(row) as usize];
-                match decode_packed(key, row, rec) {
-                    Ok(Decoded::Borrowed(r)) => {
-                        let (a, b) = r;
-                        visit(*key, Ok(&rec[a..b]))?
+            for (i, end_i, start, end) in pack::plan_spans(group, BULK_READ_SPAN_BYTES) {
+                let read = pack::check_fits(&file, &group[i].1, end - start).and_then(|()| {
+                    buf.resize((end - start) as usize, 0);
+                    pack::read_exact_at(&file, &mut buf, start, pack_id)
+                });
+                if read.is_err() {
+                    // A short or unreadable pack: each key gets its own answer.
+                    rest.extend(group[i..end_i].iter().map(|(k, _)| *k));
+                    continue;
+                }
+                for (key, row) in &group[i..end_i] {
+                    let off = (row.offset - start) as usize;
+                    let rec = &buf[off..off + record_len(row) as usize];
+                    match decode_packed(key, row, rec) {
+                        Ok(Decoded::Borrowed((a, b))) => visit(*key, Ok(&rec[a..b]))?,
+                        Ok(Decoded::Owned(v)) => visit(*key, Ok(&v))?,
+                        Err(e) => visit(*key, Err(e))?,
                     }
-                    Ok(Decoded::Owned(v)) => visit(*key, Ok(&v))?,
-                    Err(e) => visit(*key, Err(e))?,
                 }
             }
-            i = end;
         }
         for key in rest {
             match self.get(&key) {
@@ -718,7 +736,7 @@ impl LooseBatch<'_> {
         let mut dirs = std::collections::BTreeSet::new();
         for (path, key) in &self.staged {
             let dest = self.store.loose_path(key);
-            dirs.insert(loose::install(path, &dest)?);
+            dirs.insert(loose::install(path, &dest, !fsutil::syncfs_supported())?);
         }
         if !fsutil::syncfs(&self.dir)? {
             for d in &dirs {

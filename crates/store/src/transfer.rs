@@ -90,7 +90,7 @@ impl Maintenance<'_> {
         }
         let mut dirs = BTreeSet::new();
         for (tmp, to) in &staged {
-            dirs.insert(loose::install(tmp, to)?);
+            dirs.insert(loose::install(tmp, to, true)?);
             report.loose_copied += 1;
         }
         for d in &dirs {
@@ -525,7 +525,9 @@ impl DosContainer {
                 f.read_exact_at(&mut stored, *offset)
                     .map_err(|e| DosReadError::Corrupt(format!("{place}: {e}")))?;
                 let content = if *compressed {
-                    let mut out = Vec::with_capacity(it.size as usize);
+                    // `size` comes from the source's index: never trust it for an allocation.
+                    let mut out =
+                        Vec::with_capacity(it.size.min(IMPORT_IN_MEMORY_BYTES_MAX) as usize);
                     flate2::read::ZlibDecoder::new(&stored[..])
                         .take(it.size + 1)
                         .read_to_end(&mut out)

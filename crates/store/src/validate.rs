@@ -16,7 +16,7 @@ use crate::error::{IoContext, Result};
 use crate::format::{RecordHeader, RecordKind, PACK_HEADER_BYTES};
 use crate::index::IndexRow;
 use crate::key::Key;
-use crate::loose::{self, LOOSE_DIR, SANDBOX_DIR};
+use crate::loose::{self, LOOSE_DIR};
 use crate::maint::Maintenance;
 use crate::pack::{self, PACKS_DIR};
 use crate::progress::{Progress, Unit};
@@ -381,11 +381,9 @@ impl Maintenance<'_> {
         report
             .problems
             .extend(stray_loose_files(root, store.config().loose_prefix_len)?);
-        for e in fs::read_dir(root.join(SANDBOX_DIR)).at("list", root.join(SANDBOX_DIR))? {
-            let e = e.at("list", root.join(SANDBOX_DIR))?;
-            report
-                .problems
-                .push(Problem::SandboxLeftover { path: e.path() });
+        // Entries still locked belong to live writers; only abandoned ones are leftovers.
+        for path in loose::stale_sandbox_entries(root, std::time::Duration::ZERO)? {
+            report.problems.push(Problem::SandboxLeftover { path });
         }
 
         // Packs.

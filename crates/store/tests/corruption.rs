@@ -523,7 +523,10 @@ fn truncated_sealed_pack() {
 #[test]
 fn truncated_open_pack() {
     let f = fixture();
-    let (last, path) = pack_files(&f.t.root()).into_iter().last().expect("packs");
+    let (last, path) = pack_files(&f.t.root())
+        .into_iter()
+        .next_back()
+        .expect("packs");
     let layout = read_pack(&path);
     assert!(
         layout.footer.is_none(),
@@ -708,13 +711,16 @@ fn index_file_bytes_flipped() {
     );
     // Damage a byte inside every page but the first (page 1 holds SQLite's header and schema;
     // index_header_destroyed covers that).
+    // Cells fill a b-tree page from its end, so aim near the end as well as the middle.
     for page in 1..len / 4096 {
-        flip_byte(&index, page * 4096 + 2000, 0xFF);
+        for at in [2000, 3500, 4090] {
+            flip_byte(&index, page * 4096 + at, 0xFF);
+        }
     }
     // A store whose index is damaged either opens (then validate reports it and rebuild_index
     // repairs it) or refuses with an index error (then removing the index is the repair).
-    let store = match Store::open(&root) {
-        Ok(s) => s,
+    let (store, opened_damaged) = match Store::open(&root) {
+        Ok(s) => (s, true),
         Err(e) => {
             assert!(
                 matches!(e, Error::Index { .. } | Error::IndexCorrupt { .. }),
@@ -722,7 +728,10 @@ fn index_file_bytes_flipped() {
             );
             println!("open refused the damaged index ({e}); removing it");
             fs::remove_file(&index).expect("remove index");
-            Store::open(&root).expect("open after removing the index")
+            (
+                Store::open(&root).expect("open after removing the index"),
+                false,
+            )
         }
     };
     let f = Fixture {
@@ -733,8 +742,19 @@ fn index_file_bytes_flipped() {
         compressed,
         deleted,
     };
-    // Whatever SQLite now returns, no read may produce wrong bytes.
-    f.reads();
+    // Whatever SQLite now returns, no read may produce wrong bytes; and the damage shows.
+    let (_, bad) = f.reads();
+    let problems = f.problems();
+    println!(
+        "damaged index: {} objects unreadable, {} problems",
+        bad.len(),
+        problems.len()
+    );
+    assert!(
+        !opened_damaged || !problems.is_empty(),
+        "validate found nothing wrong with a damaged index ({} unreadable objects)",
+        bad.len()
+    );
     let report = f.rebuild();
     assert!(report.unreadable_packs.is_empty(), "{report:?}");
     f.assert_all_good("after rebuild_index of a damaged index");
@@ -865,4 +885,103 @@ fn record_header_bytes_constant_matches_layout() {
     // The offsets aimed at above assume this layout (magic 4, kind, flags, key len, hash id,
     // raw 8, stored 8, key 32, header crc 4); a format change must revisit these tests.
     assert_eq!(RECORD_HEADER_BYTES, 24 + KEY_BYTES + 4);
+}
+
+#[test]
+fn index_row_key_bytes_flipped() {
+    let f = fixture();
+    f.clean();
+    let root = f.t.root();
+    let Fixture {
+        t: TestStore { dir, store },
+        contents,
+        loose,
+        raw,
+        compressed,
+        deleted,
+    } = f;
+    drop(store);
+    // Find one packed object's key inside the index file and damage it there.
+    let index = root.join(INDEX_FILE);
+    let bytes = fs::read(&index).expect("read index");
+    let k = raw[5];
+    let at = bytes
+        .windows(KEY_BYTES)
+        .position(|w| w == k.as_bytes())
+        .expect("the key is stored in the index file") as u64;
+    flip_byte(&index, at + 7, 0x01);
+    let store = Store::open(&root).expect("an index with a damaged row still opens");
+    let f = Fixture {
+        t: TestStore { dir, store },
+        contents,
+        loose,
+        raw,
+        compressed,
+        deleted,
+    };
+    let (_, bad) = f.reads();
+    assert!(
+        bad.iter().all(|b| *b == k),
+        "only {k} may be affected: {bad:?}"
+    );
+    let problems = f.problems();
+    assert!(
+        problems.iter().any(|p| match p {
+            Problem::RecordNotIndexed { key, .. } | Problem::RowWithoutRecord { key, .. } =>
+                *key == k,
+            Problem::IndexCheck { .. } => true,
+            _ => false,
+        }),
+        "validate must notice {k} lost its row:\n{}",
+        lines(&problems)
+    );
+    let report = f.rebuild();
+    assert!(report.unreadable_packs.is_empty(), "{report:?}");
+    f.assert_all_good("after rebuild_index");
+}
+
+/// A disk-objectstore source whose index claims an absurd size for a compressed object: the
+/// import must report that object, not allocate the claimed size and abort. Child process as in
+/// `index_row_with_huge_length_is_an_error_not_an_abort`.
+#[test]
+fn dos_source_with_absurd_size_is_reported_not_an_abort() {
+    const CHILD_SOURCE: &str = "BASIN_CORRUPTION_CHILD_DOS";
+    if let Ok(src) = std::env::var(CHILD_SOURCE) {
+        let dst = new_small_store();
+        let m = dst.store.maintenance(LockWait::Fail).expect("lock");
+        let r = m.import_dos(std::path::Path::new(&src), &NoProgress);
+        println!("child survived: {r:?}");
+        let r = r.expect("import_dos must report, not fail, on one bad object");
+        assert_eq!((r.imported, r.corrupt.len()), (1, 1), "{r:?}");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dos = tmp.path().join("dos");
+    let good = text_bytes(9001, 4000);
+    let liar = text_bytes(9002, 4000);
+    dos_container(&dos, &[(good, "zlib"), (liar.clone(), "zlib")]);
+    let db = rusqlite::Connection::open(dos.join("packs.idx")).expect("db");
+    db.execute(
+        "UPDATE db_object SET size = ?1 WHERE hashkey = ?2",
+        rusqlite::params![1i64 << 45, HashAlgorithm::Sha256.hash(&liar).to_hex()],
+    )
+    .expect("update");
+    drop(db);
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "dos_source_with_absurd_size_is_reported_not_an_abort",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_SOURCE, &dos)
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("child survived"),
+        "importing a dos object that claims 2^45 bytes killed or failed the process ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
 }

@@ -29,7 +29,7 @@ const POOL: u8 = 24;
 
 fn content(id: u8) -> Vec<u8> {
     let len = [0usize, 1, 50, 700, 3000, 9000][id as usize % 6];
-    if id % 3 == 0 {
+    if id.is_multiple_of(3) {
         text_bytes(u64::from(id), len)
     } else {
         random_bytes(u64::from(id), len)
@@ -105,6 +105,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
     ]
 }
+
+/// Which keys a pack selection takes, as the model sees it.
+type KeyFilter = Box<dyn Fn(&Key) -> bool>;
 
 /// Where the model says an object lives.
 #[derive(Debug, Clone, Copy, Default)]
@@ -218,7 +221,7 @@ impl Run {
                 sel,
                 compression: c,
             } => {
-                let (selection, chosen): (PackSelection, Box<dyn Fn(&Key) -> bool>) = match sel {
+                let (selection, chosen): (PackSelection, KeyFilter) = match sel {
                     Selection::All => (PackSelection::All, Box::new(|_| true)),
                     Selection::Prefix(d) => {
                         let p = format!("{d:x}");
@@ -239,7 +242,6 @@ impl Run {
                 };
                 let opts = PackOptions {
                     compression: compression(*c),
-                    validate: true,
                 };
                 let r = self
                     .maint()
@@ -272,7 +274,6 @@ impl Run {
                 let mut it = ids.iter().map(|id| Ok(Source::Bytes(content(*id))));
                 let opts = PackOptions {
                     compression: compression(*c),
-                    validate: true,
                 };
                 let keys = m
                     .write_packed(&mut it, &opts, &NoProgress)

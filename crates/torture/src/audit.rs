@@ -74,19 +74,31 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
                 }
             }
         }
-        Err(e) => problem(&mut report, format!("has_many over {} keys: {e}", keys.len())),
+        Err(e) => problem(
+            &mut report,
+            format!("has_many over {} keys: {e}", keys.len()),
+        ),
     }
     match store.meta_many(&keys) {
         Ok(metas) => {
             for ((key, spec), meta) in required.iter().zip(metas) {
                 match meta {
                     Some(meta) if meta.key == *key && meta.size == spec.len => {}
-                    Some(meta) => problem(&mut report, format!("meta_many {key}: got {meta:?}, expected size {}", spec.len)),
-                    None => problem(&mut report, format!("meta_many: acknowledged {key} missing")),
+                    Some(meta) => problem(
+                        &mut report,
+                        format!("meta_many {key}: got {meta:?}, expected size {}", spec.len),
+                    ),
+                    None => problem(
+                        &mut report,
+                        format!("meta_many: acknowledged {key} missing"),
+                    ),
                 }
             }
         }
-        Err(e) => problem(&mut report, format!("meta_many over {} keys: {e}", keys.len())),
+        Err(e) => problem(
+            &mut report,
+            format!("meta_many over {} keys: {e}", keys.len()),
+        ),
     }
 
     // read_many: each found key visited once, with the right bytes.
@@ -102,12 +114,17 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
                 }
             }
             (Err(e), _) => visit_problems.push(format!("read_many {key} (acknowledged): {e}")),
-            (Ok(_), None) => visit_problems.push(format!("read_many visited {key}, which was not asked for")),
+            (Ok(_), None) => {
+                visit_problems.push(format!("read_many visited {key}, which was not asked for"))
+            }
         }
         Ok(())
     });
     if let Err(e) = outcome {
-        problem(&mut report, format!("read_many over {} keys: {e}", keys.len()));
+        problem(
+            &mut report,
+            format!("read_many over {} keys: {e}", keys.len()),
+        );
     }
     report.problems.extend(visit_problems);
     for key in &keys {
@@ -119,12 +136,21 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
     }
 
     // Finished deletes and dropped batches: gone for good.
-    for (what, set) in [("deleted", &ledger.deleted), ("aborted batch", &ledger.aborted)] {
+    for (what, set) in [
+        ("deleted", &ledger.deleted),
+        ("aborted batch", &ledger.aborted),
+    ] {
         for key in set {
             match store.get(key) {
                 Err(e) if e.is_not_found() => {}
-                Err(e) => problem(&mut report, format!("get {key} ({what}): expected not found, got {e}")),
-                Ok(bytes) => problem(&mut report, format!("{what} key {key} is readable ({} bytes)", bytes.len())),
+                Err(e) => problem(
+                    &mut report,
+                    format!("get {key} ({what}): expected not found, got {e}"),
+                ),
+                Ok(bytes) => problem(
+                    &mut report,
+                    format!("{what} key {key} is readable ({} bytes)", bytes.len()),
+                ),
             }
             match store.has(key) {
                 Ok(false) => {}
@@ -137,7 +163,10 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
     // Interrupted deletes: gone, or intact.
     for key in &ledger.deleting {
         let Some(spec) = ledger.acked.get(key) else {
-            problem(&mut report, format!("delete of {key} begun, but it was never acknowledged"));
+            problem(
+                &mut report,
+                format!("delete of {key} begun, but it was never acknowledged"),
+            );
             continue;
         };
         match store.get(key) {
@@ -158,7 +187,10 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
         Ok(listed) => {
             report.objects_listed = listed.len() as u64;
             if let Some(pair) = listed.windows(2).find(|w| w[0] >= w[1]) {
-                problem(&mut report, format!("list not sorted/unique at {} then {}", pair[0], pair[1]));
+                problem(
+                    &mut report,
+                    format!("list not sorted/unique at {} then {}", pair[0], pair[1]),
+                );
             }
             let listed_set: std::collections::BTreeSet<Key> = listed.iter().copied().collect();
             for key in &keys {
@@ -178,7 +210,10 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
                 match bytes {
                     Ok(bytes) => match ObjectSpec::check_self(bytes) {
                         Ok(_) if hash.hash(bytes) == key => {}
-                        Ok(_) => listed_problems.push(format!("listed {key}: content hashes to {}", hash.hash(bytes))),
+                        Ok(_) => listed_problems.push(format!(
+                            "listed {key}: content hashes to {}",
+                            hash.hash(bytes)
+                        )),
                         Err(e) => listed_problems.push(format!("listed {key}: {e}")),
                     },
                     Err(e) => listed_problems.push(format!("listed {key} unreadable: {e}")),
@@ -186,10 +221,19 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
                 Ok(())
             });
             if let Err(e) = outcome {
-                problem(&mut report, format!("read_many over the {} listed keys: {e}", listed.len()));
+                problem(
+                    &mut report,
+                    format!("read_many over the {} listed keys: {e}", listed.len()),
+                );
             }
             if listed_visits != listed.len() as u64 {
-                problem(&mut report, format!("read_many visited {listed_visits} of {} listed keys", listed.len()));
+                problem(
+                    &mut report,
+                    format!(
+                        "read_many visited {listed_visits} of {} listed keys",
+                        listed.len()
+                    ),
+                );
             }
             report.problems.extend(listed_problems);
         }
@@ -198,11 +242,19 @@ pub fn audit(store: &Store, ledger: &Ledger) -> AuditReport {
 }
 
 /// Checks one object's bytes against its spec and its key.
-pub fn check(hash: basin_store::HashAlgorithm, key: &Key, spec: &ObjectSpec, bytes: &[u8]) -> Result<(), String> {
+pub fn check(
+    hash: basin_store::HashAlgorithm,
+    key: &Key,
+    spec: &ObjectSpec,
+    bytes: &[u8],
+) -> Result<(), String> {
     spec.check(bytes)?;
     let actual = hash.hash(bytes);
     if actual != *key {
-        return Err(format!("content is right for seed {} but hashes to {actual}", spec.seed));
+        return Err(format!(
+            "content is right for seed {} but hashes to {actual}",
+            spec.seed
+        ));
     }
     Ok(())
 }

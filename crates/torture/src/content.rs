@@ -38,7 +38,10 @@ impl ObjectSpec {
     pub fn shared(index: u64) -> ObjectSpec {
         let index = index % SHARED_POOL_OBJECTS;
         let seed = SHARED_SEED_BASE + index;
-        ObjectSpec { seed, len: SEED_BYTES + splitmix64(seed) % 3000 }
+        ObjectSpec {
+            seed,
+            len: SEED_BYTES + splitmix64(seed) % 3000,
+        }
     }
 
     /// True when `seed` names a shared-pool object.
@@ -48,7 +51,7 @@ impl ObjectSpec {
 
     /// Low-entropy objects: zstd shrinks them, so compressed records get written and read.
     pub fn compressible(&self) -> bool {
-        self.seed % 4 == 0
+        self.seed & 3 == 0
     }
 
     /// The whole object.
@@ -60,7 +63,10 @@ impl ObjectSpec {
 
     /// A reader producing the object in constant memory.
     pub fn reader(&self) -> ContentReader {
-        ContentReader { spec: *self, position: 0 }
+        ContentReader {
+            spec: *self,
+            position: 0,
+        }
     }
 
     /// Writes the object's bytes `[offset, offset + out.len())` into `out`. Past the end of the
@@ -79,30 +85,43 @@ impl ObjectSpec {
             }
             let stream_position = position - SEED_BYTES;
             let word_index = stream_position / 8;
+            let within = (stream_position % 8) as usize;
             let word = splitmix64(self.seed ^ splitmix64(word_index)).to_le_bytes();
-            let mut within = (stream_position % 8) as usize;
-            while within < 8 && i < out.len() {
-                out[i] = if compressible { b'a' + (word[within] & 3) } else { word[within] };
-                within += 1;
-                position += 1;
-                i += 1;
+            let n = (8 - within).min(out.len() - i);
+            let dest = &mut out[i..i + n];
+            dest.copy_from_slice(&word[within..within + n]);
+            if compressible {
+                for b in dest.iter_mut() {
+                    *b = b'a' + (*b & 3);
+                }
             }
+            position += n as u64;
+            i += n;
         }
     }
 
     /// Checks that `bytes` are exactly this object.
     pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
         if bytes.len() as u64 != self.len {
-            return Err(format!("length {} but {} was written", bytes.len(), self.len));
+            return Err(format!(
+                "length {} but {} was written",
+                bytes.len(),
+                self.len
+            ));
         }
         self.check_range(0, bytes)
     }
 
     /// Checks that `bytes` are the object's bytes starting at `offset`.
     pub fn check_range(&self, offset: u64, bytes: &[u8]) -> Result<(), String> {
-        let end = offset.checked_add(bytes.len() as u64).ok_or("range end overflows")?;
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .ok_or("range end overflows")?;
         if end > self.len {
-            return Err(format!("range {offset}..{end} runs past the object's {} bytes", self.len));
+            return Err(format!(
+                "range {offset}..{end} runs past the object's {} bytes",
+                self.len
+            ));
         }
         let mut expected = [0u8; 4096];
         for (chunk_index, chunk) in bytes.chunks(expected.len()).enumerate() {
@@ -110,7 +129,11 @@ impl ObjectSpec {
             let expected = &mut expected[..chunk.len()];
             self.fill(chunk_offset, expected);
             if chunk != expected {
-                let at = chunk.iter().zip(expected.iter()).position(|(a, b)| a != b).unwrap_or(0);
+                let at = chunk
+                    .iter()
+                    .zip(expected.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
                 return Err(format!(
                     "byte {} is {:#04x}, expected {:#04x} (seed {}, length {})",
                     chunk_offset + at as u64,
@@ -128,10 +151,16 @@ impl ObjectSpec {
     /// on any object a torture worker wrote, logged or not.
     pub fn check_self(bytes: &[u8]) -> Result<ObjectSpec, String> {
         let Some(seed_bytes) = bytes.get(..SEED_BYTES as usize) else {
-            return Err(format!("{} bytes is shorter than the {SEED_BYTES}-byte seed", bytes.len()));
+            return Err(format!(
+                "{} bytes is shorter than the {SEED_BYTES}-byte seed",
+                bytes.len()
+            ));
         };
         let seed = u64::from_le_bytes(seed_bytes.try_into().expect("slice of 8"));
-        let spec = ObjectSpec { seed, len: bytes.len() as u64 };
+        let spec = ObjectSpec {
+            seed,
+            len: bytes.len() as u64,
+        };
         spec.check(bytes)?;
         Ok(spec)
     }
@@ -163,12 +192,18 @@ mod tests {
             let spec = ObjectSpec { seed, len: 10_007 };
             let whole = spec.bytes();
             let mut streamed = Vec::new();
-            spec.reader().read_to_end(&mut streamed).expect("in-memory read");
+            spec.reader()
+                .read_to_end(&mut streamed)
+                .expect("in-memory read");
             assert_eq!(streamed, whole, "seed {seed}");
             for offset in [0u64, 3, 8, 9, 17, 5000] {
                 let mut part = vec![0u8; 777];
                 spec.fill(offset, &mut part);
-                assert_eq!(&part[..], &whole[offset as usize..offset as usize + 777], "seed {seed} offset {offset}");
+                assert_eq!(
+                    &part[..],
+                    &whole[offset as usize..offset as usize + 777],
+                    "seed {seed} offset {offset}"
+                );
                 assert_eq!(spec.check_range(offset, &part), Ok(()));
             }
             assert_eq!(ObjectSpec::check_self(&whole), Ok(spec));
@@ -182,9 +217,15 @@ mod tests {
         bytes[200] ^= 1;
         let err = spec.check(&bytes).expect_err("flipped bit must be seen");
         assert!(err.contains("byte 200"), "got {err}");
-        assert!(ObjectSpec::check_self(&bytes).is_err(), "self check must see the flip too");
+        assert!(
+            ObjectSpec::check_self(&bytes).is_err(),
+            "self check must see the flip too"
+        );
         assert!(spec.check(&bytes[..299]).is_err(), "short object must fail");
-        assert!(ObjectSpec::check_self(&[1, 2, 3]).is_err(), "too short for a seed");
+        assert!(
+            ObjectSpec::check_self(&[1, 2, 3]).is_err(),
+            "too short for a seed"
+        );
     }
 
     #[test]

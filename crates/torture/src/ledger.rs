@@ -27,12 +27,21 @@ pub struct AckLog {
 impl AckLog {
     /// Creates (or appends to) the log at `path` and makes its directory entry durable.
     pub fn create(path: &Path) -> Result<AckLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path).at("open ack log", path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .at("open ack log", path)?;
         file.sync_all().at("fsync ack log", path)?;
-        if let Some(parent) = path.parent() {
-            File::open(parent).and_then(|d| d.sync_all()).at("fsync ack log folder", parent)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .at("fsync ack log folder", parent)?;
         }
-        Ok(AckLog { path: path.to_path_buf(), file })
+        Ok(AckLog {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -41,7 +50,10 @@ impl AckLog {
 
     /// Records objects whose write call has returned.
     pub fn ack(&mut self, objects: &[(Key, ObjectSpec)]) -> Result<()> {
-        let text: String = objects.iter().map(|(key, spec)| format!("ack {key} {} {}\n", spec.seed, spec.len)).collect();
+        let text: String = objects
+            .iter()
+            .map(|(key, spec)| format!("ack {key} {} {}\n", spec.seed, spec.len))
+            .collect();
         self.append(&text)
     }
 
@@ -74,7 +86,9 @@ impl AckLog {
         if text.is_empty() {
             return Ok(());
         }
-        self.file.write_all(text.as_bytes()).at("append to ack log", &self.path)?;
+        self.file
+            .write_all(text.as_bytes())
+            .at("append to ack log", &self.path)?;
         self.file.sync_data().at("fsync ack log", &self.path)
     }
 }
@@ -120,7 +134,12 @@ impl Ledger {
 
     /// Adds a log to follow. It need not exist yet.
     pub fn watch(&mut self, path: &Path) {
-        self.tails.push(LogTail { path: path.to_path_buf(), consumed_bytes: 0, lines_read: 0, done: false });
+        self.tails.push(LogTail {
+            path: path.to_path_buf(),
+            consumed_bytes: 0,
+            lines_read: 0,
+            done: false,
+        });
     }
 
     /// True when every followed log has its `done` line.
@@ -140,7 +159,11 @@ impl Ledger {
 
     /// Objects that must exist, with their content.
     pub fn must_exist_objects(&self) -> Vec<(Key, ObjectSpec)> {
-        self.acked.iter().filter(|(k, _)| self.must_exist(k)).map(|(k, s)| (*k, *s)).collect()
+        self.acked
+            .iter()
+            .filter(|(k, _)| self.must_exist(k))
+            .map(|(k, s)| (*k, *s))
+            .collect()
     }
 
     /// Reads lines appended since the last call.
@@ -155,11 +178,19 @@ impl Ledger {
         let mut file = match File::open(&tail.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::Io { op: "open ack log", path: tail.path.clone(), source: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "open ack log",
+                    path: tail.path.clone(),
+                    source: e,
+                })
+            }
         };
-        file.seek(SeekFrom::Start(tail.consumed_bytes)).at("seek ack log", &tail.path)?;
+        file.seek(SeekFrom::Start(tail.consumed_bytes))
+            .at("seek ack log", &tail.path)?;
         let mut text = String::new();
-        file.read_to_string(&mut text).at("read ack log", &tail.path)?;
+        file.read_to_string(&mut text)
+            .at("read ack log", &tail.path)?;
         // A trailing fragment without newline is a line still being written (or cut by a
         // kill): it acknowledges nothing yet.
         let complete = match text.rfind('\n') {
@@ -168,7 +199,11 @@ impl Ledger {
         };
         for line in complete.lines() {
             tail.lines_read += 1;
-            self.apply(line).map_err(|detail| Error::Log { path: tail.path.clone(), line: tail.lines_read, detail })?;
+            self.apply(line).map_err(|detail| Error::Log {
+                path: tail.path.clone(),
+                line: tail.lines_read,
+                detail,
+            })?;
             if line == "done" {
                 tail.done = true;
             }
@@ -192,10 +227,15 @@ impl Ledger {
                     let text = words.next().ok_or_else(|| format!("missing {what}"))?;
                     text.parse().map_err(|_| format!("bad {what} {text:?}"))
                 };
-                let spec = ObjectSpec { seed: number("seed")?, len: number("length")? };
+                let spec = ObjectSpec {
+                    seed: number("seed")?,
+                    len: number("length")?,
+                };
                 if let Some(previous) = self.acked.insert(key, spec) {
                     if previous != spec {
-                        return Err(format!("key {key} acknowledged with {previous:?} and {spec:?}"));
+                        return Err(format!(
+                            "key {key} acknowledged with {previous:?} and {spec:?}"
+                        ));
                     }
                 } else {
                     self.acked_order.push(key);

@@ -44,13 +44,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     #[error("{op}: {source}")]
-    Store { op: String, source: basin_store::Error },
+    Store {
+        op: String,
+        source: basin_store::Error,
+    },
 
     #[error("{op} {}: {source}", path.display())]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 
     #[error("{}:{line}: {detail}", path.display())]
-    Log { path: PathBuf, line: usize, detail: String },
+    Log {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
 
     #[error("object {key}: {detail}")]
     WrongContent { key: Key, detail: String },
@@ -77,7 +88,11 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io { op, path: path.into(), source })
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.into(),
+            source,
+        })
     }
 }
 

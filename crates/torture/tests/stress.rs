@@ -20,11 +20,11 @@ use rand::SeedableRng;
 use common::{check_store, init_store, WORKER};
 
 const WRITERS: u64 = 4;
-const OBJECTS_PER_WRITER: u64 = 200;
+const OBJECTS_PER_WRITER: u64 = 300;
 const READERS: u64 = 2;
 const READS_PER_READER: u64 = 1500;
-const MAINTAINER_ROUNDS_MIN: u64 = 4;
-const PACKER_ROUNDS_MIN: u64 = 6;
+const MAINTAINER_ROUNDS_MIN: u64 = 8;
+const PACKER_ROUNDS_MIN: u64 = 10;
 
 struct Worker {
     name: String,
@@ -44,18 +44,28 @@ impl Worker {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {WORKER}: {e}"));
-        Worker { name: name.to_string(), child: Some(child), output }
+        Worker {
+            name: name.to_string(),
+            child: Some(child),
+            output,
+        }
     }
 
     /// Waits for the process; the failure text when it did not exit cleanly.
     fn wait(&mut self) -> Result<(), String> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         let status = child.wait().expect("wait for worker");
         if status.success() {
             return Ok(());
         }
         let output = std::fs::read_to_string(&self.output).unwrap_or_default();
-        Err(format!("{} exited with {status}:\n{}", self.name, tail(&output, 40)))
+        Err(format!(
+            "{} exited with {status}:\n{}",
+            self.name,
+            tail(&output, 40)
+        ))
     }
 
     fn kill(&mut self) {
@@ -88,7 +98,9 @@ fn writers_readers_packer_and_maintainer_share_one_store() {
     drop(init_store(&store_dir, &mut rng));
     let store = store_dir.display().to_string();
 
-    let writer_logs: Vec<PathBuf> = (0..WRITERS).map(|i| dir.join(format!("writer-{i}.log"))).collect();
+    let writer_logs: Vec<PathBuf> = (0..WRITERS)
+        .map(|i| dir.join(format!("writer-{i}.log")))
+        .collect();
     let maintainer_log = dir.join("maintainer.log");
     let packer_log = dir.join("packer.log");
 
@@ -96,20 +108,31 @@ fn writers_readers_packer_and_maintainer_share_one_store() {
     let mut workers = Vec::new();
     for (i, log) in writer_logs.iter().enumerate() {
         let mut args = strings(&["writer", "--store", &store]);
-        args.extend(strings(&["--seed", &derive_seed(seed, i as u64).to_string()]));
+        args.extend(strings(&[
+            "--seed",
+            &derive_seed(seed, i as u64).to_string(),
+        ]));
         args.extend(strings(&["--count", &OBJECTS_PER_WRITER.to_string()]));
         args.extend(strings(&["--log", &log.display().to_string()]));
         workers.push(Worker::spawn(dir, &format!("writer-{i}"), &args));
     }
-    let watch_writers: Vec<String> =
-        writer_logs.iter().flat_map(|p| ["--watch".to_string(), p.display().to_string()]).collect();
+    let watch_writers: Vec<String> = writer_logs
+        .iter()
+        .flat_map(|p| ["--watch".to_string(), p.display().to_string()])
+        .collect();
     let mut packer = strings(&["maintainer", "--store", &store, "--ops", "pack"]);
     packer.extend(strings(&["--seed", &derive_seed(seed, 100).to_string()]));
     packer.extend(strings(&["--rounds", &PACKER_ROUNDS_MIN.to_string()]));
     packer.extend(strings(&["--log", &packer_log.display().to_string()]));
     packer.extend(watch_writers.iter().cloned());
     workers.push(Worker::spawn(dir, "packer", &packer));
-    let mut maintainer = strings(&["maintainer", "--store", &store, "--ops", "pack,repack,delete,clean,validate"]);
+    let mut maintainer = strings(&[
+        "maintainer",
+        "--store",
+        &store,
+        "--ops",
+        "pack,repack,delete,clean,validate",
+    ]);
     maintainer.extend(strings(&["--seed", &derive_seed(seed, 101).to_string()]));
     maintainer.extend(strings(&["--rounds", &MAINTAINER_ROUNDS_MIN.to_string()]));
     maintainer.extend(strings(&["--log", &maintainer_log.display().to_string()]));
@@ -117,7 +140,10 @@ fn writers_readers_packer_and_maintainer_share_one_store() {
     workers.push(Worker::spawn(dir, "maintainer", &maintainer));
     for i in 0..READERS {
         let mut args = strings(&["reader", "--store", &store]);
-        args.extend(strings(&["--seed", &derive_seed(seed, 200 + i).to_string()]));
+        args.extend(strings(&[
+            "--seed",
+            &derive_seed(seed, 200 + i).to_string(),
+        ]));
         args.extend(strings(&["--count", &READS_PER_READER.to_string()]));
         args.extend(watch_writers.iter().cloned());
         args.extend(strings(&["--watch", &maintainer_log.display().to_string()]));
@@ -141,18 +167,28 @@ fn writers_readers_packer_and_maintainer_share_one_store() {
     }
     if !failures.is_empty() {
         let kept = temp.keep();
-        panic!("seed {seed}: {}\n(store kept in {})", failures.join("\n"), kept.display());
+        panic!(
+            "seed {seed}: {}\n(store kept in {})",
+            failures.join("\n"),
+            kept.display()
+        );
     }
-    println!("workers finished in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "workers finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut logs = writer_logs.clone();
     logs.push(maintainer_log);
     logs.push(packer_log);
-    match check_store(&store_dir, &logs) {
+    match check_store(&store_dir, &logs, true) {
         Ok(summary) => println!("final check: {summary}"),
         Err(failure) => {
             let kept = temp.keep();
-            panic!("seed {seed}: final check: {failure}\n(store kept in {})", kept.display());
+            panic!(
+                "seed {seed}: final check: {failure}\n(store kept in {})",
+                kept.display()
+            );
         }
     }
     println!("stress total {:.1} s", started.elapsed().as_secs_f64());

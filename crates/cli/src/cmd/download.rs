@@ -100,7 +100,14 @@ pub fn run(args: DownloadArgs, global: &Global) -> anyhow::Result<ExitCode> {
     };
     let jobs = plan(&urls, &args.dest, args.output.as_deref(), layout);
 
-    let bar = crate::progress::bar(urls.len() as u64, "download", global.quiet);
+    // One bar, reused per URL, in bytes; hidden unless stderr is a terminal.
+    let bar = crate::progress::bar(0, "download", global.quiet);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:24!} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let sums_format = if algorithms.len() == 1 {
         SumsFormat::Gnu
     } else {
@@ -109,17 +116,40 @@ pub fn run(args: DownloadArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut print_error = None;
-    let outcomes = downloader.download_all(jobs, args.skip_failures, &mut |outcome| {
-        bar.inc(1);
-        let printed = if global.json {
-            writeln!(out, "{}", outcome_json(outcome))
-        } else {
-            print_outcome(&mut out, outcome, sums_format, global.quiet, &bar)
-        };
-        if let Err(e) = printed.and_then(|()| out.flush()) {
-            print_error.get_or_insert(e);
-        }
-    });
+    let mut current: Option<PathBuf> = None;
+    let outcomes = downloader.download_all(
+        jobs,
+        args.skip_failures,
+        &mut |job, bytes, total| {
+            if current.as_deref() != Some(job.destination.as_path()) {
+                current = Some(job.destination.clone());
+                bar.reset();
+                bar.set_message(
+                    job.destination
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+            bar.set_length(total.unwrap_or(bytes));
+            bar.set_position(bytes);
+        },
+        &mut |outcome| {
+            // Lines go out while the bar is lifted, so they never interleave with its redraws.
+            let printed = bar.suspend(|| {
+                if global.json {
+                    writeln!(out, "{}", outcome_json(outcome))
+                } else {
+                    print_outcome(&mut out, outcome, sums_format, global.quiet)
+                }
+                .and_then(|()| out.flush())
+            });
+            if let Err(e) = printed {
+                print_error.get_or_insert(e);
+            }
+        },
+    );
     bar.finish_and_clear();
     if let Some(e) = print_error {
         return Err(e).context("writing output");
@@ -176,7 +206,6 @@ fn print_outcome(
     outcome: &DownloadOutcome,
     format: SumsFormat,
     quiet: bool,
-    bar: &indicatif::ProgressBar,
 ) -> std::io::Result<()> {
     match outcome {
         DownloadOutcome::Downloaded(d) => out.write_all(
@@ -186,13 +215,13 @@ fn print_outcome(
         ),
         DownloadOutcome::Skipped { path, .. } => {
             if !quiet {
-                bar.suspend(|| eprintln!("skipped {} (exists; --no-clobber)", path.display()));
+                eprintln!("skipped {} (exists; --no-clobber)", path.display());
             }
             Ok(())
         }
         DownloadOutcome::Failed(f) => {
             // Failures are always reported, even with --quiet: they change the exit status.
-            bar.suspend(|| eprintln!("failed after {} attempt(s): {}", f.attempts, f.error));
+            eprintln!("failed after {} attempt(s): {}", f.attempts, f.error);
             Ok(())
         }
         _ => Ok(()),

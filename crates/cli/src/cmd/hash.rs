@@ -56,7 +56,12 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     fn to_filters(&self) -> Filters {
-        let lower = |v: &[String]| v.iter().map(|e| e.trim_start_matches('.').to_lowercase()).filter(|e| !e.is_empty()).collect();
+        let lower = |v: &[String]| {
+            v.iter()
+                .map(|e| e.trim_start_matches('.').to_lowercase())
+                .filter(|e| !e.is_empty())
+                .collect()
+        };
         Filters {
             exclude_hidden: self.exclude_hidden,
             size_min_bytes: self.min_size,
@@ -77,7 +82,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -85,11 +95,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "T" => 40,
         _ => return Err(format!("bad size unit in {s:?} (use K, M, G or T)")),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
-    clock::parse_time_ns(s).ok_or_else(|| format!("bad time {s:?}: use YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @unix-seconds"))
+    clock::parse_time_ns(s).ok_or_else(|| {
+        format!("bad time {s:?}: use YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @unix-seconds")
+    })
 }
 
 /// How digests are computed and where they go, shared by hash, verify and copy.
@@ -207,18 +220,33 @@ fn engine(args: &EngineArgs, catalog_flag: Option<&String>) -> anyhow::Result<En
         None => config.hash.algorithms.join(","),
     };
     let specs = parse_algo_list(&algo_text)?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let jobs = args.jobs.or(config.hash.jobs).unwrap_or(cores).max(1);
     let read = ReadOptions {
-        strategy: if args.mmap { ReadStrategy::Mmap } else { ReadStrategy::Buffered },
+        strategy: if args.mmap {
+            ReadStrategy::Mmap
+        } else {
+            ReadStrategy::Buffered
+        },
         lanes_max: cores,
         ..ReadOptions::default()
     };
-    Ok(Engine { specs, jobs, read, catalog: catalog_flag.cloned().or(config.catalog) })
+    Ok(Engine {
+        specs,
+        jobs,
+        read,
+        catalog: catalog_flag.cloned().or(config.catalog),
+    })
 }
 
 fn open_catalog(location: &Option<String>) -> anyhow::Result<Option<Box<dyn CatalogStore>>> {
-    location.as_deref().map(catalog::open).transpose().context("opening the catalog")
+    location
+        .as_deref()
+        .map(catalog::open)
+        .transpose()
+        .context("opening the catalog")
 }
 
 /// Borrows the catalog for one call (the trait object's lifetime shortened, which `Option` will not do by itself).
@@ -240,9 +268,22 @@ fn mb(bytes: u64) -> f64 {
 fn list_algorithms() -> ExitCode {
     println!("{:<12} {:>5}  {:<14} length", "algorithm", "bits", "kind");
     for a in Algorithm::ALL {
-        let kind = if a.is_cryptographic() { "cryptographic" } else { "checksum" };
-        let length = if a.is_xof() { format!("choose with {}:<bytes>", a.name()) } else { "fixed".into() };
-        println!("{:<12} {:>5}  {:<14} {length}", a.name(), a.default_output_len_bytes() * 8, kind);
+        let kind = if a.is_cryptographic() {
+            "cryptographic"
+        } else {
+            "checksum"
+        };
+        let length = if a.is_xof() {
+            format!("choose with {}:<bytes>", a.name())
+        } else {
+            "fixed".into()
+        };
+        println!(
+            "{:<12} {:>5}  {:<14} {length}",
+            a.name(),
+            a.default_output_len_bytes() * 8,
+            kind
+        );
     }
     ExitCode::SUCCESS
 }
@@ -263,20 +304,37 @@ impl ScanObserver for HashPrinter<'_> {
     fn file_done(&mut self, root: &ScanRoot, outcome: &FileOutcome) -> io::Result<()> {
         // hashdeep writes and audits absolute paths (unless -l); so do we in its format.
         let absolute = self.format == Some(SumsFormat::Hashdeep);
-        let show = |rel: &str| if absolute { root.abs_path(rel).to_string_lossy().into_owned() } else { root.display_path(rel) };
+        let show = |rel: &str| {
+            if absolute {
+                root.abs_path(rel).to_string_lossy().into_owned()
+            } else {
+                root.display_path(rel)
+            }
+        };
         let shown = show(&outcome.rel_path);
         let mut record_failure = |rel_path: &str, shown: &str, message: &str| -> io::Result<()> {
             self.bar.suspend(|| eprintln!("basin: {shown}: {message}"));
             self.failed.push(shown.to_string());
             if let Some(out) = self.failed_out.as_deref_mut() {
-                failed::write_entry(out, &FailedEntry { root: root.key(), path: rel_path.to_string(), error: message.to_string() })?;
+                failed::write_entry(
+                    out,
+                    &FailedEntry {
+                        root: root.key(),
+                        path: rel_path.to_string(),
+                        error: message.to_string(),
+                    },
+                )?;
             }
             Ok(())
         };
         match &outcome.result {
             Ok(digests) => {
                 if let Some(format) = self.format {
-                    self.out.write_all(format.format_entry(&shown, outcome.meta.size_bytes, digests).as_bytes())?;
+                    self.out.write_all(
+                        format
+                            .format_entry(&shown, outcome.meta.size_bytes, digests)
+                            .as_bytes(),
+                    )?;
                 }
             }
             Err(message) => record_failure(&outcome.rel_path, &shown, message)?,
@@ -286,7 +344,11 @@ impl ScanObserver for HashPrinter<'_> {
             match &m.result {
                 Ok(digests) => {
                     if let Some(format) = self.format {
-                        self.out.write_all(format.format_entry(&member_shown, m.size_bytes, digests).as_bytes())?;
+                        self.out.write_all(
+                            format
+                                .format_entry(&member_shown, m.size_bytes, digests)
+                                .as_bytes(),
+                        )?;
                     }
                 }
                 Err(message) => record_failure(&m.rel_path, &member_shown, message)?,
@@ -297,12 +359,20 @@ impl ScanObserver for HashPrinter<'_> {
 
     fn progress(&mut self, p: &ScanProgress) {
         self.bar.set_length(self.done_before.1 + p.bytes_discovered);
-        self.bar.set_position(self.done_before.1 + p.bytes_done + p.bytes_skipped);
+        self.bar
+            .set_position(self.done_before.1 + p.bytes_done + p.bytes_skipped);
         if self.last_message.elapsed() >= Duration::from_millis(200) {
             self.last_message = Instant::now();
             let files = self.done_before.0 + p.files_done + p.files_skipped;
-            let total = if p.walk_finished { format!("/{}", self.done_before.0 + p.files_discovered) } else { String::new() };
-            self.bar.set_message(format!("{files}{total} files ({:.0} files/s)", rate(files as f64, self.started.elapsed())));
+            let total = if p.walk_finished {
+                format!("/{}", self.done_before.0 + p.files_discovered)
+            } else {
+                String::new()
+            };
+            self.bar.set_message(format!(
+                "{files}{total} files ({:.0} files/s)",
+                rate(files as f64, self.started.elapsed())
+            ));
         }
     }
 }
@@ -327,23 +397,35 @@ pub fn run_hash(a: HashArgs, g: &Global) -> anyhow::Result<ExitCode> {
     if a.retry_failed && a.failed_list.is_none() && catalog.is_none() {
         bail!("--retry-failed needs --failed-list FILE or --catalog to know what failed");
     }
-    let roots: Vec<ScanRoot> = a.paths.iter().map(|p| ScanRoot::resolve(p)).collect::<Result<_, _>>()?;
+    let roots: Vec<ScanRoot> = a
+        .paths
+        .iter()
+        .map(|p| ScanRoot::resolve(p))
+        .collect::<Result<_, _>>()?;
     // Read the old failed list before this run truncates it.
     let previous_failures = match (&a.failed_list, a.retry_failed) {
-        (Some(path), true) => Some(failed::read_list(path).with_context(|| format!("reading {}", path.display()))?),
+        (Some(path), true) => {
+            Some(failed::read_list(path).with_context(|| format!("reading {}", path.display()))?)
+        }
         _ => None,
     };
     let mut failed_out = match &a.failed_list {
-        Some(path) => Some(BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)),
+        Some(path) => Some(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
         None => None,
     };
     let stdout = io::stdout();
     let mut out: Box<dyn Write> = match &a.output {
-        Some(path) => Box::new(BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)),
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
         None => Box::new(BufWriter::with_capacity(256 * 1024, stdout.lock())),
     };
     if let Some(format) = format {
-        let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
         let command: Vec<String> = std::env::args().collect();
         out.write_all(format.header(&e.specs, &cwd, &command.join(" ")).as_bytes())?;
     }
@@ -364,7 +446,11 @@ pub fn run_hash(a: HashArgs, g: &Global) -> anyhow::Result<ExitCode> {
         options.command = command_line.clone();
         if a.retry_failed {
             let paths = match (&previous_failures, borrow(&mut catalog)) {
-                (Some(list), _) => list.iter().filter(|f| f.root == root.key()).map(|f| f.path.clone()).collect(),
+                (Some(list), _) => list
+                    .iter()
+                    .filter(|f| f.root == root.key())
+                    .map(|f| f.path.clone())
+                    .collect(),
                 (None, Some(c)) => {
                     let id = c.root_id(&root.key())?;
                     c.failed_paths(id)?
@@ -372,7 +458,10 @@ pub fn run_hash(a: HashArgs, g: &Global) -> anyhow::Result<ExitCode> {
                 (None, None) => Vec::new(),
             };
             // Archive member failures are retried by re-reading their archive.
-            let mut paths: Vec<String> = paths.into_iter().map(|p| p.split('!').next().unwrap_or_default().to_string()).collect();
+            let mut paths: Vec<String> = paths
+                .into_iter()
+                .map(|p| p.split('!').next().unwrap_or_default().to_string())
+                .collect();
             paths.dedup();
             options.only_paths = Some(paths);
         }
@@ -393,7 +482,10 @@ pub fn run_hash(a: HashArgs, g: &Global) -> anyhow::Result<ExitCode> {
         totals.bytes_hashed += summary.counters.bytes_hashed;
         members += summary.members_hashed;
         done_before = (bar.position(), bar.length().unwrap_or(0));
-        done_before = (totals.files_hashed + totals.files_skipped + totals.files_failed, done_before.1);
+        done_before = (
+            totals.files_hashed + totals.files_skipped + totals.files_failed,
+            done_before.1,
+        );
     }
     out.flush()?;
     if let Some(f) = failed_out.as_mut() {
@@ -420,7 +512,11 @@ pub fn run_hash(a: HashArgs, g: &Global) -> anyhow::Result<ExitCode> {
         }
     }
     eprintln!("{line}");
-    Ok(if totals.files_failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if totals.files_failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn verdict_line(shown: &str, verdict: &Verdict) -> String {
@@ -460,7 +556,8 @@ pub fn run_verify(a: VerifyArgs, g: &Global) -> anyhow::Result<ExitCode> {
     };
     let mut jobs: Vec<(ScanRoot, Vec<Expected>)> = Vec::new();
     if let Some(sums) = &a.sums {
-        let text = std::fs::read_to_string(sums).with_context(|| format!("reading {}", sums.display()))?;
+        let text =
+            std::fs::read_to_string(sums).with_context(|| format!("reading {}", sums.display()))?;
         let gnu_algorithm = match &a.engine.algo {
             Some(list) => match parse_algo_list(list)?.as_slice() {
                 [one] => Some(*one),
@@ -468,15 +565,30 @@ pub fn run_verify(a: VerifyArgs, g: &Global) -> anyhow::Result<ExitCode> {
             },
             None => None,
         };
-        let entries = basin_hash::parse_sums(&text, gnu_algorithm).with_context(|| format!("reading {}", sums.display()))?;
+        let entries = basin_hash::parse_sums(&text, gnu_algorithm)
+            .with_context(|| format!("reading {}", sums.display()))?;
         let base = match a.paths.as_slice() {
             [] => PathBuf::from("."),
             [one] => one.clone(),
-            _ => bail!("with --sums, give at most one folder (where the sums file's relative paths start)"),
+            _ => bail!(
+                "with --sums, give at most one folder (where the sums file's relative paths start)"
+            ),
         };
-        let dir = std::fs::canonicalize(&base).with_context(|| format!("opening {}", base.display()))?;
-        let root = ScanRoot { dir, only: None, given: base };
-        let expected = entries.into_iter().map(|s| Expected { rel_path: s.path, size_bytes: s.size_bytes, digests: s.digests }).collect();
+        let dir =
+            std::fs::canonicalize(&base).with_context(|| format!("opening {}", base.display()))?;
+        let root = ScanRoot {
+            dir,
+            only: None,
+            given: base,
+        };
+        let expected = entries
+            .into_iter()
+            .map(|s| Expected {
+                rel_path: s.path,
+                size_bytes: s.size_bytes,
+                digests: s.digests,
+            })
+            .collect();
         jobs.push((root, expected));
     } else {
         let Some(mut catalog) = open_catalog(&e.catalog)? else {
@@ -484,14 +596,31 @@ pub fn run_verify(a: VerifyArgs, g: &Global) -> anyhow::Result<ExitCode> {
         };
         let roots = catalog.roots()?;
         let wanted: Vec<(i64, ScanRoot)> = if a.paths.is_empty() {
-            roots.iter().map(|(id, path)| (*id, ScanRoot { dir: PathBuf::from(path), only: None, given: PathBuf::from(path) })).collect()
+            roots
+                .iter()
+                .map(|(id, path)| {
+                    (
+                        *id,
+                        ScanRoot {
+                            dir: PathBuf::from(path),
+                            only: None,
+                            given: PathBuf::from(path),
+                        },
+                    )
+                })
+                .collect()
         } else {
             let mut wanted = Vec::new();
             for p in &a.paths {
                 let root = ScanRoot::resolve(p)?;
                 let Some((id, _)) = roots.iter().find(|(_, path)| *path == root.key()) else {
                     let known: Vec<&str> = roots.iter().map(|(_, p)| p.as_str()).collect();
-                    bail!("{} is not a root in {} (roots: {})", p.display(), catalog.location(), known.join(", "));
+                    bail!(
+                        "{} is not a root in {} (roots: {})",
+                        p.display(),
+                        catalog.location(),
+                        known.join(", ")
+                    );
                 };
                 wanted.push((*id, root));
             }
@@ -502,7 +631,11 @@ pub fn run_verify(a: VerifyArgs, g: &Global) -> anyhow::Result<ExitCode> {
             let expected = rows
                 .into_iter()
                 .filter(|r| r.error.is_none())
-                .map(|r| Expected { rel_path: r.rel_path, size_bytes: Some(r.size_bytes), digests: r.digests })
+                .map(|r| Expected {
+                    rel_path: r.rel_path,
+                    size_bytes: Some(r.size_bytes),
+                    digests: r.digests,
+                })
                 .collect();
             jobs.push((root, expected));
         }
@@ -517,7 +650,11 @@ pub fn run_verify(a: VerifyArgs, g: &Global) -> anyhow::Result<ExitCode> {
                 return;
             }
             let shown = root.display_path(&o.rel_path);
-            let line = if g.json { verdict_json(&shown, &o.verdict) } else { verdict_line(&shown, &o.verdict) };
+            let line = if g.json {
+                verdict_json(&shown, &o.verdict)
+            } else {
+                verdict_line(&shown, &o.verdict)
+            };
             if let Err(err) = writeln!(out, "{line}") {
                 write_error.get_or_insert(err);
             }
@@ -546,7 +683,11 @@ pub fn run_verify(a: VerifyArgs, g: &Global) -> anyhow::Result<ExitCode> {
         elapsed.as_secs_f64(),
         rate(mb(totals.bytes_hashed), elapsed)
     );
-    Ok(if totals.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if totals.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub fn run_copy(a: CopyArgs, g: &Global) -> anyhow::Result<ExitCode> {
@@ -555,7 +696,10 @@ pub fn run_copy(a: CopyArgs, g: &Global) -> anyhow::Result<ExitCode> {
     let (dest, sources) = a.paths.split_last().context("copy needs SRC... DEST")?;
     let dest_is_dir = dest.is_dir();
     if sources.len() > 1 && dest.exists() && !dest_is_dir {
-        bail!("{} is not a folder; several sources need a folder to copy into", dest.display());
+        bail!(
+            "{} is not a folder; several sources need a folder to copy into",
+            dest.display()
+        );
     }
     let mut catalog = open_catalog(&e.catalog)?;
     let options = basin_scan::copy::CopyOptions {
@@ -571,7 +715,10 @@ pub fn run_copy(a: CopyArgs, g: &Global) -> anyhow::Result<ExitCode> {
     for source in sources {
         let root = ScanRoot::resolve(source)?;
         let base = || -> anyhow::Result<String> {
-            let name = root.dir.file_name().context("cannot copy the file-system root")?;
+            let name = root
+                .dir
+                .file_name()
+                .context("cannot copy the file-system root")?;
             Ok(name.to_string_lossy().into_owned())
         };
         // Like cp -r: into DEST/<name> when DEST is a folder or there are several sources.
@@ -581,8 +728,15 @@ pub fn run_copy(a: CopyArgs, g: &Global) -> anyhow::Result<ExitCode> {
             (None, false) => (dest.clone(), None),
             (Some(only), true) => (dest.clone(), Some(only.clone())),
             (Some(_), false) => {
-                let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                let name = dest.file_name().context("destination has no file name")?.to_string_lossy().into_owned();
+                let parent = dest
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let name = dest
+                    .file_name()
+                    .context("destination has no file name")?
+                    .to_string_lossy()
+                    .into_owned();
                 (parent.to_path_buf(), Some(name))
             }
         };
@@ -593,7 +747,14 @@ pub fn run_copy(a: CopyArgs, g: &Global) -> anyhow::Result<ExitCode> {
                 bar.suspend(|| eprintln!("basin: {}: {message}", root.display_path(&o.rel_path)));
             }
         };
-        let counters = basin_scan::copy::copy_tree(&root, &dest_dir, dest_name.as_deref(), borrow(&mut catalog), &options, &mut report)?;
+        let counters = basin_scan::copy::copy_tree(
+            &root,
+            &dest_dir,
+            dest_name.as_deref(),
+            borrow(&mut catalog),
+            &options,
+            &mut report,
+        )?;
         bar.finish_and_clear();
         totals.files_hashed += counters.files_hashed;
         totals.files_failed += counters.files_failed;
@@ -608,5 +769,9 @@ pub fn run_copy(a: CopyArgs, g: &Global) -> anyhow::Result<ExitCode> {
         elapsed.as_secs_f64(),
         rate(mb(totals.bytes_hashed), elapsed)
     );
-    Ok(if totals.files_failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if totals.files_failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -99,7 +99,9 @@ pub struct PutArgs {
 pub struct GetArgs {
     #[arg(value_parser = parse::key, value_name = "KEY")]
     pub key: Key,
-    /// Write to FILE (through a temporary file renamed into place) instead of stdout.
+    /// Write to FILE (through a temporary file renamed into place, so FILE is never left
+    /// partial or damaged) instead of stdout. On stdout, objects up to 16 MiB are verified
+    /// before their first byte is written; larger ones stream and end in an error if damaged.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -139,9 +141,6 @@ pub struct PackArgs {
     /// Compression for the new pack records (default: the store's policy).
     #[arg(long, value_parser = parse::compression)]
     pub compression: Option<Compression>,
-    /// Skip re-reading each written record before deleting its loose copy.
-    #[arg(long)]
-    pub no_validate: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -154,9 +153,6 @@ pub struct ImportArgs {
     /// Compression for the new pack records (default: the store's policy).
     #[arg(long, value_parser = parse::compression)]
     pub compression: Option<Compression>,
-    /// Skip re-reading each written record.
-    #[arg(long)]
-    pub no_validate: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -263,4 +259,9 @@ fn store_dir(global: &Global) -> anyhow::Result<&Path> {
 /// Opens the store named by `--store` / `BASIN_STORE`. The library's errors already name the path.
 fn open_store(global: &Global) -> anyhow::Result<Store> {
     Ok(Store::open(store_dir(global)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 }

@@ -81,13 +81,23 @@ pub struct RunCounters {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("SQLite catalog {}: {source}", path.display())]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("PostgreSQL catalog {url}: {source}")]
-    Postgres { url: String, source: ::postgres::Error },
+    Postgres {
+        url: String,
+        source: ::postgres::Error,
+    },
     #[error("catalog location {location:?}: {reason}")]
     BadLocation { location: String, reason: String },
     #[error("catalog {location}: column {column} does not name an algorithm: {reason}")]
-    BadColumn { location: String, column: String, reason: String },
+    BadColumn {
+        location: String,
+        column: String,
+        reason: String,
+    },
 }
 
 /// Operations both backends offer. The scan drives these; nothing else touches catalog SQL.
@@ -108,9 +118,16 @@ pub trait CatalogStore: Send {
     fn start_run(&mut self, root_id: i64, command: &str) -> Result<i64, CatalogError>;
     fn finish_run(&mut self, run_id: i64, counters: &RunCounters) -> Result<(), CatalogError>;
     /// Files of the root, for skipping unchanged ones.
-    fn known_files(&mut self, root_id: i64, specs: &[AlgoSpec]) -> Result<KnownFiles, CatalogError>;
+    fn known_files(&mut self, root_id: i64, specs: &[AlgoSpec])
+        -> Result<KnownFiles, CatalogError>;
     /// Upserts rows in one transaction.
-    fn write_batch(&mut self, root_id: i64, run_id: i64, specs: &[AlgoSpec], rows: &[FileRow]) -> Result<(), CatalogError>;
+    fn write_batch(
+        &mut self,
+        root_id: i64,
+        run_id: i64,
+        specs: &[AlgoSpec],
+        rows: &[FileRow],
+    ) -> Result<(), CatalogError>;
     /// Relative paths whose row has status `error`.
     fn failed_paths(&mut self, root_id: i64) -> Result<Vec<String>, CatalogError>;
     /// Every row of a root, for `verify`, sorted by path.
@@ -122,7 +139,9 @@ pub fn open(location: &str) -> Result<Box<dyn CatalogStore>, CatalogError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         Ok(Box::new(PostgresCatalog::connect(location)?))
     } else {
-        Ok(Box::new(SqliteCatalog::open(std::path::Path::new(location))?))
+        Ok(Box::new(SqliteCatalog::open(std::path::Path::new(
+            location,
+        ))?))
     }
 }
 
@@ -160,12 +179,26 @@ impl Dialect {
 
     /// `INSERT ... ON CONFLICT DO UPDATE` for `rows` rows of this spec set. `other_columns` are digest
     /// columns this run does not compute: kept while the metadata is unchanged, cleared otherwise.
-    pub(crate) fn upsert_sql(self, specs: &[AlgoSpec], other_columns: &[String], rows: usize) -> String {
-        let mut columns: Vec<String> =
-            ["root_id", "rel_path", "size", "mtime_ns", "inode", "status", "error", "run_id", "hashed_at_ns"]
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
+    pub(crate) fn upsert_sql(
+        self,
+        specs: &[AlgoSpec],
+        other_columns: &[String],
+        rows: usize,
+    ) -> String {
+        let mut columns: Vec<String> = [
+            "root_id",
+            "rel_path",
+            "size",
+            "mtime_ns",
+            "inode",
+            "status",
+            "error",
+            "run_id",
+            "hashed_at_ns",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
         columns.extend(specs.iter().map(|s| format!("d_{}", s.column_name())));
         let width = columns.len();
         let values: Vec<String> = (0..rows)
@@ -175,8 +208,15 @@ impl Dialect {
             })
             .collect();
         let same_meta = "files.size = excluded.size AND files.mtime_ns = excluded.mtime_ns AND files.inode = excluded.inode";
-        let mut sets: Vec<String> = columns[2..].iter().map(|c| format!("{c} = excluded.{c}")).collect();
-        sets.extend(other_columns.iter().map(|c| format!("{c} = CASE WHEN {same_meta} THEN files.{c} ELSE NULL END")));
+        let mut sets: Vec<String> = columns[2..]
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        sets.extend(
+            other_columns
+                .iter()
+                .map(|c| format!("{c} = CASE WHEN {same_meta} THEN files.{c} ELSE NULL END")),
+        );
         format!(
             "INSERT INTO files ({}) VALUES {} ON CONFLICT (root_id, rel_path) DO UPDATE SET {}",
             columns.join(","),
@@ -197,17 +237,28 @@ impl Dialect {
     }
 
     pub(crate) fn delete_members_sql(self) -> String {
-        format!("DELETE FROM files WHERE root_id = {} AND rel_path >= {} AND rel_path < {}", self.param(1), self.param(2), self.param(3))
+        format!(
+            "DELETE FROM files WHERE root_id = {} AND rel_path >= {} AND rel_path < {}",
+            self.param(1),
+            self.param(2),
+            self.param(3)
+        )
     }
 }
 
 /// The key range `[archive!, archive")` holding every member row of `archive` (`"` follows `!`).
 pub(crate) fn member_range(archive_rel_path: &str) -> (String, String) {
-    (format!("{archive_rel_path}!"), format!("{archive_rel_path}\""))
+    (
+        format!("{archive_rel_path}!"),
+        format!("{archive_rel_path}\""),
+    )
 }
 
 /// Splits the digest columns of a table into specs, refusing names that are not ours.
-pub(crate) fn specs_from_columns(location: &str, columns: &[String]) -> Result<Vec<AlgoSpec>, CatalogError> {
+pub(crate) fn specs_from_columns(
+    location: &str,
+    columns: &[String],
+) -> Result<Vec<AlgoSpec>, CatalogError> {
     columns
         .iter()
         .filter_map(|c| c.strip_prefix("d_"))
@@ -233,7 +284,12 @@ pub(crate) fn digest_columns<'a>(row: &'a FileRow, specs: &[AlgoSpec]) -> Vec<Op
     match &row.result {
         Ok(digests) => specs
             .iter()
-            .map(|spec| digests.iter().find(|d| d.spec == *spec).map(|d| d.bytes.as_slice()))
+            .map(|spec| {
+                digests
+                    .iter()
+                    .find(|d| d.spec == *spec)
+                    .map(|d| d.bytes.as_slice())
+            })
             .collect(),
         Err(_) => vec![None; specs.len()],
     }

@@ -9,8 +9,8 @@ use basin_hash::{AlgoSpec, Digest};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    digest_columns, member_range, path_key, specs_from_columns, status_of, CatalogError, CatalogStore, Dialect,
-    FileRow, KnownFile, KnownFiles, RunCounters, StoredRow,
+    digest_columns, member_range, path_key, specs_from_columns, status_of, CatalogError,
+    CatalogStore, Dialect, FileRow, KnownFile, KnownFiles, RunCounters, StoredRow,
 };
 use crate::walk::FileMeta;
 use crate::{clock, lock};
@@ -22,24 +22,38 @@ pub struct SqliteCatalog {
 
 impl SqliteCatalog {
     pub fn open(path: &Path) -> Result<SqliteCatalog, CatalogError> {
-        let wrap = |source| CatalogError::Sqlite { path: path.to_path_buf(), source };
+        let wrap = |source| CatalogError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
         let conn = Connection::open(path).map_err(wrap)?;
         // Another process may hold a write transaction briefly (e.g. verify reading while a scan commits).
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(wrap)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(wrap)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;",
         )
         .map_err(wrap)?;
-        conn.execute_batch(&Dialect::Sqlite.schema()).map_err(wrap)?;
-        Ok(SqliteCatalog { path: path.to_path_buf(), conn })
+        conn.execute_batch(&Dialect::Sqlite.schema())
+            .map_err(wrap)?;
+        Ok(SqliteCatalog {
+            path: path.to_path_buf(),
+            conn,
+        })
     }
 
     fn wrap(&self) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
-        |source| CatalogError::Sqlite { path: self.path.clone(), source }
+        |source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn digest_column_names(&self) -> Result<Vec<String>, CatalogError> {
-        let mut stmt = self.conn.prepare("SELECT name FROM pragma_table_info('files')").map_err(self.wrap())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('files')")
+            .map_err(self.wrap())?;
         let names = stmt
             .query_map([], |r| r.get::<_, String>(0))
             .map_err(self.wrap())?
@@ -61,13 +75,25 @@ impl CatalogStore for SqliteCatalog {
     }
 
     fn root_id(&mut self, root: &str) -> Result<i64, CatalogError> {
-        self.conn.execute("INSERT INTO roots (path) VALUES (?1) ON CONFLICT (path) DO NOTHING", [root]).map_err(self.wrap())?;
-        self.conn.query_row("SELECT id FROM roots WHERE path = ?1", [root], |r| r.get(0)).map_err(self.wrap())
+        self.conn
+            .execute(
+                "INSERT INTO roots (path) VALUES (?1) ON CONFLICT (path) DO NOTHING",
+                [root],
+            )
+            .map_err(self.wrap())?;
+        self.conn
+            .query_row("SELECT id FROM roots WHERE path = ?1", [root], |r| r.get(0))
+            .map_err(self.wrap())
     }
 
     fn roots(&mut self) -> Result<Vec<(i64, String)>, CatalogError> {
-        let mut stmt = self.conn.prepare("SELECT id, path FROM roots ORDER BY path").map_err(self.wrap())?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.wrap())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, path FROM roots ORDER BY path")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.wrap())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.wrap())
     }
 
@@ -76,7 +102,9 @@ impl CatalogStore for SqliteCatalog {
         for spec in specs {
             let column = format!("d_{}", spec.column_name());
             if !existing.contains(&column) {
-                self.conn.execute_batch(&format!("ALTER TABLE files ADD COLUMN {column} BLOB")).map_err(self.wrap())?;
+                self.conn
+                    .execute_batch(&format!("ALTER TABLE files ADD COLUMN {column} BLOB"))
+                    .map_err(self.wrap())?;
             }
         }
         Ok(())
@@ -87,9 +115,22 @@ impl CatalogStore for SqliteCatalog {
     }
 
     fn start_run(&mut self, root_id: i64, command: &str) -> Result<i64, CatalogError> {
-        let tx = self.conn.transaction().map_err(|source| CatalogError::Sqlite { path: self.path.clone(), source })?;
-        let wrap = |source| CatalogError::Sqlite { path: self.path.clone(), source };
-        tx.execute("UPDATE runs SET state = 'interrupted' WHERE root_id = ?1 AND state = 'running'", [root_id]).map_err(wrap)?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| CatalogError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        let wrap = |source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        tx.execute(
+            "UPDATE runs SET state = 'interrupted' WHERE root_id = ?1 AND state = 'running'",
+            [root_id],
+        )
+        .map_err(wrap)?;
         tx.execute(
             "INSERT INTO runs (root_id, command, host, pid, started_ns, state) VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
             params![root_id, command, lock::host_name(), std::process::id(), clock::now_ns()],
@@ -110,15 +151,32 @@ impl CatalogStore for SqliteCatalog {
         Ok(())
     }
 
-    fn known_files(&mut self, root_id: i64, specs: &[AlgoSpec]) -> Result<KnownFiles, CatalogError> {
+    fn known_files(
+        &mut self,
+        root_id: i64,
+        specs: &[AlgoSpec],
+    ) -> Result<KnownFiles, CatalogError> {
         let stored = self.digest_column_names()?;
-        let present: Vec<AlgoSpec> = specs.iter().copied().filter(|s| stored.contains(&format!("d_{}", s.column_name()))).collect();
+        let present: Vec<AlgoSpec> = specs
+            .iter()
+            .copied()
+            .filter(|s| stored.contains(&format!("d_{}", s.column_name())))
+            .collect();
         let all_present = present.len() == specs.len();
-        let mut stmt = self.conn.prepare(&Dialect::Sqlite.known_sql(&present)).map_err(self.wrap())?;
+        let mut stmt = self
+            .conn
+            .prepare(&Dialect::Sqlite.known_sql(&present))
+            .map_err(self.wrap())?;
         let mut rows = stmt.query([root_id]).map_err(self.wrap())?;
         let mut known = KnownFiles::new();
-        while let Some(r) = rows.next().map_err(|source| CatalogError::Sqlite { path: self.path.clone(), source })? {
-            let wrap = |source| CatalogError::Sqlite { path: self.path.clone(), source };
+        while let Some(r) = rows.next().map_err(|source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })? {
+            let wrap = |source| CatalogError::Sqlite {
+                path: self.path.clone(),
+                source,
+            };
             let rel_path: String = r.get(0).map_err(wrap)?;
             let meta = FileMeta {
                 size_bytes: r.get::<_, i64>(1).map_err(wrap)? as u64,
@@ -131,16 +189,34 @@ impl CatalogStore for SqliteCatalog {
         Ok(known)
     }
 
-    fn write_batch(&mut self, root_id: i64, run_id: i64, specs: &[AlgoSpec], rows: &[FileRow]) -> Result<(), CatalogError> {
-        let run_columns: Vec<String> = specs.iter().map(|s| format!("d_{}", s.column_name())).collect();
-        let other: Vec<String> = self.digest_column_names()?.into_iter().filter(|c| !run_columns.contains(c)).collect();
+    fn write_batch(
+        &mut self,
+        root_id: i64,
+        run_id: i64,
+        specs: &[AlgoSpec],
+        rows: &[FileRow],
+    ) -> Result<(), CatalogError> {
+        let run_columns: Vec<String> = specs
+            .iter()
+            .map(|s| format!("d_{}", s.column_name()))
+            .collect();
+        let other: Vec<String> = self
+            .digest_column_names()?
+            .into_iter()
+            .filter(|c| !run_columns.contains(c))
+            .collect();
         let sql = Dialect::Sqlite.upsert_sql(specs, &other, 1);
         let path = self.path.clone();
-        let wrap = |source| CatalogError::Sqlite { path: path.clone(), source };
+        let wrap = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(wrap)?;
         {
             let mut upsert = tx.prepare_cached(&sql).map_err(wrap)?;
-            let mut delete = tx.prepare_cached(&Dialect::Sqlite.delete_members_sql()).map_err(wrap)?;
+            let mut delete = tx
+                .prepare_cached(&Dialect::Sqlite.delete_members_sql())
+                .map_err(wrap)?;
             let now = clock::now_ns();
             for row in rows {
                 if row.replace_members {
@@ -159,8 +235,14 @@ impl CatalogStore for SqliteCatalog {
                     run_id.into(),
                     now.into(),
                 ];
-                values.extend(digest_columns(row, specs).into_iter().map(|d| d.map(<[u8]>::to_vec).into()));
-                upsert.execute(rusqlite::params_from_iter(values)).map_err(wrap)?;
+                values.extend(
+                    digest_columns(row, specs)
+                        .into_iter()
+                        .map(|d| d.map(<[u8]>::to_vec).into()),
+                );
+                upsert
+                    .execute(rusqlite::params_from_iter(values))
+                    .map_err(wrap)?;
             }
         }
         tx.commit().map_err(wrap)
@@ -171,7 +253,9 @@ impl CatalogStore for SqliteCatalog {
             .conn
             .prepare("SELECT rel_path FROM files WHERE root_id = ?1 AND status = 'error' ORDER BY rel_path")
             .map_err(self.wrap())?;
-        let rows = stmt.query_map([root_id], |r| r.get(0)).map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([root_id], |r| r.get(0))
+            .map_err(self.wrap())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.wrap())
     }
 
@@ -199,7 +283,11 @@ impl CatalogStore for SqliteCatalog {
                     size_bytes: r.get::<_, i64>(1)? as u64,
                     mtime_ns: r.get(2)?,
                     inode: r.get::<_, i64>(3)? as u64,
-                    error: if status == "ok" { None } else { Some(r.get::<_, Option<String>>(5)?.unwrap_or(status)) },
+                    error: if status == "ok" {
+                        None
+                    } else {
+                        Some(r.get::<_, Option<String>>(5)?.unwrap_or(status))
+                    },
                     digests,
                 })
             })
@@ -211,6 +299,11 @@ impl CatalogStore for SqliteCatalog {
 impl SqliteCatalog {
     /// The run row's state, for tests and `verify` output.
     pub fn run_state(&self, run_id: i64) -> Result<Option<String>, CatalogError> {
-        self.conn.query_row("SELECT state FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional().map_err(self.wrap())
+        self.conn
+            .query_row("SELECT state FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.wrap())
     }
 }

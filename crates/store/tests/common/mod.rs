@@ -128,10 +128,7 @@ pub fn write_packed(
     let mut it = contents
         .iter()
         .map(|c| Ok(basin_store::Source::Bytes(c.clone())));
-    let opts = basin_store::PackOptions {
-        compression,
-        validate: true,
-    };
+    let opts = basin_store::PackOptions { compression };
     m.write_packed(&mut it, &opts, &NoProgress)
         .expect("write_packed")
 }
@@ -338,4 +335,56 @@ impl RecordingProgress {
         assert!(open.is_none(), "phase never finished: {open:?}");
         out
     }
+}
+
+/// Builds a disk-objectstore container by hand, to its documented layout (config.json, loose/,
+/// packs/<int>, packs.idx with table db_object, zlib streams for compressed objects).
+pub fn dos_container(dir: &std::path::Path, objects: &[(Vec<u8>, &str)]) {
+    use std::io::Write;
+    fs::create_dir_all(dir.join("loose")).expect("mkdir");
+    fs::create_dir_all(dir.join("packs")).expect("mkdir");
+    fs::create_dir_all(dir.join("sandbox")).expect("mkdir");
+    fs::create_dir_all(dir.join("duplicates")).expect("mkdir");
+    fs::write(
+        dir.join("config.json"),
+        r#"{"container_version": 1, "loose_prefix_len": 2, "pack_size_target": 4294967296, "hash_type": "sha256", "container_id": "8f5f317c641f4bd1976f4dcd7af5f531", "compression_algorithm": "zlib+1"}"#,
+    )
+    .expect("config");
+    let db = rusqlite::Connection::open(dir.join("packs.idx")).expect("db");
+    db.execute_batch(
+        "CREATE TABLE db_object (id INTEGER NOT NULL, hashkey VARCHAR NOT NULL, compressed BOOLEAN NOT NULL, \
+         size INTEGER NOT NULL, \"offset\" INTEGER NOT NULL, length INTEGER NOT NULL, pack_id INTEGER NOT NULL, PRIMARY KEY (id)); \
+         CREATE UNIQUE INDEX ix_db_object_hashkey ON db_object (hashkey);",
+    )
+    .expect("schema");
+    let mut pack = Vec::new();
+    for (content, how) in objects {
+        let key = HashAlgorithm::Sha256.hash(content).to_hex();
+        match *how {
+            "loose" => {
+                fs::create_dir_all(dir.join("loose").join(&key[..2])).expect("mkdir");
+                fs::write(dir.join("loose").join(&key[..2]).join(&key[2..]), content)
+                    .expect("loose");
+            }
+            "raw" | "zlib" => {
+                let stored = if *how == "zlib" {
+                    let mut e =
+                        flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(1));
+                    e.write_all(content).expect("zlib");
+                    e.finish().expect("zlib")
+                } else {
+                    content.clone()
+                };
+                pack.extend_from_slice(b"HOLE"); // dos packs may hold unreferenced bytes
+                db.execute(
+                    "INSERT INTO db_object (hashkey, compressed, size, \"offset\", length, pack_id) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                    rusqlite::params![key, *how == "zlib", content.len() as i64, pack.len() as i64, stored.len() as i64],
+                )
+                .expect("row");
+                pack.extend_from_slice(&stored);
+            }
+            other => panic!("unknown placement {other}"),
+        }
+    }
+    fs::write(dir.join("packs").join("0"), pack).expect("pack");
 }

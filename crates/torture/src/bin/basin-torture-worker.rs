@@ -20,8 +20,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use basin_store::{
-    CleanOptions, Compression, Key, LockWait, Maintenance, NoProgress, PackOptions, PackSelection, Problem,
-    Progress, RepackOptions, Source, Store, Unit,
+    CleanOptions, Compression, Key, LockWait, Maintenance, NoProgress, PackOptions, PackSelection,
+    Problem, Progress, RepackOptions, Source, Store, Unit,
 };
 use basin_torture::audit::check;
 use basin_torture::content::ObjectSpec;
@@ -80,7 +80,11 @@ enum Role {
         #[arg(long = "watch")]
         watch: Vec<PathBuf>,
         /// Operations of a round, in a shuffled order each round.
-        #[arg(long, value_delimiter = ',', default_value = "pack,repack,delete,clean,validate")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "pack,repack,delete,clean,validate"
+        )]
         ops: Vec<MaintenanceOp>,
     },
     /// Repeat one operation, printing `begin KIND` / `end KIND MICROS` around each.
@@ -137,22 +141,40 @@ impl OpKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.role {
-        Role::Writer { store, seed, count, log } => writer(&store, seed, count, &log),
-        Role::Reader { store, seed, count, watch } => reader(&store, seed, count, &watch),
-        Role::Maintainer { store, seed, rounds, log, watch, ops } => {
-            maintainer(&store, seed, rounds, &log, &watch, &ops)
-        }
-        Role::Op { kind, store, seed, log, scratch, rounds } => op(kind, &store, seed, &log, &scratch, rounds),
+        Role::Writer {
+            store,
+            seed,
+            count,
+            log,
+        } => writer(&store, seed, count, &log),
+        Role::Reader {
+            store,
+            seed,
+            count,
+            watch,
+        } => reader(&store, seed, count, &watch),
+        Role::Maintainer {
+            store,
+            seed,
+            rounds,
+            log,
+            watch,
+            ops,
+        } => maintainer(&store, seed, rounds, &log, &watch, &ops),
+        Role::Op {
+            kind,
+            store,
+            seed,
+            log,
+            scratch,
+            rounds,
+        } => op(kind, &store, seed, &log, &scratch, rounds),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Display already carries the store's own message (key, pack, offset).
             eprintln!("basin-torture-worker: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
             ExitCode::FAILURE
         }
     }
@@ -205,14 +227,18 @@ fn streamed_len(rng: &mut StdRng) -> u64 {
 fn random_compression(rng: &mut StdRng) -> Option<Compression> {
     match rng.random_range(0..5) {
         0 => Some(Compression::None),
-        1 => Some(Compression::Zstd { level: rng.random_range(1..4) }),
+        1 => Some(Compression::Zstd {
+            level: rng.random_range(1..4),
+        }),
         2 => Some(Compression::Auto { level: 3 }),
         _ => None,
     }
 }
 
 fn put_one(store: &Store, spec: &ObjectSpec) -> Result<Key> {
-    store.put(&spec.bytes()).during(|| format!("put object seed {} ({} bytes)", spec.seed, spec.len))
+    store
+        .put(&spec.bytes())
+        .during(|| format!("put object seed {} ({} bytes)", spec.seed, spec.len))
 }
 
 fn put_streamed(store: &Store, spec: &ObjectSpec) -> Result<Key> {
@@ -247,15 +273,22 @@ fn put_batch(store: &Store, specs: &[ObjectSpec], abort: bool) -> Result<Vec<Key
         .during(|| format!("batch put object seed {} ({} bytes)", spec.seed, spec.len))?;
         keys.push(key);
     }
-    let visible: Vec<bool> = store.has_many(&keys).during(|| "has_many on an uncommitted batch".to_string())?;
+    let visible: Vec<bool> = store
+        .has_many(&keys)
+        .during(|| "has_many on an uncommitted batch".to_string())?;
     if let Some(i) = visible.iter().position(|v| *v) {
-        return Err(Error::Violation(format!("batch object {} is visible before commit", keys[i])));
+        return Err(Error::Violation(format!(
+            "batch object {} is visible before commit",
+            keys[i]
+        )));
     }
     if abort {
         drop(batch);
         return Ok(keys);
     }
-    let committed = batch.commit().during(|| format!("commit batch of {} objects", specs.len()))?;
+    let committed = batch
+        .commit()
+        .during(|| format!("commit batch of {} objects", specs.len()))?;
     if committed != keys {
         return Err(Error::Violation(format!(
             "commit returned {} keys differing from the {} keys put returned",
@@ -286,9 +319,14 @@ fn writer(store_path: &Path, seed: u64, count: u64, log_path: &Path) -> Result<(
                 let keys = put_batch(&store, &specs, abort)?;
                 if abort {
                     log.aborted(&keys)?;
-                    let visible = store.has_many(&keys).during(|| "has_many after dropping a batch".to_string())?;
+                    let visible = store
+                        .has_many(&keys)
+                        .during(|| "has_many after dropping a batch".to_string())?;
                     if let Some(i) = visible.iter().position(|v| *v) {
-                        return Err(Error::Violation(format!("dropped batch object {} is visible", keys[i])));
+                        return Err(Error::Violation(format!(
+                            "dropped batch object {} is visible",
+                            keys[i]
+                        )));
                     }
                     continue;
                 }
@@ -300,7 +338,9 @@ fn writer(store_path: &Path, seed: u64, count: u64, log_path: &Path) -> Result<(
                 vec![(key, spec)]
             }
             _ => {
-                let spec = ObjectSpec::shared(rng.random_range(0..basin_torture::content::SHARED_POOL_OBJECTS));
+                let spec = ObjectSpec::shared(
+                    rng.random_range(0..basin_torture::content::SHARED_POOL_OBJECTS),
+                );
                 let key = put_one(&store, &spec)?;
                 vec![(key, spec)]
             }
@@ -314,8 +354,11 @@ fn writer(store_path: &Path, seed: u64, count: u64, log_path: &Path) -> Result<(
         // Read back one of our own objects now and then: it may have been packed meanwhile.
         if rng.random_bool(0.2) {
             if let Some((key, spec)) = own.choose(&mut rng) {
-                let bytes = store.get(key).during(|| format!("get own acknowledged object {key}"))?;
-                check(store.config().hash, key, spec, &bytes).map_err(|detail| Error::WrongContent { key: *key, detail })?;
+                let bytes = store
+                    .get(key)
+                    .during(|| format!("get own acknowledged object {key}"))?;
+                check(store.config().hash, key, spec, &bytes)
+                    .map_err(|detail| Error::WrongContent { key: *key, detail })?;
             }
         }
     }
@@ -331,6 +374,13 @@ struct ReadCounts {
 }
 
 fn reader(store_path: &Path, seed: u64, count: u64, watch: &[PathBuf]) -> Result<()> {
+    // Readers loop until the writers are done; on a shared 2-core machine they would take
+    // the CPU from the writers and maintainers they are meant to race. Lower priority keeps
+    // them reading whenever a core is free without starving the run.
+    // SAFETY: nice() only changes this process's scheduling priority.
+    unsafe {
+        libc::nice(10);
+    }
     let store = open_store(store_path)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut ledger = Ledger::new();
@@ -339,16 +389,19 @@ fn reader(store_path: &Path, seed: u64, count: u64, watch: &[PathBuf]) -> Result
     }
     let mut counts = ReadCounts::default();
     loop {
-        if counts.reads % 8 == 0 {
+        if counts.reads & 7 == 0 {
             ledger.refresh()?;
         }
         if counts.reads >= count && ledger.all_done() {
             break;
         }
-        let candidates: Vec<Key> = (0..16)
+        // Distinct keys: read_many promises one visit per found key.
+        let mut candidates: Vec<Key> = (0..16)
             .filter_map(|_| ledger.acked_order.choose(&mut rng).copied())
             .filter(|k| ledger.must_exist(k))
             .collect();
+        let mut distinct = BTreeSet::new();
+        candidates.retain(|k| distinct.insert(*k));
         let Some(key) = candidates.first().copied() else {
             // Nothing acknowledged yet: let the writers run.
             std::thread::yield_now();
@@ -357,14 +410,23 @@ fn reader(store_path: &Path, seed: u64, count: u64, watch: &[PathBuf]) -> Result
         };
         let spec = ledger.acked[&key];
         counts.reads += 1;
-        let outcome = read_checked(&store, &mut rng, &key, &spec, &candidates, &ledger, &mut counts);
+        let outcome = read_checked(
+            &store,
+            &mut rng,
+            &key,
+            &spec,
+            &candidates,
+            &ledger,
+            &mut counts,
+        );
         if let Err(e) = outcome {
             // Not found is fine only when a delete of the key had begun by now.
             ledger.refresh()?;
             let explained = match &e {
-                Error::Store { source, .. } if source.is_not_found() => {
-                    candidates.iter().any(|k| ledger.delete_begun(k))
-                }
+                Error::Store {
+                    source: basin_store::Error::NotFound { key: missing },
+                    ..
+                } => ledger.delete_begun(missing),
                 _ => false,
             };
             if !explained {
@@ -396,37 +458,67 @@ fn read_checked(
             check(hash, key, spec, &bytes).map_err(|d| wrong(key, format!("get: {d}")))?;
         }
         1 => {
-            let mut reader = store.open_object(key).during(|| format!("open_object {key}"))?;
+            let mut reader = store
+                .open_object(key)
+                .during(|| format!("open_object {key}"))?;
             if reader.size() != spec.len {
-                return Err(wrong(key, format!("open_object size {} but {} was written", reader.size(), spec.len)));
+                return Err(wrong(
+                    key,
+                    format!(
+                        "open_object size {} but {} was written",
+                        reader.size(),
+                        spec.len
+                    ),
+                ));
             }
             let offset = rng.random_range(0..spec.len);
             let len = rng.random_range(0..=(spec.len - offset).min(100_000));
-            reader.seek(SeekFrom::Start(offset)).at("seek object", key.to_hex())?;
+            reader
+                .seek(SeekFrom::Start(offset))
+                .at("seek object", key.to_hex())?;
             let mut part = vec![0u8; len as usize];
-            reader.read_exact(&mut part).at("read object", key.to_hex())?;
-            spec.check_range(offset, &part).map_err(|d| wrong(key, format!("open_object seek {offset}: {d}")))?;
+            reader
+                .read_exact(&mut part)
+                .at("read object", key.to_hex())?;
+            spec.check_range(offset, &part)
+                .map_err(|d| wrong(key, format!("open_object seek {offset}: {d}")))?;
             let mut rest = Vec::new();
-            reader.seek(SeekFrom::Start(0)).at("seek object", key.to_hex())?;
-            reader.read_to_end(&mut rest).at("read object", key.to_hex())?;
+            reader
+                .seek(SeekFrom::Start(0))
+                .at("seek object", key.to_hex())?;
+            reader
+                .read_to_end(&mut rest)
+                .at("read object", key.to_hex())?;
             counts.bytes += rest.len() as u64 + len;
-            check(hash, key, spec, &rest).map_err(|d| wrong(key, format!("open_object read all: {d}")))?;
+            check(hash, key, spec, &rest)
+                .map_err(|d| wrong(key, format!("open_object read all: {d}")))?;
         }
         2 => {
             let offset = rng.random_range(0..spec.len);
             let len = rng.random_range(0..=(spec.len - offset));
-            let part = store.read_range(key, offset, len).during(|| format!("read_range {key} {offset}+{len}"))?;
+            let part = store
+                .read_range(key, offset, len)
+                .during(|| format!("read_range {key} {offset}+{len}"))?;
             counts.bytes += part.len() as u64;
             if part.len() as u64 != len {
-                return Err(wrong(key, format!("read_range {offset}+{len} returned {} bytes", part.len())));
+                return Err(wrong(
+                    key,
+                    format!("read_range {offset}+{len} returned {} bytes", part.len()),
+                ));
             }
-            spec.check_range(offset, &part).map_err(|d| wrong(key, format!("read_range {offset}+{len}: {d}")))?;
+            spec.check_range(offset, &part)
+                .map_err(|d| wrong(key, format!("read_range {offset}+{len}: {d}")))?;
         }
         3 => {
             let meta = store.meta(key).during(|| format!("meta {key}"))?;
             match meta {
                 Some(meta) if meta.size == spec.len && meta.key == *key => {}
-                Some(meta) => return Err(wrong(key, format!("meta {meta:?} but {} bytes were written", spec.len))),
+                Some(meta) => {
+                    return Err(wrong(
+                        key,
+                        format!("meta {meta:?} but {} bytes were written", spec.len),
+                    ))
+                }
                 None => {
                     return Err(Error::Store {
                         op: format!("meta {key}"),
@@ -436,7 +528,9 @@ fn read_checked(
             }
         }
         4 => {
-            let found = store.has_many(others).during(|| format!("has_many over {} keys", others.len()))?;
+            let found = store
+                .has_many(others)
+                .during(|| format!("has_many over {} keys", others.len()))?;
             if let Some(i) = found.iter().position(|f| !f) {
                 return Err(Error::Store {
                     op: format!("has_many over {} keys (input order)", others.len()),
@@ -454,7 +548,10 @@ fn read_checked(
                         return Ok(());
                     }
                     if !seen.insert(k) || !wanted.contains(&k) {
-                        failure = Some(wrong(&k, "read_many visited it twice or unasked".to_string()));
+                        failure = Some(wrong(
+                            &k,
+                            "read_many visited it twice or unasked".to_string(),
+                        ));
                         return Ok(());
                     }
                     match bytes {
@@ -464,7 +561,12 @@ fn read_checked(
                                 failure = Some(wrong(&k, format!("read_many: {d}")));
                             }
                         }
-                        Err(e) => failure = Some(Error::Store { op: format!("read_many visit {k}"), source: e }),
+                        Err(e) => {
+                            failure = Some(Error::Store {
+                                op: format!("read_many visit {k}"),
+                                source: e,
+                            })
+                        }
                     }
                     Ok(())
                 })
@@ -496,7 +598,9 @@ impl Progress for PhasePrinter {
 }
 
 fn lock(store: &Store) -> Result<Maintenance<'_>> {
-    store.maintenance(LockWait::Block).during(|| "take the maintenance lock".to_string())
+    store
+        .maintenance(LockWait::Block)
+        .during(|| "take the maintenance lock".to_string())
 }
 
 fn random_selection(rng: &mut StdRng, known: &[Key]) -> PackSelection {
@@ -504,7 +608,9 @@ fn random_selection(rng: &mut StdRng, known: &[Key]) -> PackSelection {
         0..6 => PackSelection::All,
         6..8 => {
             let digits = rng.random_range(1..=2);
-            let prefix: String = (0..digits).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect();
+            let prefix: String = (0..digits)
+                .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+                .collect();
             PackSelection::Prefix(prefix)
         }
         _ => {
@@ -525,11 +631,15 @@ fn random_repack_options(rng: &mut StdRng) -> RepackOptions {
 /// Deletes `keys` (objects this process wrote), logging before and after.
 fn delete_logged(m: &Maintenance<'_>, log: &mut AckLog, keys: &[Key]) -> Result<()> {
     log.deleting(keys)?;
-    let existed = m.delete(keys).during(|| format!("delete {} keys", keys.len()))?;
+    let existed = m
+        .delete(keys)
+        .during(|| format!("delete {} keys", keys.len()))?;
     // Every key was acknowledged and not yet deleted, and only this process deletes it.
     let existed: BTreeSet<Key> = existed.into_iter().collect();
     if let Some(missing) = keys.iter().find(|k| !existed.contains(k)) {
-        return Err(Error::Violation(format!("delete says acknowledged, undeleted {missing} did not exist")));
+        return Err(Error::Violation(format!(
+            "delete says acknowledged, undeleted {missing} did not exist"
+        )));
     }
     log.deleted(keys)
 }
@@ -549,7 +659,12 @@ fn validate_while_writing(m: &Maintenance<'_>) -> Result<()> {
         return Err(Error::Violation(format!(
             "validate during the run found {} problems:\n  {}",
             problems.len(),
-            problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ")
+            problems
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
         )));
     }
     Ok(())
@@ -580,8 +695,9 @@ fn maintainer(
         round += 1;
         if ops.contains(&MaintenanceOp::Delete) {
             // Objects of our own, so that deleting them cannot take anyone's acknowledged data.
-            let specs: Vec<ObjectSpec> =
-                (0..rng.random_range(4..24)).map(|_| random_spec(&mut rng)).collect();
+            let specs: Vec<ObjectSpec> = (0..rng.random_range(4..24))
+                .map(|_| random_spec(&mut rng))
+                .collect();
             let keys = put_batch(&store, &specs, false)?;
             let acked: Vec<(Key, ObjectSpec)> = keys.iter().copied().zip(specs).collect();
             log.ack(&acked)?;
@@ -596,13 +712,16 @@ fn maintainer(
                     let mut known: Vec<Key> = ledger.acked_order.clone();
                     known.extend(&live);
                     let selection = random_selection(&mut rng, &known);
-                    let opts =
-                        PackOptions { compression: random_compression(&mut rng), validate: rng.random_bool(0.3) };
-                    m.pack_loose(&selection, &opts, &NoProgress).during(|| format!("pack_loose {selection:?}"))?;
+                    let opts = PackOptions {
+                        compression: random_compression(&mut rng),
+                    };
+                    m.pack_loose(&selection, &opts, &NoProgress)
+                        .during(|| format!("pack_loose {selection:?}"))?;
                 }
                 MaintenanceOp::Repack => {
                     let opts = random_repack_options(&mut rng);
-                    m.repack(&opts, &NoProgress).during(|| format!("repack {opts:?}"))?;
+                    m.repack(&opts, &NoProgress)
+                        .during(|| format!("repack {opts:?}"))?;
                 }
                 MaintenanceOp::Delete => {
                     live.shuffle(&mut rng);
@@ -611,13 +730,17 @@ fn maintainer(
                     delete_logged(&m, &mut log, &doomed)?;
                 }
                 MaintenanceOp::Clean => {
-                    m.clean(&CleanOptions::default(), &NoProgress).during(|| "clean".to_string())?;
+                    m.clean(&CleanOptions::default(), &NoProgress)
+                        .during(|| "clean".to_string())?;
                 }
                 MaintenanceOp::Validate => validate_while_writing(&m)?,
             }
         }
     }
-    println!("maintainer done: {round} rounds, {} own objects live", live.len());
+    println!(
+        "maintainer done: {round} rounds, {} own objects live",
+        live.len()
+    );
     log.done()
 }
 
@@ -629,7 +752,14 @@ fn announce(text: &str) {
     let _ = out.flush();
 }
 
-fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Path, rounds: Option<u64>) -> Result<()> {
+fn op(
+    kind: OpKind,
+    store_path: &Path,
+    seed: u64,
+    log_path: &Path,
+    scratch: &Path,
+    rounds: Option<u64>,
+) -> Result<()> {
     let store = open_store(store_path)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut log = AckLog::create(log_path)?;
@@ -642,23 +772,27 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
         round += 1;
         match kind {
             OpKind::Put => {
+                // One put call is the operation: a kill inside it hits the streaming, the
+                // fsyncs or the rename of that one object.
+                let spec = if rng.random_bool(0.25) {
+                    streamed_spec(&mut rng)
+                } else {
+                    random_spec(&mut rng)
+                };
                 announce(&format!("begin {name}"));
                 let started = Instant::now();
-                for _ in 0..8 {
-                    let (key, spec) = if rng.random_bool(0.25) {
-                        let spec = streamed_spec(&mut rng);
-                        (put_streamed(&store, &spec)?, spec)
-                    } else {
-                        let spec = random_spec(&mut rng);
-                        (put_one(&store, &spec)?, spec)
-                    };
-                    log.ack(&[(key, spec)])?;
-                }
+                let key = if spec.len > 64 * 1024 {
+                    put_streamed(&store, &spec)?
+                } else {
+                    put_one(&store, &spec)?
+                };
                 announce(&format!("end {name} {}", started.elapsed().as_micros()));
+                log.ack(&[(key, spec)])?;
             }
             OpKind::Batch => {
-                let specs: Vec<ObjectSpec> =
-                    (0..rng.random_range(20..150)).map(|_| random_spec(&mut rng)).collect();
+                let specs: Vec<ObjectSpec> = (0..rng.random_range(20..150))
+                    .map(|_| random_spec(&mut rng))
+                    .collect();
                 let abort = rng.random_bool(0.1);
                 announce(&format!("begin {name}"));
                 let started = Instant::now();
@@ -672,16 +806,26 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                 }
             }
             OpKind::Pack => {
-                let specs: Vec<ObjectSpec> =
-                    (0..rng.random_range(50..200)).map(|_| random_spec(&mut rng)).collect();
+                let specs: Vec<ObjectSpec> = (0..rng.random_range(50..200))
+                    .map(|_| random_spec(&mut rng))
+                    .collect();
                 let keys = put_batch(&store, &specs, false)?;
-                log.ack(&keys.iter().copied().zip(specs.iter().copied()).collect::<Vec<_>>())?;
+                log.ack(
+                    &keys
+                        .iter()
+                        .copied()
+                        .zip(specs.iter().copied())
+                        .collect::<Vec<_>>(),
+                )?;
                 let m = lock(&store)?;
                 let selection = random_selection(&mut rng, &keys);
-                let opts = PackOptions { compression: random_compression(&mut rng), validate: rng.random_bool(0.2) };
+                let opts = PackOptions {
+                    compression: random_compression(&mut rng),
+                };
                 announce(&format!("begin {name}"));
                 let started = Instant::now();
-                m.pack_loose(&selection, &opts, &PhasePrinter).during(|| format!("pack_loose {selection:?}"))?;
+                m.pack_loose(&selection, &opts, &PhasePrinter)
+                    .during(|| format!("pack_loose {selection:?}"))?;
                 announce(&format!("end {name} {}", started.elapsed().as_micros()));
             }
             OpKind::Import => {
@@ -702,7 +846,10 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                 for (i, spec) in specs.iter().enumerate() {
                     sources.push(match rng.random_range(0..3) {
                         0 => Source::Bytes(spec.bytes()),
-                        1 => Source::Reader { reader: Box::new(spec.reader()), size_hint: spec.len },
+                        1 => Source::Reader {
+                            reader: Box::new(spec.reader()),
+                            size_hint: spec.len,
+                        },
                         _ => {
                             let path = scratch.join(format!("import-{round}-{i}"));
                             std::fs::write(&path, spec.bytes()).at("write import source", &path)?;
@@ -712,7 +859,9 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                     });
                 }
                 let m = lock(&store)?;
-                let opts = PackOptions { compression: random_compression(&mut rng), validate: rng.random_bool(0.2) };
+                let opts = PackOptions {
+                    compression: random_compression(&mut rng),
+                };
                 announce(&format!("begin {name}"));
                 let started = Instant::now();
                 let keys = m
@@ -720,7 +869,11 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                     .during(|| format!("write_packed {} sources", specs.len()))?;
                 announce(&format!("end {name} {}", started.elapsed().as_micros()));
                 if keys.len() != specs.len() {
-                    return Err(Error::Violation(format!("write_packed returned {} keys for {} sources", keys.len(), specs.len())));
+                    return Err(Error::Violation(format!(
+                        "write_packed returned {} keys for {} sources",
+                        keys.len(),
+                        specs.len()
+                    )));
                 }
                 for (key, spec) in keys.iter().zip(&specs) {
                     check_returned_key(&store, key, spec)?;
@@ -733,8 +886,9 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                 }
             }
             OpKind::Repack | OpKind::Delete => {
-                let specs: Vec<ObjectSpec> =
-                    (0..rng.random_range(50..150)).map(|_| random_spec(&mut rng)).collect();
+                let specs: Vec<ObjectSpec> = (0..rng.random_range(50..150))
+                    .map(|_| random_spec(&mut rng))
+                    .collect();
                 let keys = put_batch(&store, &specs, false)?;
                 let acked: Vec<(Key, ObjectSpec)> = keys.iter().copied().zip(specs).collect();
                 log.ack(&acked)?;
@@ -745,7 +899,9 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                         .during(|| "pack_loose all".to_string())?;
                 }
                 live.shuffle(&mut rng);
-                let n = rng.random_range(live.len() / 4..=live.len() / 2 + 1).min(live.len());
+                let n = rng
+                    .random_range(live.len() / 4..=live.len() / 2 + 1)
+                    .min(live.len());
                 let doomed: Vec<Key> = live.drain(..n).map(|(k, _)| k).collect();
                 if kind == OpKind::Delete {
                     announce(&format!("begin {name}"));
@@ -757,7 +913,8 @@ fn op(kind: OpKind, store_path: &Path, seed: u64, log_path: &Path, scratch: &Pat
                     let opts = random_repack_options(&mut rng);
                     announce(&format!("begin {name}"));
                     let started = Instant::now();
-                    m.repack(&opts, &PhasePrinter).during(|| format!("repack {opts:?}"))?;
+                    m.repack(&opts, &PhasePrinter)
+                        .during(|| format!("repack {opts:?}"))?;
                     announce(&format!("end {name} {}", started.elapsed().as_micros()));
                 }
             }

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::output::{self, human_bytes, json_line, stdout_result};
 use super::{
-    open_store, parse, walk, BackupArgs, CleanArgs, DeleteArgs, ImportArgs, ImportFromArgs, LockArgs, PackArgs,
-    RepackArgs, EXIT_NO,
+    open_store, parse, walk, BackupArgs, CleanArgs, DeleteArgs, ImportArgs, ImportFromArgs,
+    LockArgs, PackArgs, RepackArgs, EXIT_NO,
 };
 use crate::cmd::Global;
 use crate::progress::StoreProgress;
@@ -23,25 +23,42 @@ pub fn pack(args: PackArgs, global: &Global) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => PackSelection::Keys(parse::keys_from(path)?),
         (None, None) => PackSelection::All,
     };
-    let opts = PackOptions { compression: args.compression, validate: !args.no_validate };
+    let opts = PackOptions {
+        compression: args.compression,
+    };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
     let progress = StoreProgress::new(global.quiet);
     let report = maintenance.pack_loose(&selection, &opts, &progress)?;
     drop(progress);
     output::report("packed", &report, global.json)?;
-    warn_skipped(&report.skipped, "loose files could not be read and were left for the next pack", global);
-    Ok(problems_found(&report.corrupt, "loose files do not match their key and were left in place; run `basin validate`", global))
+    warn_skipped(
+        &report.skipped,
+        "loose files could not be read and were left for the next pack",
+        global,
+    );
+    Ok(problems_found(
+        &report.corrupt,
+        "loose files do not match their key and were left in place; run `basin validate`",
+        global,
+    ))
 }
 
 pub fn import(args: ImportArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let walk = walk::regular_files(&args.paths)?;
     if !global.quiet {
         for path in &walk.skipped {
-            eprintln!("basin: skipped {} (not a regular file or folder)", path.display());
+            eprintln!(
+                "basin: skipped {} (not a regular file or folder)",
+                path.display()
+            );
         }
     }
-    let opts = PackOptions { compression: args.compression, validate: !args.no_validate };
+    // Sources are hashed as they are written; `validate` (re-hash loose files) has no role here.
+    let opts = PackOptions {
+        compression: args.compression,
+        ..PackOptions::default()
+    };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
     let progress = StoreProgress::new(global.quiet);
@@ -75,10 +92,17 @@ pub fn delete(args: DeleteArgs, global: &Global) -> anyhow::Result<ExitCode> {
     for key in &args.keys {
         let deleted = existed.contains(key);
         if global.json {
-            json_line(&mut out, &json!({ "key": key.to_hex(), "deleted": deleted }))?;
+            json_line(
+                &mut out,
+                &json!({ "key": key.to_hex(), "deleted": deleted }),
+            )?;
         } else {
             // Deleting an absent object is not an error: the store ends in the state asked for.
-            stdout_result(writeln!(out, "{key} {}", if deleted { "deleted" } else { "absent" }))?;
+            stdout_result(writeln!(
+                out,
+                "{key} {}",
+                if deleted { "deleted" } else { "absent" }
+            ))?;
         }
     }
     stdout_result(out.flush())?;
@@ -86,7 +110,11 @@ pub fn delete(args: DeleteArgs, global: &Global) -> anyhow::Result<ExitCode> {
 }
 
 pub fn repack(args: RepackArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    let opts = RepackOptions { all: args.all, garbage_ratio_min: args.garbage_min, compression: args.compression };
+    let opts = RepackOptions {
+        all: args.all,
+        garbage_ratio_min: args.garbage_min,
+        compression: args.compression,
+    };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
     let progress = StoreProgress::new(global.quiet);
@@ -112,22 +140,28 @@ pub fn validate(args: LockArgs, global: &Global) -> anyhow::Result<ExitCode> {
         stdout_result(out.flush())?;
         if !global.quiet {
             eprintln!(
-                "validated {} objects ({}): {}",
-                report.objects_checked,
+                "validated {} ({}): {}",
+                count(report.objects_checked, "object", "objects"),
                 human_bytes(report.bytes_checked),
                 match report.problems.len() {
                     0 => "no problems".to_string(),
-                    1 => "1 problem".to_string(),
-                    n => format!("{n} problems"),
+                    n => count(n as u64, "problem", "problems"),
                 }
             );
         }
     }
-    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NO) })
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NO)
+    })
 }
 
 pub fn clean(args: CleanArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    let opts = CleanOptions { vacuum: !args.no_vacuum, ..CleanOptions::default() };
+    let opts = CleanOptions {
+        vacuum: !args.no_vacuum,
+        ..CleanOptions::default()
+    };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
     let progress = StoreProgress::new(global.quiet);
@@ -144,7 +178,11 @@ pub fn rebuild_index(args: LockArgs, global: &Global) -> anyhow::Result<ExitCode
     let report = maintenance.rebuild_index(&progress)?;
     drop(progress);
     output::report("rebuilt index", &report, global.json)?;
-    Ok(problems_found(&report.unreadable_packs, "packs could not be read; their objects are not in the index", global))
+    Ok(problems_found(
+        &report.unreadable_packs,
+        "packs could not be read; their objects are not in the index",
+        global,
+    ))
 }
 
 pub fn backup(args: BackupArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -153,7 +191,11 @@ pub fn backup(args: BackupArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let progress = StoreProgress::new(global.quiet);
     let report = maintenance.backup(&args.dest, &progress)?;
     drop(progress);
-    output::report(&format!("backed up to {}", args.dest.display()), &report, global.json)?;
+    output::report(
+        &format!("backed up to {}", args.dest.display()),
+        &report,
+        global.json,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -163,8 +205,16 @@ pub fn import_store(args: ImportFromArgs, global: &Global) -> anyhow::Result<Exi
     let progress = StoreProgress::new(global.quiet);
     let report = maintenance.import_store(&args.src, &progress)?;
     drop(progress);
-    output::report(&format!("imported store {}", args.src.display()), &report, global.json)?;
-    Ok(problems_found(&report.corrupt, "source objects do not match their key and were not imported", global))
+    output::report(
+        &format!("imported store {}", args.src.display()),
+        &report,
+        global.json,
+    )?;
+    Ok(problems_found(
+        &report.corrupt,
+        "source objects do not match their key and were not imported",
+        global,
+    ))
 }
 
 pub fn import_dos(args: ImportFromArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -173,8 +223,16 @@ pub fn import_dos(args: ImportFromArgs, global: &Global) -> anyhow::Result<ExitC
     let progress = StoreProgress::new(global.quiet);
     let report = maintenance.import_dos(&args.src, &progress)?;
     drop(progress);
-    output::report(&format!("imported disk-objectstore container {}", args.src.display()), &report, global.json)?;
-    Ok(problems_found(&report.corrupt, "source objects do not match their key and were not imported", global))
+    output::report(
+        &format!("imported disk-objectstore container {}", args.src.display()),
+        &report,
+        global.json,
+    )?;
+    Ok(problems_found(
+        &report.corrupt,
+        "source objects do not match their key and were not imported",
+        global,
+    ))
 }
 
 /// Exit code for a finished operation that met damaged data: the listed items go to stderr (they
@@ -200,4 +258,8 @@ fn warn_skipped(items: &[String], what: &str, global: &Global) {
             eprintln!("  {item}");
         }
     }
+}
+
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

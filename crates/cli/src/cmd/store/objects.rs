@@ -16,6 +16,8 @@ use crate::cmd::Global;
 
 /// Copy buffer for `get`: large enough that syscalls do not dominate, small enough to ignore.
 const COPY_BUFFER_BYTES: usize = 1 << 20;
+/// `get` to stdout verifies objects up to this size completely before writing any byte.
+const STDOUT_VERIFIED_BYTES_MAX: u64 = 16 << 20;
 
 pub fn init(args: InitArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let dir = match &args.dir {
@@ -69,7 +71,19 @@ impl PutSource {
     fn open(&self) -> anyhow::Result<Box<dyn Read>> {
         Ok(match self {
             PutSource::Stdin => Box::new(io::stdin().lock()),
-            PutSource::File(path) => Box::new(File::open(path).with_context(|| format!("open {}", path.display()))?),
+            PutSource::File(path) => {
+                let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+                let is_dir = file
+                    .metadata()
+                    .with_context(|| format!("read {}", path.display()))?
+                    .is_dir();
+                anyhow::ensure!(
+                    !is_dir,
+                    "{} is a folder; `basin import` stores trees",
+                    path.display()
+                );
+                Box::new(file)
+            }
         })
     }
 }
@@ -80,20 +94,37 @@ pub fn put(args: PutArgs, global: &Global) -> anyhow::Result<ExitCode> {
     } else {
         args.files
             .into_iter()
-            .map(|f| if f == Path::new("-") { PutSource::Stdin } else { PutSource::File(f) })
+            .map(|f| {
+                if f == Path::new("-") {
+                    PutSource::Stdin
+                } else {
+                    PutSource::File(f)
+                }
+            })
             .collect()
     };
-    if sources.iter().filter(|s| matches!(s, PutSource::Stdin)).count() > 1 {
+    if sources
+        .iter()
+        .filter(|s| matches!(s, PutSource::Stdin))
+        .count()
+        > 1
+    {
         anyhow::bail!("stdin ('-') can be given only once");
     }
-    if sources.iter().any(|s| matches!(s, PutSource::Stdin)) && io::stdin().is_terminal() && !global.quiet {
+    if sources.iter().any(|s| matches!(s, PutSource::Stdin))
+        && io::stdin().is_terminal()
+        && !global.quiet
+    {
         eprintln!("basin: reading an object from the terminal; end it with Ctrl-D");
     }
     let store = open_store(global)?;
     let mut out = output::stdout();
     let print = |out: &mut io::BufWriter<_>, key: Key, source: &PutSource| -> anyhow::Result<()> {
         if global.json {
-            json_line(out, &json!({ "key": key.to_hex(), "source": source.label() }))
+            json_line(
+                out,
+                &json!({ "key": key.to_hex(), "source": source.label() }),
+            )
         } else {
             stdout_result(writeln!(out, "{key}"))
         }
@@ -102,7 +133,9 @@ pub fn put(args: PutArgs, global: &Global) -> anyhow::Result<ExitCode> {
         let mut batch = store.batch()?;
         for source in &sources {
             let mut reader = source.open()?;
-            batch.put_reader(&mut reader).with_context(|| format!("store {}", source.label()))?;
+            batch
+                .put_reader(&mut reader)
+                .with_context(|| format!("store {}", source.label()))?;
         }
         // Nothing is durable before commit, so no key is printed before it.
         let keys = batch.commit()?;
@@ -112,7 +145,9 @@ pub fn put(args: PutArgs, global: &Global) -> anyhow::Result<ExitCode> {
     } else {
         for source in &sources {
             let mut reader = source.open()?;
-            let key = store.put_reader(&mut reader).with_context(|| format!("store {}", source.label()))?;
+            let key = store
+                .put_reader(&mut reader)
+                .with_context(|| format!("store {}", source.label()))?;
             print(&mut out, key, source)?;
             // Each key is shown as soon as its object is durable, so an interrupted run says
             // exactly what was stored.
@@ -127,8 +162,24 @@ pub fn get(args: GetArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let store = open_store(global)?;
     let mut reader = store.open_object(&args.key)?;
     // `-o -` is stdout, as in most tools.
-    match args.output.as_deref().filter(|path| *path != Path::new("-")) {
+    match args
+        .output
+        .as_deref()
+        .filter(|path| *path != Path::new("-"))
+    {
+        None if reader.size() <= STDOUT_VERIFIED_BYTES_MAX => {
+            // Read (and so verify) the whole object before writing its first byte: a pipe
+            // consumer cannot take back bytes that turn out to be damaged.
+            let mut content = Vec::with_capacity(reader.size() as usize);
+            if let Err(e) = reader.read_to_end(&mut content) {
+                return Err(reader.explain(e).into());
+            }
+            let mut out = io::stdout().lock();
+            stdout_result(out.write_all(&content).and_then(|()| out.flush()))?;
+        }
         None => {
+            // Too big to hold: stream it. The reader verifies as it goes and fails at the latest
+            // at the end, so a damaged object still ends in an error and exit code 2.
             let mut out = io::stdout().lock();
             copy_object(&mut reader, &mut out, None)?;
             stdout_result(out.flush())?;
@@ -150,14 +201,22 @@ fn write_file_atomically(path: &Path, reader: &mut ObjectReader) -> anyhow::Resu
         .tempfile_in(parent)
         .with_context(|| format!("create a temporary file in {}", parent.display()))?;
     copy_object(reader, temp.as_file_mut(), Some(path))?;
-    temp.as_file().sync_all().with_context(|| format!("sync {}", temp.path().display()))?;
-    temp.persist(path).map_err(|e| anyhow::Error::new(e.error).context(format!("rename into {}", path.display())))?;
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("sync {}", temp.path().display()))?;
+    temp.persist(path).map_err(|e| {
+        anyhow::Error::new(e.error).context(format!("rename into {}", path.display()))
+    })?;
     Ok(())
 }
 
 /// Streams an object in bounded memory. Read errors (the library verifies content as it
 /// streams) stay distinct from write errors so a closed pipe is not reported as corruption.
-fn copy_object(reader: &mut ObjectReader, out: &mut dyn Write, dest: Option<&Path>) -> anyhow::Result<u64> {
+fn copy_object(
+    reader: &mut ObjectReader,
+    out: &mut dyn Write,
+    dest: Option<&Path>,
+) -> anyhow::Result<u64> {
     let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
     let mut copied = 0u64;
     loop {
@@ -189,7 +248,11 @@ pub fn has(args: KeysArgs, global: &Global) -> anyhow::Result<ExitCode> {
         }
     }
     stdout_result(out.flush())?;
-    Ok(if present.iter().all(|&p| p) { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NO) })
+    Ok(if present.iter().all(|&p| p) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NO)
+    })
 }
 
 pub fn meta(args: KeysArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -204,7 +267,11 @@ pub fn meta(args: KeysArgs, global: &Global) -> anyhow::Result<ExitCode> {
         }
     }
     stdout_result(out.flush())?;
-    Ok(if metas.iter().all(Option::is_some) { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NO) })
+    Ok(if metas.iter().all(Option::is_some) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NO)
+    })
 }
 
 fn compression_name(meta: &ObjectMeta) -> &'static str {
@@ -217,16 +284,25 @@ fn compression_name(meta: &ObjectMeta) -> &'static str {
 }
 
 fn meta_text(key: &Key, meta: Option<&ObjectMeta>) -> String {
-    let Some(m) = meta else { return format!("{key} missing") };
+    let Some(m) = meta else {
+        return format!("{key} missing");
+    };
     let location = match m.location {
         Location::Loose => "location=loose".to_string(),
         Location::Packed { pack, offset } => format!("location=packed pack={pack} offset={offset}"),
     };
-    format!("{key} size={} stored_size={} {location} compression={}", m.size, m.stored_size, compression_name(m))
+    format!(
+        "{key} size={} stored_size={} {location} compression={}",
+        m.size,
+        m.stored_size,
+        compression_name(m)
+    )
 }
 
 fn meta_json(key: &Key, meta: Option<&ObjectMeta>) -> serde_json::Value {
-    let Some(m) = meta else { return json!({ "key": key.to_hex(), "present": false }) };
+    let Some(m) = meta else {
+        return json!({ "key": key.to_hex(), "present": false });
+    };
     let (location, pack, offset) = match m.location {
         Location::Loose => ("loose", None, None),
         Location::Packed { pack, offset } => ("packed", Some(pack), Some(offset)),

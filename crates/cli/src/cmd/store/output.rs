@@ -86,15 +86,23 @@ pub fn report(title: &str, report: &impl Serialize, json: bool) -> anyhow::Resul
 fn field_text(name: &str, value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::Number(n) => match n.as_u64() {
-            Some(bytes) if name.split('_').any(|word| word == "bytes") && bytes >= 1024 => format!("{bytes} ({})", human_bytes(bytes)),
+            Some(bytes) if name.split('_').any(|word| word == "bytes") && bytes >= 1024 => {
+                format!("{bytes} ({})", human_bytes(bytes))
+            }
             _ => n.to_string(),
         },
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
         serde_json::Value::Null => "-".to_string(),
         serde_json::Value::Array(items) if items.is_empty() => "none".to_string(),
-        serde_json::Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
-            items.iter().map(|i| field_text("", i)).collect::<Vec<_>>().join(", ")
+        serde_json::Value::Array(items)
+            if items.iter().all(|i| !i.is_object() && !i.is_array()) =>
+        {
+            items
+                .iter()
+                .map(|i| field_text("", i))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
         other => other.to_string(),
     }
@@ -114,8 +122,14 @@ mod tests {
 
     #[test]
     fn report_fields_read_as_text() {
-        assert_eq!(field_text("pack_file_bytes", &serde_json::json!(2048)), "2048 (2.0 KiB)");
-        assert_eq!(field_text("bytes_after", &serde_json::json!(4096)), "4096 (4.0 KiB)");
+        assert_eq!(
+            field_text("pack_file_bytes", &serde_json::json!(2048)),
+            "2048 (2.0 KiB)"
+        );
+        assert_eq!(
+            field_text("bytes_after", &serde_json::json!(4096)),
+            "4096 (4.0 KiB)"
+        );
         assert_eq!(field_text("objects", &serde_json::json!(2048)), "2048");
         assert_eq!(field_text("vacuumed", &serde_json::json!(true)), "yes");
         assert_eq!(field_text("packs", &serde_json::json!([1, 2])), "1, 2");

@@ -30,7 +30,11 @@ pub fn key_prefix(text: &str) -> Result<String, String> {
         return Err("empty prefix (omit --prefix to pack everything)".into());
     }
     if prefix.len() > basin_store::KEY_BYTES * 2 {
-        return Err(format!("prefix of {} digits is longer than a key ({})", prefix.len(), basin_store::KEY_BYTES * 2));
+        return Err(format!(
+            "prefix of {} digits is longer than a key ({})",
+            prefix.len(),
+            basin_store::KEY_BYTES * 2
+        ));
     }
     if let Some(bad) = prefix.chars().find(|c| !c.is_ascii_hexdigit()) {
         return Err(format!("'{bad}' is not a hex digit"));
@@ -40,7 +44,10 @@ pub fn key_prefix(text: &str) -> Result<String, String> {
 
 /// A fraction in 0.0..=1.0.
 pub fn ratio(text: &str) -> Result<f64, String> {
-    let value: f64 = text.trim().parse().map_err(|_| format!("'{text}' is not a number"))?;
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number"))?;
     if !(0.0..=1.0).contains(&value) {
         return Err(format!("{value} is outside 0.0..=1.0"));
     }
@@ -51,7 +58,9 @@ pub fn ratio(text: &str) -> Result<f64, String> {
 /// k) are powers of 1024, decimal units (KB, MB) powers of 1000, as in `dd` and `du`.
 pub fn size_bytes(text: &str) -> Result<u64, String> {
     let s = text.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let multiplier: u64 = match unit.trim() {
         "" | "B" | "b" => 1,
@@ -63,7 +72,11 @@ pub fn size_bytes(text: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        other => return Err(format!("unknown size unit '{other}' in '{text}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        other => {
+            return Err(format!(
+            "unknown size unit '{other}' in '{text}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+        ))
+        }
     };
     let bad_number = || format!("'{text}' is not a size (examples: 4GiB, 512MiB, 1048576)");
     let bytes = if number.contains('.') {
@@ -71,7 +84,9 @@ pub fn size_bytes(text: &str) -> Result<u64, String> {
         (value * multiplier as f64).round()
     } else {
         let value: u64 = number.parse().map_err(|_| bad_number())?;
-        value.checked_mul(multiplier).map_or(f64::INFINITY, |b| b as f64)
+        value
+            .checked_mul(multiplier)
+            .map_or(f64::INFINITY, |b| b as f64)
     };
     if bytes < 1.0 {
         return Err(format!("size '{text}' must be at least 1 byte"));
@@ -89,16 +104,23 @@ pub fn keys_from(path: &Path) -> anyhow::Result<Vec<Key>> {
     let reader: Box<dyn Read> = if path == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::fs::File::open(path).with_context(|| format!("open key list {}", path.display()))?)
+        Box::new(
+            std::fs::File::open(path)
+                .with_context(|| format!("open key list {}", path.display()))?,
+        )
     };
     let mut keys = Vec::new();
     for (index, line) in BufReader::new(reader).lines().enumerate() {
         let line = line.with_context(|| format!("read key list {}", path.display()))?;
-        let Some(word) = line.split_whitespace().next() else { continue };
+        let Some(word) = line.split_whitespace().next() else {
+            continue;
+        };
         if word.starts_with('#') {
             continue;
         }
-        let key = word.parse::<Key>().map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), index + 1))?;
+        let key = word
+            .parse::<Key>()
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), index + 1))?;
         keys.push(key);
     }
     Ok(keys)
@@ -116,7 +138,15 @@ mod tests {
         assert_eq!(size_bytes("100MB"), Ok(100_000_000));
         assert_eq!(size_bytes("1048576"), Ok(1 << 20));
         assert_eq!(size_bytes(" 64k "), Ok(65536));
-        for bad in ["", "GiB", "0", "4 parsecs", "1.2.3M", "2PiB", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "GiB",
+            "0",
+            "4 parsecs",
+            "1.2.3M",
+            "2PiB",
+            "99999999999999999999999",
+        ] {
             assert!(size_bytes(bad).is_err(), "'{bad}' should be rejected");
         }
     }

@@ -40,7 +40,9 @@ fn visit_folder(folder: &Path, walk: &mut Walk) -> anyhow::Result<()> {
         let mut entries = Vec::new();
         for entry in fs::read_dir(&dir).with_context(|| format!("read folder {}", dir.display()))? {
             let entry = entry.with_context(|| format!("read folder {}", dir.display()))?;
-            let kind = entry.file_type().with_context(|| format!("read {}", entry.path().display()))?;
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("read {}", entry.path().display()))?;
             entries.push((entry.file_name(), kind));
         }
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -75,9 +77,16 @@ mod tests {
             fs::write(root.join(f), f).expect("write");
         }
         std::os::unix::fs::symlink(root.join("z.txt"), root.join("link")).expect("symlink");
-        let walk = regular_files(&[root.clone()]).expect("walk");
-        let rel: Vec<_> = walk.files.iter().map(|p| p.strip_prefix(&root).expect("under root").to_path_buf()).collect();
-        let want: Vec<PathBuf> = ["z.txt", "a/1", "b/0", "b/inner/2"].iter().map(PathBuf::from).collect();
+        let walk = regular_files(std::slice::from_ref(&root)).expect("walk");
+        let rel: Vec<_> = walk
+            .files
+            .iter()
+            .map(|p| p.strip_prefix(&root).expect("under root").to_path_buf())
+            .collect();
+        let want: Vec<PathBuf> = ["z.txt", "a/1", "b/0", "b/inner/2"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         assert_eq!(rel, want);
         assert_eq!(walk.skipped, vec![root.join("link")]);
     }
