@@ -517,12 +517,16 @@ impl<'a> Appender<'a> {
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && len == PACK_HEADER_BYTES as u64 =>
             {
+                // Header written under a temporary name, then renamed: a pack file always
+                // starts with a whole header (a crash leaves a `.tmp`, which clean removes).
+                let tmp = path.with_extension("pack.tmp");
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .at("create pack", &path)?;
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .at("create pack", &tmp)?;
                 let header = PackHeader {
                     version: PACK_FORMAT_VERSION,
                     hash: self.hash,
@@ -530,8 +534,9 @@ impl<'a> Appender<'a> {
                     container_id: self.container_id,
                 };
                 file.write_all_at(&header.encode(), 0)
-                    .at("write pack header", &path)?;
-                fsutil::datasync(&file, &path)?;
+                    .at("write pack header", &tmp)?;
+                fsutil::datasync(&file, &tmp)?;
+                std::fs::rename(&tmp, &path).at("rename into", &path)?;
                 fsutil::fsync_dir(&self.root.join(PACKS_DIR))?;
                 file
             }
