@@ -215,10 +215,7 @@ fn index_file_bytes(dir: &Path) -> BenchResult<u64> {
 }
 
 fn pack_options() -> PackOptions {
-    PackOptions {
-        compression: Some(Compression::None),
-        validate: true,
-    }
+    PackOptions { compression: Some(Compression::None) }
 }
 
 fn workload(
