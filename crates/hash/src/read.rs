@@ -211,7 +211,11 @@ pub fn hash_reader_pipelined<R: Read>(
             // The reader keeps no reference: whichever lane drops the chunk last recycles its buffer.
             let mut chunk = Some(Arc::new(Chunk { buffer, len }));
             for (i, tx) in senders.iter().enumerate() {
-                let share = if i + 1 == senders.len() { chunk.take() } else { chunk.clone() };
+                let share = if i + 1 == senders.len() {
+                    chunk.take()
+                } else {
+                    chunk.clone()
+                };
                 if let Some(share) = share {
                     // A lane only disconnects by panicking, which the join below reports.
                     let _ = tx.send(share);

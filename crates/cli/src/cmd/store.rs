@@ -260,8 +260,3 @@ fn store_dir(global: &Global) -> anyhow::Result<&Path> {
 fn open_store(global: &Global) -> anyhow::Result<Store> {
     Ok(Store::open(store_dir(global)?)?)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}

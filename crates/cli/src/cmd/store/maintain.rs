@@ -54,10 +54,9 @@ pub fn import(args: ImportArgs, global: &Global) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    // Sources are hashed as they are written; `validate` (re-hash loose files) has no role here.
+    // Sources are hashed as they are written.
     let opts = PackOptions {
         compression: args.compression,
-        ..PackOptions::default()
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
