@@ -215,7 +215,9 @@ fn index_file_bytes(dir: &Path) -> BenchResult<u64> {
 }
 
 fn pack_options() -> PackOptions {
-    PackOptions { compression: Some(Compression::None) }
+    PackOptions {
+        compression: Some(Compression::None),
+    }
 }
 
 fn workload(
