@@ -184,7 +184,9 @@ def build(results: Path) -> str:
         index_row(f"index bytes per object, {basin['sizes']['objects']} objects after f3", dos.get('sizes'),
                   basin['sizes'])
     if basin_m:
-        index_row(f"index bytes per object, {basin_m['sizes']['objects']:,} small objects",
+        before = basin_m['sizes'].get('index_bytes_per_object_before_clean')
+        note = f' after clean (before: {before:.1f})' if before is not None else ''
+        index_row(f"index bytes per object, {basin_m['sizes']['objects']:,} small objects{note}",
                   (dos_m or {}).get('sizes'), basin_m['sizes'])
     if big:
         size = big['size_bytes']

@@ -503,9 +503,28 @@ impl Index {
                 self.conn.execute_batch("VACUUM").map_err(|e| self.err(e))?;
             }
         }
+        if !vacuum {
+            // Never wait on readers here: a steady reader would stall maintenance.
+            return self
+                .conn
+                .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                .map_err(|e| self.err(e));
+        }
+        // Compaction also gives the WAL file back, waiting a moment for readers at most.
         self.conn
-            .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
-            .map_err(|e| self.err(e))
+            .busy_timeout(Duration::from_secs(1))
+            .map_err(|e| self.err(e))?;
+        let truncated = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        self.conn
+            .busy_timeout(Duration::from_secs(60))
+            .map_err(|e| self.err(e))?;
+        match truncated {
+            Ok(()) => Ok(()),
+            Err(_) => self
+                .conn
+                .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                .map_err(|e| self.err(e)),
+        }
     }
 
     /// `PRAGMA quick_check`: the first problems SQLite itself finds, empty when fine.
