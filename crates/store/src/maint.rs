@@ -346,15 +346,7 @@ impl<'s> Maintenance<'s> {
                         }
                         Ok(Some(Prepared::InMemory { raw_len, enc })) => {
                             pending_bytes += enc.payload.len() as u64;
-                            app.append(
-                                index,
-                                &NewRecord {
-                                    key,
-                                    raw_len,
-                                    compressed: enc.compressed,
-                                    payload: &enc.payload,
-                                },
-                            )?;
+                            app.append_encoded(index, key, raw_len, &enc)?;
                             report.packed += 1;
                             report.packed_bytes += raw_len;
                             to_remove.push(key);
@@ -489,15 +481,7 @@ impl<'s> Maintenance<'s> {
                     }
                     let enc = enc.map_err(|e| Error::io("compress", key.to_hex(), e))?;
                     pending_bytes += enc.payload.len() as u64;
-                    app.append(
-                        index,
-                        &NewRecord {
-                            key,
-                            raw_len,
-                            compressed: enc.compressed,
-                            payload: &enc.payload,
-                        },
-                    )?;
+                    app.append_encoded(index, key, raw_len, &enc)?;
                     session.insert(key);
                 }
                 for (i, src) in large {

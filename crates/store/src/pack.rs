@@ -565,6 +565,40 @@ impl<'a> Appender<'a> {
         Ok(())
     }
 
+    /// The pack being appended to (an internal error if none is open).
+    fn open_pack(&mut self) -> Result<&mut OpenPack> {
+        self.open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))
+    }
+
+    /// The open pack with its write buffer flushed, for writes that bypass the buffer.
+    fn open_for_direct_write(&mut self, index: &mut Index) -> Result<&mut OpenPack> {
+        self.ensure_open(index)?;
+        let open = self.open_pack()?;
+        Self::flush_buf(open)?;
+        Ok(open)
+    }
+
+    /// Appends an object encoded by [`crate::compress::encode`].
+    pub(crate) fn append_encoded(
+        &mut self,
+        index: &mut Index,
+        key: Key,
+        raw_len: u64,
+        enc: &crate::compress::Encoded,
+    ) -> Result<Position> {
+        self.append(
+            index,
+            &NewRecord {
+                key,
+                raw_len,
+                compressed: enc.compressed,
+                payload: &enc.payload,
+            },
+        )
+    }
+
     /// Appends an object record; visible to readers only after [`Appender::commit`].
     pub(crate) fn append(&mut self, index: &mut Index, rec: &NewRecord<'_>) -> Result<Position> {
         self.ensure_open(index)?;
@@ -577,10 +611,7 @@ impl<'a> Appender<'a> {
             stored_len: rec.payload.len() as u64,
             key: rec.key,
         };
-        let open = self
-            .open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let open = self.open_pack()?;
         let offset = open.len;
         let hb = header.encode();
         let mut sum = RecordChecksum::new(&hb);
@@ -628,12 +659,7 @@ impl<'a> Appender<'a> {
         fill: &mut StreamFill<'_>,
         keep: &mut dyn FnMut(&Key, &mut Index) -> Result<bool>,
     ) -> Result<(Key, Option<Position>)> {
-        self.ensure_open(index)?;
-        let open = self
-            .open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
-        Self::flush_buf(open)?;
+        let open = self.open_for_direct_write(index)?;
         let offset = open.len;
         let payload_at = offset + RECORD_HEADER_BYTES as u64;
         let mut written = 0u64;
@@ -652,10 +678,7 @@ impl<'a> Appender<'a> {
         };
         if !keep(&key, index)? {
             // Nobody points at these bytes: give them back rather than leave a hole.
-            let open = self
-                .open
-                .as_mut()
-                .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+            let open = self.open_pack()?;
             open.file.set_len(offset).at("truncate pack", &open.path)?;
             return Ok((key, None));
         }
@@ -673,10 +696,7 @@ impl<'a> Appender<'a> {
         let mut full = crc32fast::Hasher::new();
         full.update(&hb);
         full.combine(&crc);
-        let open = self
-            .open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let open = self.open_pack()?;
         open.file
             .write_all_at(&hb, offset)
             .at("write pack", &open.path)?;
@@ -734,12 +754,7 @@ impl<'a> Appender<'a> {
         row: &IndexRow,
     ) -> Result<Position> {
         let header = read_header(src, key, row)?;
-        self.ensure_open(index)?;
-        let open = self
-            .open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
-        Self::flush_buf(open)?;
+        let open = self.open_for_direct_write(index)?;
         let offset = open.len;
         let body = RECORD_HEADER_BYTES as u64 + row.stored_len;
         let mut crc = crc32fast::Hasher::new();
@@ -788,10 +803,8 @@ impl<'a> Appender<'a> {
         before: Option<Position>,
     ) -> Result<Position> {
         self.ensure_open(index)?;
-        let open = self
-            .open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let hash = self.hash;
+        let open = self.open_pack()?;
         let at = Position {
             pack: open.id,
             offset: open.len,
@@ -801,7 +814,7 @@ impl<'a> Appender<'a> {
         let header = RecordHeader {
             kind: RecordKind::Tombstone,
             flags: 0,
-            hash: self.hash,
+            hash,
             raw_len: 0,
             stored_len: payload.len() as u64,
             key,
