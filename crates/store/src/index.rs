@@ -58,6 +58,26 @@ pub struct TombstoneRow {
     pub before: Position,
 }
 
+/// For each key with tombstones, the latest position before which its records are dead.
+#[derive(Debug, Default)]
+pub(crate) struct Kills(std::collections::HashMap<Key, Position>);
+
+impl Kills {
+    pub(crate) fn new(tombstones: &[TombstoneRow]) -> Kills {
+        let mut kills = std::collections::HashMap::new();
+        for t in tombstones {
+            let e = kills.entry(t.key).or_insert(t.before);
+            *e = (*e).max(t.before);
+        }
+        Kills(kills)
+    }
+
+    /// Whether a record of `key` at `at` is dead (a later tombstone of the key kills it).
+    pub(crate) fn kills(&self, key: &Key, at: Position) -> bool {
+        self.0.get(key).is_some_and(|before| at < *before)
+    }
+}
+
 pub(crate) struct Index {
     conn: Connection,
     path: PathBuf,

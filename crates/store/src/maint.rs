@@ -19,7 +19,7 @@ use crate::config::Compression;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{Position, RecordKind, FRAME_RAW_BYTES, PACK_HEADER_BYTES};
 use crate::fsutil;
-use crate::index::{Index, IndexRow, PackRow, TombstoneRow, INDEX_FILE};
+use crate::index::{Index, IndexRow, Kills, PackRow, TombstoneRow, INDEX_FILE};
 use crate::key::Key;
 use crate::loose::{self, STREAM_CHUNK_BYTES};
 use crate::pack::{self, Appender, NewRecord, PACKS_DIR};
@@ -780,12 +780,7 @@ impl<'s> Maintenance<'s> {
         // accounts for every object record in them; otherwise they may hold the only copy of
         // something, and are left for rebuild-index (validate reports them).
         let known: HashSet<u64> = index.packs()?.iter().map(|r| r.id).collect();
-        let tombstones = index.tombstones()?;
-        let mut killed_before: HashMap<Key, Position> = HashMap::new();
-        for t in &tombstones {
-            let e = killed_before.entry(t.key).or_insert(t.before);
-            *e = (*e).max(t.before);
-        }
+        let kills = Kills::new(&index.tombstones()?);
         for id in pack::pack_ids_on_disk(root)? {
             if known.contains(&id) {
                 continue;
@@ -802,7 +797,7 @@ impl<'s> Maintenance<'s> {
             }
             let mut accounted = true;
             for (key, row) in &records {
-                let killed = killed_before.get(key).is_some_and(|b| row.position() < *b);
+                let killed = kills.kills(key, row.position());
                 if !killed && index.get_recent(key)?.is_none() {
                     accounted = false;
                     break;
@@ -857,13 +852,7 @@ impl<'s> Maintenance<'s> {
             }
             p.advance(1);
         }
-        let mut killed_before: HashMap<Key, Position> = HashMap::new();
-        for t in &tombstones {
-            let e = killed_before.entry(t.key).or_insert(t.before);
-            if t.before > *e {
-                *e = t.before;
-            }
-        }
+        let kills = Kills::new(&tombstones);
         // A broken index file cannot even take a DELETE: start it afresh.
         let mut index = self.index();
         let healthy = index.quick_check().map(|v| v.is_empty()).unwrap_or(false);
@@ -896,7 +885,7 @@ impl<'s> Maintenance<'s> {
             tx.put_tombstone(t)?;
         }
         for (key, row) in &latest {
-            if killed_before.get(key).is_some_and(|b| row.position() < *b) {
+            if kills.kills(key, row.position()) {
                 report.dead_records += 1;
                 continue;
             }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::{IoContext, Result};
 use crate::format::{RecordHeader, RecordKind, PACK_HEADER_BYTES};
-use crate::index::IndexRow;
+use crate::index::{IndexRow, Kills};
 use crate::key::Key;
 use crate::loose::{self, LOOSE_DIR};
 use crate::maint::Maintenance;
@@ -332,11 +332,7 @@ impl Maintenance<'_> {
         let packs = index.packs().unwrap_or_default();
         let tombstones = index.tombstones().unwrap_or_default();
         drop(index);
-        let mut killed_before: HashMap<Key, crate::format::Position> = HashMap::new();
-        for t in &tombstones {
-            let e = killed_before.entry(t.key).or_insert(t.before);
-            *e = (*e).max(t.before);
-        }
+        let kills = Kills::new(&tombstones);
 
         // Loose objects.
         let loose_keys = loose::list_loose(root, store.config().loose_prefix_len)?;
@@ -424,7 +420,7 @@ impl Maintenance<'_> {
                 .filter(|t| t.at.pack == row.id)
                 .map(|t| t.at.offset)
                 .collect();
-            let out = validate_pack(store, row, rows, &tomb_here, &indexed, &killed_before)?;
+            let out = validate_pack(store, row, rows, &tomb_here, &indexed, &kills)?;
             report.objects_checked += out.objects;
             report.bytes_checked += out.bytes;
             report.problems.extend(out.problems);
@@ -457,7 +453,7 @@ fn validate_pack(
     mut rows: Vec<(Key, IndexRow)>,
     tombstones_here: &HashSet<u64>,
     indexed: &HashSet<Key>,
-    killed_before: &HashMap<Key, crate::format::Position>,
+    kills: &Kills,
 ) -> Result<PackOutcome> {
     let id = row.id;
     let hash = store.config().hash;
@@ -686,10 +682,7 @@ fn validate_pack(
             pack: id,
             offset: *off,
         };
-        if h.kind == RecordKind::Object
-            && !indexed.contains(&h.key)
-            && killed_before.get(&h.key).is_none_or(|b| pos >= *b)
-        {
+        if h.kind == RecordKind::Object && !indexed.contains(&h.key) && !kills.kills(&h.key, pos) {
             out.problems.push(Problem::RecordNotIndexed {
                 key: h.key,
                 pack: id,

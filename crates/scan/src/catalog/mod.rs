@@ -272,6 +272,18 @@ pub(crate) fn specs_from_columns(
         .collect()
 }
 
+/// The digest columns of a catalog that this run does not compute (`all` lists every digest
+/// column): a batch keeps them only while the file is unchanged.
+pub(crate) fn other_digest_columns(all: Vec<String>, specs: &[AlgoSpec]) -> Vec<String> {
+    let run_columns: Vec<String> = specs
+        .iter()
+        .map(|s| format!("d_{}", s.column_name()))
+        .collect();
+    all.into_iter()
+        .filter(|c| !run_columns.contains(c))
+        .collect()
+}
+
 pub(crate) fn status_of(row: &FileRow) -> (&'static str, Option<&str>) {
     match &row.result {
         Ok(_) => ("ok", None),

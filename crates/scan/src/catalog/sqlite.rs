@@ -196,15 +196,7 @@ impl CatalogStore for SqliteCatalog {
         specs: &[AlgoSpec],
         rows: &[FileRow],
     ) -> Result<(), CatalogError> {
-        let run_columns: Vec<String> = specs
-            .iter()
-            .map(|s| format!("d_{}", s.column_name()))
-            .collect();
-        let other: Vec<String> = self
-            .digest_column_names()?
-            .into_iter()
-            .filter(|c| !run_columns.contains(c))
-            .collect();
+        let other = super::other_digest_columns(self.digest_column_names()?, specs);
         let sql = Dialect::Sqlite.upsert_sql(specs, &other, 1);
         let path = self.path.clone();
         let wrap = |source| CatalogError::Sqlite {
