@@ -6,7 +6,7 @@
 //! comparison table. `bench/store/run.sh` is the one command that runs everything.
 //!
 //! Sub-commands, each meant to run in its own process (so peak RSS is per scenario):
-//! - `workload`: loose writes (LooseBatch, plus single durable puts on a subset, extrapolated), random
+//! - `workload`: loose writes (WriteBatch, plus single durable puts on a subset, extrapolated), random
 //!   loose reads, pack_loose, random packed reads, read_many, has_many, list, write_packed, validate,
 //!   delete 10 %, repack --all, clean with vacuum; index bytes per object.
 //! - `million`: many small objects straight to packs and read back in bulk.
@@ -72,7 +72,7 @@ enum Command {
         /// Workload file from `dos_workload.py gen`.
         #[arg(long)]
         data: PathBuf,
-        /// Objects per LooseBatch commit in step a; 0 = all objects in one batch.
+        /// Objects per WriteBatch commit in step a; 0 = all objects in one batch.
         #[arg(long, default_value_t = 0)]
         batch_objects: usize,
         /// Objects written with single durable `put` calls (timed, then extrapolated to N).

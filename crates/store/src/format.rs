@@ -8,7 +8,14 @@
 use crate::key::{HashAlgorithm, Key, KEY_BYTES};
 
 /// Version of the pack format written by this library (header field `version`).
-pub const PACK_FORMAT_VERSION: u16 = 1;
+pub const PACK_FORMAT_VERSION: u16 = 2;
+/// Oldest pack format version this library still reads (version 1 had no pack flags).
+pub const PACK_FORMAT_VERSION_MIN: u16 = 1;
+/// Version of the sealed footer's layout (unchanged since pack format 1).
+pub const FOOTER_FORMAT_VERSION: u16 = 1;
+/// Pack header flag: a batch pack, written whole and sealed by one [`crate::WriteBatch`] commit
+/// rather than appended by maintenance; the next `pack` merges it into a maintenance pack.
+pub const PACK_FLAG_BATCH: u8 = 1;
 
 /// First bytes of every pack file.
 pub const PACK_MAGIC: [u8; 8] = *b"BASNPACK";
@@ -99,6 +106,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub struct PackHeader {
     pub version: u16,
     pub hash: HashAlgorithm,
+    /// [`PACK_FLAG_BATCH`] or zero.
+    pub flags: u8,
     pub pack_id: u64,
     pub container_id: [u8; 16],
 }
@@ -110,7 +119,8 @@ impl PackHeader {
         b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10] = self.hash.id();
         b[11] = KEY_BYTES as u8;
-        // 12..16 reserved, zero.
+        b[12] = self.flags;
+        // 13..16 reserved, zero.
         b[16..24].copy_from_slice(&self.pack_id.to_le_bytes());
         b[24..40].copy_from_slice(&self.container_id);
         // 40..44 reserved, zero.
@@ -133,10 +143,12 @@ impl PackHeader {
             return Err(FormatError::HeaderChecksum);
         }
         let version = u16_at(b, 8);
-        if version != PACK_FORMAT_VERSION {
+        if !(PACK_FORMAT_VERSION_MIN..=PACK_FORMAT_VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion(version));
         }
-        if b[12..16] != [0; 4] || b[40..44] != [0; 4] {
+        // Version 1 had no flags byte; version 2 knows one flag.
+        let flags_known = if version >= 2 { PACK_FLAG_BATCH } else { 0 };
+        if b[12] & !flags_known != 0 || b[13..16] != [0; 3] || b[40..44] != [0; 4] {
             return Err(FormatError::BadLength(
                 "reserved header bytes are not zero".into(),
             ));
@@ -150,6 +162,7 @@ impl PackHeader {
         Ok(PackHeader {
             version,
             hash,
+            flags: b[12],
             pack_id: u64_at(b, 16),
             container_id,
         })
@@ -343,7 +356,7 @@ impl Footer {
         b[0..8].copy_from_slice(&self.table_offset.to_le_bytes());
         b[8..16].copy_from_slice(&self.entry_count.to_le_bytes());
         b[16..20].copy_from_slice(&self.table_crc.to_le_bytes());
-        b[20..22].copy_from_slice(&PACK_FORMAT_VERSION.to_le_bytes());
+        b[20..22].copy_from_slice(&FOOTER_FORMAT_VERSION.to_le_bytes());
         // 22..28 reserved, zero.
         let crc = crc32fast::hash(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
@@ -366,7 +379,7 @@ impl Footer {
             return Err(FormatError::HeaderChecksum);
         }
         let version = u16_at(b, 20);
-        if version != PACK_FORMAT_VERSION {
+        if version != FOOTER_FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion(version));
         }
         if b[22..28] != [0; 6] {
@@ -564,6 +577,7 @@ mod tests {
         let h = PackHeader {
             version: 1,
             hash: HashAlgorithm::Sha256,
+            flags: 0,
             pack_id: 42,
             container_id: [3; 16],
         };
@@ -571,5 +585,21 @@ mod tests {
         let mut b = h.encode();
         b[17] ^= 1;
         assert_eq!(PackHeader::decode(&b), Err(FormatError::HeaderChecksum));
+        // Version 2 carries the batch flag; version 1 had no flags, and no version knows bit 1.
+        let batch = PackHeader {
+            version: 2,
+            flags: PACK_FLAG_BATCH,
+            ..h
+        };
+        assert_eq!(PackHeader::decode(&batch.encode()).expect("decode"), batch);
+        for bad in [
+            PackHeader { version: 1, ..batch },
+            PackHeader { flags: 2, ..batch },
+        ] {
+            assert!(
+                PackHeader::decode(&bad.encode()).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
     }
 }

@@ -35,7 +35,7 @@ pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Makes everything written so far to the file system holding `any_path` durable in one round.
 ///
 /// On Linux this is `syncfs(2)`: one journal commit for any number of files, which is what lets a
-/// batch of thousands of loose objects become durable for the price of one or two fsyncs. Since
+/// backup make thousands of files durable for the price of one or two fsyncs. Since
 /// Linux 5.8 it reports writeback errors. Elsewhere the caller falls back to per-file fsync.
 #[cfg(target_os = "linux")]
 pub(crate) fn syncfs(any_path: &Path) -> Result<bool> {
@@ -66,11 +66,6 @@ pub(crate) fn datasync(f: &File, path: &Path) -> Result<()> {
 /// Size of a file, 0 if it does not exist.
 pub(crate) fn file_len_or_zero(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-/// Whether [`syncfs`] makes a whole batch durable on this platform.
-pub(crate) fn syncfs_supported() -> bool {
-    cfg!(target_os = "linux")
 }
 
 /// Threads used to unlink many files at once. Unlinking is not CPU work: on file systems that

@@ -50,6 +50,23 @@ pub struct PackRow {
     pub end_bytes: u64,
 }
 
+impl PackRow {
+    /// The row a write batch commits first to take an id: sealed, yet only a header long.
+    /// No reader or maintenance step uses such a row; the batch's second transaction replaces
+    /// it, or `clean` removes it (with the file, if a crash left one).
+    pub(crate) fn reserved(id: u64) -> PackRow {
+        PackRow {
+            id,
+            sealed: true,
+            end_bytes: crate::format::PACK_HEADER_BYTES as u64,
+        }
+    }
+
+    pub(crate) fn is_reserved(&self) -> bool {
+        self.sealed && self.end_bytes == crate::format::PACK_HEADER_BYTES as u64
+    }
+}
+
 /// A tombstone as the index knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TombstoneRow {
@@ -221,10 +238,11 @@ impl Index {
         Ok(())
     }
 
-    /// Looks `key` up in a recent read snapshot (at most [`SNAPSHOT_AGE_MAX`] old). On the
-    /// maintenance connection, the only writer, the snapshot is never behind (its own commits
-    /// end it). On a reader's connection a hit is safe to use: a key's bytes never change, and a row whose pack was repacked away since is
-    /// detected when the pack file is gone. A miss proves nothing: ask [`Index::get`].
+    /// Looks `key` up in a recent read snapshot (at most [`SNAPSHOT_AGE_MAX`] old; a commit on
+    /// this connection ends it). A hit is safe to use: a key's bytes never change, and a row
+    /// whose pack was repacked away since is detected when the pack file is gone. A miss proves
+    /// nothing, since write batches in other processes commit too: ask [`Index::get`], or begin
+    /// a snapshot first when the whole operation must see one point in time.
     pub(crate) fn get_recent(&mut self, key: &Key) -> Result<Option<IndexRow>> {
         if self
             .snapshot_since
@@ -377,7 +395,26 @@ impl Index {
         ))
     }
 
+    /// Every pack row but the ids reserved by write batches still committing (or crashed).
     pub(crate) fn packs(&mut self) -> Result<Vec<PackRow>> {
+        Ok(self
+            .all_pack_rows()?
+            .into_iter()
+            .filter(|p| !p.is_reserved())
+            .collect())
+    }
+
+    /// Ids reserved by write batches that have not published them (see [`PackRow::reserved`]).
+    pub(crate) fn reserved_packs(&mut self) -> Result<Vec<u64>> {
+        Ok(self
+            .all_pack_rows()?
+            .into_iter()
+            .filter(|p| p.is_reserved())
+            .map(|p| p.id)
+            .collect())
+    }
+
+    fn all_pack_rows(&mut self) -> Result<Vec<PackRow>> {
         self.end_snapshot()?;
         let mut st = self
             .conn
@@ -609,6 +646,67 @@ impl IndexTx<'_> {
         ])
         .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Inserts a row for a key the index does not have yet; a row already there wins (its
+    /// record stays the one live copy, the new one is garbage).
+    pub(crate) fn put_new(&self, key: &Key, row: &IndexRow) -> Result<()> {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(|e| self.err(e))?;
+        let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
+        st.execute(params![
+            &key.as_bytes()[..],
+            row.pack as i64,
+            row.offset as i64,
+            row.raw_len as i64,
+            stored,
+            row.flags as i64
+        ])
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Whether pack `id` is still only reserved (see [`PackRow::reserved`]).
+    pub(crate) fn is_reserved(&self, id: u64) -> Result<bool> {
+        let row: Option<(i64, i64)> = self
+            .tx
+            .query_row(
+                "SELECT sealed, end_bytes FROM packs WHERE id = ?1",
+                [id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.is_some_and(|(sealed, end)| {
+            sealed != 0 && end == crate::format::PACK_HEADER_BYTES as i64
+        }))
+    }
+
+    /// Whether the index has a row for `key` (as this transaction sees it).
+    pub(crate) fn contains(&self, key: &Key) -> Result<bool> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT 1 FROM objects WHERE key = ?1")
+            .map_err(|e| self.err(e))?;
+        st.exists([&key.as_bytes()[..]]).map_err(|e| self.err(e))
+    }
+
+    /// [`Index::pack_id_high_water`] inside this transaction.
+    pub(crate) fn pack_id_high_water(&self) -> Result<u64> {
+        let v: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT value FROM meta WHERE name='pack_id_high_water'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     pub(crate) fn remove(&self, key: &Key) -> Result<bool> {

@@ -1,8 +1,10 @@
 //! basin's object store: content-addressed objects in one folder, shared by many processes, no server.
 //!
-//! New objects are written *loose* (one file each, durable when the call returns) by any number
-//! of processes at once. Maintenance moves them into append-only, self-describing *packs* and
-//! keeps an SQLite *index* of where each packed object lives; the index is a cache that
+//! New objects are written *loose* (one file each, durable when the call returns) or, many at
+//! once, as a [`WriteBatch`] (one sealed *batch pack*, durable and indexed at commit), by any
+//! number of processes at once. Maintenance moves loose objects into append-only,
+//! self-describing *packs*, merges batch packs into them, and keeps an SQLite *index* of where
+//! each packed object lives; the index is a cache that
 //! [`Maintenance::rebuild_index`] recreates from the packs alone. Reads work at any time, also
 //! during maintenance in another process, and never return wrong bytes: every read is checked
 //! against the record checksums or the object's hash.
@@ -24,6 +26,7 @@
 //!
 //! The byte layouts are in `docs/format.md` and [`format`].
 
+mod batch;
 mod compress;
 mod config;
 mod error;
@@ -53,6 +56,7 @@ pub use maint::{
 };
 pub use progress::{NoProgress, Progress, Unit};
 pub use reader::ObjectReader;
-pub use store::{Location, LooseBatch, ObjectMeta, ReadManyVisitor, Stats, Store};
+pub use batch::WriteBatch;
+pub use store::{Location, ObjectMeta, ReadManyVisitor, Stats, Store};
 pub use transfer::{BackupReport, ImportReport};
 pub use validate::{Problem, ValidationReport};

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::compress;
 use crate::config::Compression;
 use crate::error::{Error, IoContext, Result};
-use crate::format::{Position, RecordKind, FRAME_RAW_BYTES, PACK_HEADER_BYTES};
+use crate::format::{Position, RecordKind, FRAME_RAW_BYTES, PACK_FLAG_BATCH, PACK_HEADER_BYTES};
 use crate::fsutil;
 use crate::index::{Index, IndexRow, Kills, PackRow, TombstoneRow, INDEX_FILE};
 use crate::key::Key;
@@ -120,6 +120,9 @@ impl WriteAtStart for File {
     }
 }
 
+/// Retired maintenance packs up to this size are merged by `pack`; larger ones are sealed.
+const RETIRED_PACK_MERGE_BYTES_MAX: u64 = 64 << 20;
+
 /// Which loose objects to pack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PackSelection {
@@ -148,6 +151,10 @@ pub struct PackReport {
     pub skipped: Vec<String>,
     /// Loose files whose content does not match their name (left in place, not packed).
     pub corrupt: Vec<String>,
+    /// Batch packs (and small retired maintenance packs) merged into the current pack.
+    pub packs_merged: u64,
+    /// Objects moved by those merges.
+    pub objects_merged: u64,
 }
 
 /// One object to write directly into a pack.
@@ -406,7 +413,68 @@ impl<'s> Maintenance<'s> {
             Ok(())
         });
         p.finish();
-        result.map(|()| report)
+        result?;
+        if *sel == PackSelection::All {
+            self.merge_small_packs(policy, &mut report, p)?;
+        }
+        Ok(report)
+    }
+
+    /// Merges every batch pack into the current pack (applying the compression policy, since
+    /// batches store content raw), and with it any retired maintenance pack (unsealed, but no
+    /// longer the newest, so never appended to again) that is small; larger retired packs are
+    /// sealed where they are. Keeps the number of pack files low however many batches come.
+    fn merge_small_packs(
+        &self,
+        policy: Compression,
+        report: &mut PackReport,
+        p: &dyn Progress,
+    ) -> Result<()> {
+        let store = self.store;
+        let mut batches = Vec::new();
+        let mut retired = Vec::new();
+        let all_packs = {
+            let mut index = self.index();
+            let packs = index.packs()?;
+            let high_water = index.pack_id_high_water()?;
+            for row in &packs {
+                let path = pack::pack_path(store.path(), row.id);
+                let file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("open pack", &path, e)),
+                };
+                if row.sealed {
+                    if pack::read_pack_header(&file, row.id)?.flags & PACK_FLAG_BATCH != 0 {
+                        batches.push(*row);
+                    }
+                } else if row.id < high_water {
+                    if row.end_bytes <= RETIRED_PACK_MERGE_BYTES_MAX {
+                        retired.push(*row);
+                    } else {
+                        drop(file);
+                        let file = OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path)
+                            .at("open pack", &path)?;
+                        pack::seal(&mut index, file, row.id, &path, row.end_bytes)?;
+                    }
+                }
+            }
+            packs
+        };
+        let recompress = (policy != Compression::None).then_some(policy);
+        for (group, compression) in [(batches, recompress), (retired, None)] {
+            if group.is_empty() {
+                continue;
+            }
+            let mut r = RepackReport::default();
+            self.rewrite_packs(&group, &all_packs, compression, &mut r, p)?;
+            report.packs_merged += r.packs_rewritten;
+            report.objects_merged += r.objects_moved;
+        }
+        Ok(())
     }
 
     /// Writes objects straight into packs (bulk import). Returns keys in input order. Objects
@@ -529,16 +597,20 @@ impl<'s> Maintenance<'s> {
         let mut existed = Vec::new();
         let mut loose_paths = Vec::new();
         self.with_appender(HashSet::new(), |index, app| {
+            // One snapshot from now on: write batches of other processes commit meanwhile, and
+            // whatever they add after this point is newer than the delete.
+            index.begin_snapshot()?;
             let mut packed = Vec::new();
             for key in keys {
                 if !seen.insert(*key) {
                     continue;
                 }
-                let in_pack = index.get_recent(key)?.is_some();
+                let row = index.get_recent(key)?;
+                let in_pack = row.is_some();
                 let lp = store.loose_path(key);
                 let in_loose = lp.exists();
-                if in_pack {
-                    app.append_tombstone(index, *key, None)?;
+                if let Some(row) = row {
+                    app.append_delete_tombstone(index, *key, row.position())?;
                     packed.push(*key);
                 }
                 if in_loose {
@@ -609,6 +681,26 @@ impl<'s> Maintenance<'s> {
         if candidates.is_empty() {
             return Ok(report);
         }
+        self.rewrite_packs(&candidates, &all_packs, opts.compression, &mut report, p)?;
+        let mut index = self.index();
+        index.checkpoint_and_vacuum(false)?;
+        for r in index.packs()? {
+            report.bytes_after += fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id));
+        }
+        Ok(report)
+    }
+
+    /// Moves the live records and still-needed tombstones of `candidates` into the current
+    /// pack, switches the index to the new copies, then unlinks the old packs.
+    fn rewrite_packs(
+        &self,
+        candidates: &[PackRow],
+        all_packs: &[PackRow],
+        compression: Option<Compression>,
+        report: &mut RepackReport,
+        p: &dyn Progress,
+    ) -> Result<()> {
+        let store = self.store;
         let rewriting: HashSet<u64> = candidates.iter().map(|r| r.id).collect();
         // The packs being rewritten count as present: if the process dies after the index
         // switch but before their files are unlinked, the tombstones carried forward still
@@ -621,8 +713,9 @@ impl<'s> Maintenance<'s> {
             .min();
         p.start("repack", Some(candidates.len() as u64), Unit::Packs);
         let result = self.with_appender(rewriting.clone(), |index, app| {
+            app.set_moves();
             let tombstones = index.tombstones()?;
-            for row in &candidates {
+            for row in candidates {
                 let path = pack::pack_path(store.path(), row.id);
                 report.bytes_before += fsutil::file_len_or_zero(&path);
                 let file = File::open(&path).at("open pack", &path)?;
@@ -650,7 +743,7 @@ impl<'s> Maintenance<'s> {
                                 }
                             })?;
                         pack::check_header(&header, key, irow)?;
-                        match opts.compression {
+                        match compression {
                             None => {
                                 app.append_raw_record(index, &header, payload)?;
                             }
@@ -689,7 +782,7 @@ impl<'s> Maintenance<'s> {
                 for t in tombstones.iter().filter(|t| t.at.pack == row.id) {
                     // Needed while some pack that stays could hold a record it kills.
                     if keep_min_pack.is_some_and(|m| m <= t.before.pack) {
-                        app.append_tombstone(index, t.key, Some(t.before))?;
+                        app.append_tombstone(index, t.key, t.before)?;
                     } else {
                         report.tombstones_dropped += 1;
                     }
@@ -705,13 +798,7 @@ impl<'s> Maintenance<'s> {
             Ok(())
         });
         p.finish();
-        result?;
-        let mut index = self.index();
-        index.checkpoint_and_vacuum(false)?;
-        for r in index.packs()? {
-            report.bytes_after += fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id));
-        }
-        Ok(report)
+        result
     }
 
     /// Removes leftovers: stale sandbox entries, loose copies of packed objects, uncommitted pack
@@ -747,6 +834,26 @@ impl<'s> Maintenance<'s> {
         report.loose_copies_removed = remove_loose(store, &packed);
         p.advance(report.loose_copies_removed);
         let mut index = self.index();
+        // Ids reserved by write batches that never published them (a crash): the row goes, and
+        // the file if the crash came after its rename. Checked again under the write lock, which
+        // a live batch holds from its rename to its commit.
+        let reserved = index.reserved_packs()?;
+        if !reserved.is_empty() {
+            let tx = index.begin()?;
+            for id in reserved {
+                if tx.is_reserved(id)? {
+                    let path = pack::pack_path(root, id);
+                    match fs::remove_file(&path) {
+                        Ok(()) => report.stray_packs_removed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("remove unpublished batch pack", &path, e)),
+                    }
+                    tx.remove_pack(id)?;
+                    report.pack_rows_removed += 1;
+                }
+            }
+            tx.commit()?;
+        }
         for row in index.packs()? {
             let path = pack::pack_path(root, row.id);
             let len = fsutil::file_len_or_zero(&path);
@@ -779,7 +886,9 @@ impl<'s> Maintenance<'s> {
         // and the unlink of the old pack, or by an emptied pack. Removed only when the index
         // accounts for every object record in them; otherwise they may hold the only copy of
         // something, and are left for rebuild-index (validate reports them).
-        let known: HashSet<u64> = index.packs()?.iter().map(|r| r.id).collect();
+        let mut known: HashSet<u64> = index.packs()?.iter().map(|r| r.id).collect();
+        // A batch publishing right now has its file in place before its rows.
+        known.extend(index.reserved_packs()?);
         let kills = Kills::new(&index.tombstones()?);
         for id in pack::pack_ids_on_disk(root)? {
             if known.contains(&id) {
@@ -838,9 +947,12 @@ impl<'s> Maintenance<'s> {
         let mut latest: HashMap<Key, IndexRow> = HashMap::new();
         let mut tombstones: Vec<TombstoneRow> = Vec::new();
         let mut pack_rows: Vec<PackRow> = Vec::new();
-        for id in ids {
+        let mut scan = |id: u64,
+                        latest: &mut HashMap<Key, IndexRow>,
+                        tombstones: &mut Vec<TombstoneRow>,
+                        pack_rows: &mut Vec<PackRow>| {
             let mut damaged = Vec::new();
-            let scanned = rebuild_scan_pack(store, id, &mut latest, &mut tombstones, &mut damaged);
+            let scanned = rebuild_scan_pack(store, id, latest, tombstones, &mut damaged);
             report.damaged_records.extend(
                 damaged
                     .into_iter()
@@ -850,9 +962,13 @@ impl<'s> Maintenance<'s> {
                 Ok(row) => pack_rows.push(row),
                 Err(e) => report.unreadable_packs.push(e.to_string()),
             }
+        };
+        let mut scanned: HashSet<u64> = HashSet::new();
+        for id in ids {
+            scan(id, &mut latest, &mut tombstones, &mut pack_rows);
+            scanned.insert(id);
             p.advance(1);
         }
-        let kills = Kills::new(&tombstones);
         // A broken index file cannot even take a DELETE: start it afresh.
         let mut index = self.index();
         let healthy = index.quick_check().map(|v| v.is_empty()).unwrap_or(false);
@@ -874,6 +990,19 @@ impl<'s> Maintenance<'s> {
             store.reopen_index()?;
         }
         let tx = index.begin()?;
+        // Write batches publish packs without the maintenance lock; under the write lock no
+        // more can appear, so the packs published since the scan are read now.
+        for id in pack::pack_ids_on_disk(root)? {
+            if scanned.insert(id) {
+                scan(id, &mut latest, &mut tombstones, &mut pack_rows);
+            }
+        }
+        let kills = Kills::new(&tombstones);
+        let index_high_water = if healthy {
+            index_high_water.max(tx.pack_id_high_water()?)
+        } else {
+            0
+        };
         tx.clear_all()?;
         for row in &pack_rows {
             tx.put_pack(row)?;

@@ -411,6 +411,10 @@ pub(crate) struct Appender<'a> {
     pending_tombstones: Vec<TombstoneRow>,
     /// Packs that filled up during this batch; sealed at the next commit.
     full: Vec<OpenPack>,
+    /// Rows committed by this appender replace the key's row (records moved by repack); by
+    /// default a row already in the index wins, because a write batch may have committed the
+    /// same key meanwhile and its record must stay the one live copy.
+    moves: bool,
 }
 
 const WRITE_BUFFER_BYTES: usize = 4 << 20;
@@ -433,7 +437,13 @@ impl<'a> Appender<'a> {
             pending_rows: Vec::new(),
             pending_tombstones: Vec::new(),
             full: Vec::new(),
+            moves: false,
         }
+    }
+
+    /// Makes this appender's rows replace existing ones (it moves records, as repack does).
+    pub(crate) fn set_moves(&mut self) {
+        self.moves = true;
     }
 
     /// Number of records waiting for the next commit.
@@ -475,11 +485,12 @@ impl<'a> Appender<'a> {
         let (id, len) = match reusable {
             Some(p) => (p.id, p.end_bytes),
             None => {
-                let id = newest.map_or(1, |m| m + 1);
                 // Register first, create the file second: a crash in between leaves an index
                 // row with no file (created on next use, or dropped by clean), never a pack
-                // file the index does not know.
+                // file the index does not know. The id is taken inside the write transaction:
+                // write batches of other processes take ids too.
                 let tx = index.begin()?;
+                let id = newest.unwrap_or(0).max(tx.pack_id_high_water()?) + 1;
                 tx.put_pack(&PackRow {
                     id,
                     sealed: false,
@@ -530,6 +541,7 @@ impl<'a> Appender<'a> {
                 let header = PackHeader {
                     version: PACK_FORMAT_VERSION,
                     hash: self.hash,
+                    flags: 0,
                     pack_id: id,
                     container_id: self.container_id,
                 };
@@ -739,7 +751,7 @@ impl<'a> Appender<'a> {
                         pack: 0,
                         reason: reason.to_string(),
                     })?;
-                self.append_tombstone(index, header.key, Some(before))
+                self.append_tombstone(index, header.key, before)
             }
         }
     }
@@ -795,12 +807,38 @@ impl<'a> Appender<'a> {
         Ok(new_row.position())
     }
 
-    /// Appends a tombstone for `key`. `before` defaults to the tombstone's own position.
+    /// Appends a tombstone deleting `key`, whose live record is at `live`. It kills every
+    /// record of the key before its own position or just past `live`, whichever is later: a
+    /// write batch may have published the record in a pack newer than the one appended to.
+    pub(crate) fn append_delete_tombstone(
+        &mut self,
+        index: &mut Index,
+        key: Key,
+        live: Position,
+    ) -> Result<Position> {
+        self.append_tombstone_with(index, key, &|at| {
+            at.max(Position {
+                pack: live.pack,
+                offset: live.offset + 1,
+            })
+        })
+    }
+
+    /// Appends a copy of a tombstone that kills records before `before`.
     pub(crate) fn append_tombstone(
         &mut self,
         index: &mut Index,
         key: Key,
-        before: Option<Position>,
+        before: Position,
+    ) -> Result<Position> {
+        self.append_tombstone_with(index, key, &|_| before)
+    }
+
+    fn append_tombstone_with(
+        &mut self,
+        index: &mut Index,
+        key: Key,
+        before_of: &dyn Fn(Position) -> Position,
     ) -> Result<Position> {
         self.ensure_open(index)?;
         let hash = self.hash;
@@ -809,7 +847,7 @@ impl<'a> Appender<'a> {
             pack: open.id,
             offset: open.len,
         };
-        let before = before.unwrap_or(at);
+        let before = before_of(at);
         let payload = format::encode_tombstone(before);
         let header = RecordHeader {
             kind: RecordKind::Tombstone,
@@ -844,7 +882,11 @@ impl<'a> Appender<'a> {
         }
         let tx = index.begin()?;
         for (key, row) in &self.pending_rows {
-            tx.put(key, row)?;
+            if self.moves {
+                tx.put(key, row)?;
+            } else {
+                tx.put_new(key, row)?;
+            }
         }
         for t in &self.pending_tombstones {
             tx.put_tombstone(t)?;

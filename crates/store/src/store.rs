@@ -1,7 +1,7 @@
 //! The `Store` handle: open/init, loose writes, and every read path.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -261,32 +261,6 @@ impl Store {
         let dir = loose::install(&sb.path, &dest, true)?;
         fsutil::fsync_dir(&dir)?;
         Ok(key)
-    }
-
-    /// A batch of loose writes made durable together by [`LooseBatch::commit`].
-    pub fn batch(&self) -> Result<LooseBatch<'_>> {
-        self.check_writable()?;
-        let dir = self
-            .root
-            .join(SANDBOX_DIR)
-            .join(format!("batch-{}", uuid::Uuid::new_v4().simple()));
-        fs::create_dir(&dir).at("create", &dir)?;
-        let lock_path = dir.join("lock");
-        let lock_file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&lock_path)
-            .at("create", &lock_path)?;
-        lock_file
-            .try_lock()
-            .map_err(|e| Error::io("lock", &lock_path, std::io::Error::other(e.to_string())))?;
-        Ok(LooseBatch {
-            store: self,
-            dir,
-            _lock: lock_file,
-            staged: Vec::new(),
-            next: 0,
-        })
     }
 
     // ---- reads ----
@@ -675,80 +649,5 @@ pub(crate) fn meta_of(key: &Key, row: &IndexRow) -> ObjectMeta {
             offset: row.offset,
         },
         compressed: row.flags & crate::format::FLAG_ZSTD != 0,
-    }
-}
-
-/// Loose writes staged in a private sandbox folder and made durable together.
-///
-/// Nothing is visible or durable before [`LooseBatch::commit`]; dropping the batch discards it.
-pub struct LooseBatch<'s> {
-    store: &'s Store,
-    dir: PathBuf,
-    _lock: File,
-    staged: Vec<(PathBuf, Key)>,
-    next: u64,
-}
-
-impl LooseBatch<'_> {
-    pub fn put(&mut self, content: &[u8]) -> Result<Key> {
-        self.put_reader(&mut &content[..])
-    }
-
-    pub fn put_reader(&mut self, r: &mut dyn Read) -> Result<Key> {
-        let path = self.dir.join(format!("{}", self.next));
-        self.next += 1;
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at("create", &path)?;
-        let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
-        let (key, _) = loose::copy_hashing(r, &mut w, self.store.config.hash, &path)?;
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::io("write", &path, e.into_error()))?;
-        if !fsutil::syncfs_supported() {
-            fsutil::datasync(&f, &path)?;
-        }
-        self.staged.push((path, key));
-        Ok(key)
-    }
-
-    /// Number of objects staged.
-    pub fn len(&self) -> usize {
-        self.staged.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.staged.is_empty()
-    }
-
-    /// Makes every staged object durable and visible; returns their keys in the order put.
-    pub fn commit(self) -> Result<Vec<Key>> {
-        let store = self.store;
-        let r = self.commit_inner();
-        r.map_err(|e| store.note_failure(e))
-    }
-
-    fn commit_inner(self) -> Result<Vec<Key>> {
-        // One durability round for all the data, then the renames, then one for the names.
-        fsutil::syncfs(&self.dir)?;
-        let mut dirs = std::collections::BTreeSet::new();
-        for (path, key) in &self.staged {
-            let dest = self.store.loose_path(key);
-            dirs.insert(loose::install(path, &dest, !fsutil::syncfs_supported())?);
-        }
-        if !fsutil::syncfs(&self.dir)? {
-            for d in &dirs {
-                fsutil::fsync_dir(d)?;
-            }
-        }
-        Ok(self.staged.iter().map(|(_, k)| *k).collect())
-    }
-}
-
-impl Drop for LooseBatch<'_> {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }

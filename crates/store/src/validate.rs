@@ -330,6 +330,8 @@ impl Maintenance<'_> {
             });
         }
         let packs = index.packs().unwrap_or_default();
+        // Ids a write batch is publishing right now (or a crash left to `clean`).
+        let reserved: HashSet<u64> = index.reserved_packs().unwrap_or_default().into_iter().collect();
         let tombstones = index.tombstones().unwrap_or_default();
         drop(index);
         let kills = Kills::new(&tombstones);
@@ -386,7 +388,7 @@ impl Maintenance<'_> {
         let on_disk: Vec<u64> = pack::pack_ids_on_disk(root)?;
         let known: HashSet<u64> = packs.iter().map(|r| r.id).collect();
         for id in &on_disk {
-            if !known.contains(id) {
+            if !known.contains(id) && !reserved.contains(id) {
                 report.problems.push(Problem::PackNotIndexed { pack: *id });
             }
         }

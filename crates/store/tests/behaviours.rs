@@ -829,15 +829,25 @@ fn b13_very_long_key_lists() {
         .map(|i| format!("packed object {i}").into_bytes())
         .collect();
     let packed_keys = write_packed(s, &packed, None);
-    let mut b = s.batch().expect("batch");
     let loose: Vec<Vec<u8>> = (0..500)
         .map(|i| format!("loose object {i}").into_bytes())
         .collect();
-    for c in &loose {
+    let loose_keys: Vec<Key> = loose.iter().map(|c| s.put(c).expect("put")).collect();
+    // And a write batch: a third kind of place (a batch pack).
+    let mut b = s.batch().expect("batch");
+    let batched: Vec<Vec<u8>> = (0..300)
+        .map(|i| format!("batched object {i}").into_bytes())
+        .collect();
+    for c in &batched {
         b.put(c).expect("batch put");
     }
-    let loose_keys = b.commit().expect("commit");
-    let known: HashSet<Key> = packed_keys.iter().chain(&loose_keys).copied().collect();
+    let batched_keys = b.commit().expect("commit");
+    let known: HashSet<Key> = packed_keys
+        .iter()
+        .chain(&loose_keys)
+        .chain(&batched_keys)
+        .copied()
+        .collect();
     let mut request: Vec<Key> = known.iter().copied().collect();
     request.extend((0..36_500).map(|i| absent_key(100_000 + i)));
     request.shuffle(&mut rng);
@@ -863,8 +873,9 @@ fn b13_very_long_key_lists() {
     let content: HashMap<Key, &Vec<u8>> = packed_keys
         .iter()
         .chain(&loose_keys)
+        .chain(&batched_keys)
         .copied()
-        .zip(packed.iter().chain(&loose))
+        .zip(packed.iter().chain(&loose).chain(&batched))
         .collect();
     let (mut ok, mut missing) = (0usize, 0usize);
     s.read_many(&request, &mut |k, r| {
@@ -891,6 +902,8 @@ fn b13_very_long_key_lists() {
     assert_eq!(s.list().expect("list").len(), known.len());
     let r = pack_all(s);
     assert_eq!(r.packed, 500, "{r:?}");
+    // The batch pack, and the retired packs of write_packed behind it, merged into one.
+    assert!(r.objects_merged >= 300, "{r:?}");
     assert_eq!(
         s.has_many(&request).expect("has_many after packing"),
         expect
@@ -1759,12 +1772,8 @@ fn b27_pack_loose_compression_modes() {
 fn b28_pack_loose_removes_loose_copies() {
     let t = new_small_store();
     let s = &t.store;
-    let mut b = s.batch().expect("batch");
     let contents: Vec<Vec<u8>> = (0..40).map(|i| random_bytes(280 + i, 500)).collect();
-    for c in &contents {
-        b.put(c).expect("put");
-    }
-    let keys = b.commit().expect("commit");
+    let keys: Vec<Key> = contents.iter().map(|c| s.put(c).expect("put")).collect();
     // Selections: by prefix first, then the rest.
     let prefix = keys[0].to_hex()[..1].to_string();
     let with_prefix = keys
@@ -1811,11 +1820,9 @@ fn b28_pack_loose_removes_loose_copies() {
 fn b30_progress_is_balanced() {
     let t = new_small_store();
     let s = &t.store;
-    let mut b = s.batch().expect("batch");
-    for i in 0..25 {
-        b.put(&random_bytes(300 + i, 400)).expect("put");
-    }
-    let keys = b.commit().expect("commit");
+    let keys: Vec<Key> = (0..25)
+        .map(|i| s.put(&random_bytes(300 + i, 400)).expect("put"))
+        .collect();
     let m = maint(s);
     let p = RecordingProgress::default();
     m.pack_loose(&PackSelection::All, &PackOptions::default(), &p)
@@ -1914,10 +1921,11 @@ fn b31_writer_abort_and_replace() {
     assert_eq!(s.list().expect("list"), vec![good]);
 
     // A corrupt loose file is replaced by the next put of the same content.
-    fs::write(loose_file(s, &good), b"rotten").expect("corrupt");
-    assert!(s.get(&good).expect_err("corrupt").is_corruption());
-    assert_eq!(s.put(b"good one").expect("put again"), good);
-    assert_eq!(s.get(&good).expect("get"), b"good one");
+    let single = s.put(b"good two").expect("put");
+    fs::write(loose_file(s, &single), b"rotten").expect("corrupt");
+    assert!(s.get(&single).expect_err("corrupt").is_corruption());
+    assert_eq!(s.put(b"good two").expect("put again"), single);
+    assert_eq!(s.get(&single).expect("get"), b"good two");
     assert_valid(s);
 
     // Keys come back in put order.

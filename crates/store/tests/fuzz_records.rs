@@ -92,6 +92,7 @@ fn pack_header(hash: HashAlgorithm, pack_id: u64) -> Vec<u8> {
     PackHeader {
         version: PACK_FORMAT_VERSION,
         hash,
+        flags: 0,
         pack_id,
         container_id: *b"corpus-container",
     }

@@ -321,3 +321,95 @@ fn an_index_file_of_garbage_is_set_aside_and_rebuilt_at_open() {
         .count();
     assert_eq!(broken, 1, "the broken index is kept aside for inspection");
 }
+
+/// Write batches publish batch packs under the index's write lock, with pack ids taken at
+/// commit. A delete of an object in a batch pack newer than maintenance's open pack must kill
+/// it across `rebuild_index`, and the same object put again afterwards must survive it.
+#[test]
+fn batch_packs_deletes_and_rebuilds_agree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    // Maintenance's pack first (unsealed, older), then a batch pack (newer).
+    let mut first = (0..5).map(|i| Ok(Source::Bytes(content(900 + i, 500))));
+    m.write_packed(&mut first, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    let mut b = store.batch().expect("batch");
+    let batched: Vec<(Key, Vec<u8>)> = (0..20)
+        .map(|i| {
+            let c = content(i, 200 + i as usize * 10);
+            (b.put(&c).expect("batch put"), c)
+        })
+        .collect();
+    let before_commit = store.stats().expect("stats").pack_files;
+    assert_eq!(
+        b.commit().expect("commit"),
+        batched.iter().map(|(k, _)| *k).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.stats().expect("stats").pack_files,
+        before_commit + 1,
+        "one batch, one pack file"
+    );
+    for (k, c) in &batched {
+        assert_eq!(&store.get(k).expect("get batched"), c);
+    }
+
+    // Delete from the batch pack: the tombstone lands in maintenance's pack, older than it.
+    let doomed: Vec<Key> = batched.iter().step_by(2).map(|(k, _)| *k).collect();
+    assert_eq!(m.delete(&doomed).expect("delete").len(), doomed.len());
+    m.rebuild_index(&NoProgress).expect("rebuild");
+    for (i, (k, c)) in batched.iter().enumerate() {
+        if i % 2 == 0 {
+            assert!(
+                store.get(k).expect_err("deleted").is_not_found(),
+                "object {i} came back from the batch pack after rebuild"
+            );
+        } else {
+            assert_eq!(&store.get(k).expect("kept"), c);
+        }
+    }
+
+    // Put one deleted object again, in a new batch: it lives on across rebuild.
+    let (again, again_content) = &batched[0];
+    let mut b = store.batch().expect("batch");
+    assert_eq!(b.put(again_content).expect("put again"), *again);
+    b.commit().expect("commit");
+    m.rebuild_index(&NoProgress).expect("rebuild");
+    assert_eq!(&store.get(again).expect("re-added"), again_content);
+    assert!(m.validate(&NoProgress).expect("validate").is_ok());
+
+    // A batch of objects the store has already publishes nothing; a mixed one only the new.
+    let packs_before = store.stats().expect("stats").pack_files;
+    let mut b = store.batch().expect("batch");
+    for (k, c) in batched.iter().skip(1).step_by(2) {
+        assert_eq!(b.put(c).expect("put known"), *k);
+    }
+    b.commit().expect("commit");
+    assert_eq!(store.stats().expect("stats").pack_files, packs_before);
+
+    // pack merges the batch packs into maintenance's pack: fewer files, same objects.
+    let report = m
+        .pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack");
+    assert!(report.packs_merged >= 2, "{report:?}");
+    assert!(store.stats().expect("stats").pack_files < packs_before);
+    for (i, (k, c)) in batched.iter().enumerate() {
+        if i == 0 || i % 2 == 1 {
+            assert_eq!(&store.get(k).expect("after merge"), c);
+        } else {
+            assert!(store.get(k).expect_err("deleted").is_not_found());
+        }
+    }
+    m.rebuild_index(&NoProgress).expect("rebuild after merge");
+    assert_eq!(&store.get(again).expect("re-added, merged"), again_content);
+    assert!(store.get(&batched[2].0).expect_err("deleted").is_not_found());
+    assert!(m.validate(&NoProgress).expect("validate").is_ok());
+    assert!(
+        std::fs::read_dir(store.path().join("sandbox"))
+            .expect("sandbox")
+            .next()
+            .is_none(),
+        "batches left sandbox files"
+    );
+}

@@ -171,13 +171,14 @@ impl Run {
                 if *commit {
                     assert_eq!(b.commit().expect("commit"), keys);
                     for (k, id) in keys.iter().zip(ids) {
-                        // A batch installs its files without asking the index.
+                        // A batch publishes a batch pack: its objects are packed (a loose copy
+                        // already there stays until pack or clean removes it).
                         self.model
                             .objects
                             .entry(*k)
                             .or_insert((*id, Place::default()))
                             .1
-                            .loose = true;
+                            .packed = true;
                     }
                 } else {
                     drop(b);
