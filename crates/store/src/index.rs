@@ -109,6 +109,8 @@ const VACUUM_BYTES_PER_OBJECT_MAX: i64 = 70;
 /// itself (WAL read locks are fcntl calls); reusing one for a few milliseconds makes single
 /// reads several times faster, and bounds how long a checkpoint can be held back.
 const SNAPSHOT_AGE_MAX: Duration = Duration::from_millis(20);
+/// Page cache of a maintenance connection (see [`Index::use_bulk_cache`]).
+const BULK_CACHE_BYTES: u64 = 512 << 20;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -236,6 +238,18 @@ impl Index {
             Some(_) => {}
         }
         Ok(())
+    }
+
+    /// Gives this connection a page cache big enough for bulk work (maintenance): inserting a
+    /// million rows with a small cache spills and re-reads pages hundreds of thousands of times.
+    /// SQLite allocates the cache only as pages are used.
+    pub(crate) fn use_bulk_cache(&self) -> Result<()> {
+        self.conn
+            .execute_batch(&format!(
+                "PRAGMA cache_size=-{}",
+                BULK_CACHE_BYTES / 1024
+            ))
+            .map_err(|e| self.err(e))
     }
 
     /// Looks `key` up in a recent read snapshot (at most [`SNAPSHOT_AGE_MAX`] old; a commit on

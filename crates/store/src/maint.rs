@@ -29,7 +29,7 @@ use crate::store::{Store, LOCKS_DIR, MAINTENANCE_LOCK};
 /// Bytes appended between index commits (each commit = fdatasync of the pack + an index fsync).
 const COMMIT_BYTES: u64 = 128 << 20;
 /// Records appended between index commits.
-const COMMIT_RECORDS: usize = 100_000;
+const COMMIT_RECORDS: usize = 1_000_000;
 /// Objects read and encoded in parallel per round.
 const PARALLEL_CHUNK_OBJECTS: usize = 512;
 /// Largest read repack makes to fetch a run of live records.
@@ -102,6 +102,7 @@ impl Store {
             .as_bytes(),
         );
         let index = Index::open(self.path(), &self.config().container_id)?;
+        index.use_bulk_cache()?;
         Ok(Maintenance {
             store: self,
             index: std::sync::Mutex::new(index),
@@ -987,6 +988,7 @@ impl<'s> Maintenance<'s> {
                 }
             }
             *index = Index::open(root, &store.config().container_id)?;
+            index.use_bulk_cache()?;
             store.reopen_index()?;
         }
         let tx = index.begin()?;

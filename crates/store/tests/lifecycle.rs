@@ -413,3 +413,80 @@ fn batch_packs_deletes_and_rebuilds_agree() {
         "batches left sandbox files"
     );
 }
+
+/// The two states a crash can leave in a write batch's commit: an id reserved with no file yet
+/// (killed before the rename, the sandbox file still there), and an id reserved with its pack
+/// file in place but no rows (killed between the rename and the commit). Neither is visible to
+/// readers; `clean` removes both, and validate is clean after.
+#[test]
+fn clean_removes_what_a_crashed_batch_commit_leaves() {
+    use basin_store::INDEX_FILE;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let kept = store.put(b"kept").expect("put");
+    let mut b = store.batch().expect("batch");
+    let keys: Vec<Key> = (0..3)
+        .map(|i| b.put(&content(i, 300)).expect("put"))
+        .collect();
+    b.commit().expect("commit");
+    let packs_dir = store.path().join("packs");
+    let pack_file = std::fs::read_dir(&packs_dir)
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .expect("the batch pack");
+    let id: i64 = pack_file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("pack id");
+    // Between the rename and the commit: the row is still the reservation, no object rows.
+    let db = rusqlite::Connection::open(store.path().join(INDEX_FILE)).expect("open index");
+    db.execute_batch(&format!(
+        "UPDATE packs SET end_bytes = 48 WHERE id = {id}; DELETE FROM objects WHERE pack = {id};\
+         INSERT INTO packs(id, sealed, end_bytes) VALUES ({next}, 1, 48);\
+         UPDATE meta SET value = '{next}' WHERE name = 'pack_id_high_water';",
+        next = id + 1
+    ))
+    .expect("simulate the crash");
+    drop(db);
+    // Before the rename: a reservation (written above as id + 1) and an unlocked sandbox file.
+    let leftover = store.path().join("sandbox").join("batch-0123.pack");
+    std::fs::write(&leftover, b"half a batch").expect("sandbox leftover");
+
+    let fresh = Store::open(store.path()).expect("reopen");
+    for k in &keys {
+        assert!(!fresh.has(k).expect("has"), "unpublished batch object visible");
+    }
+    let m = fresh.maintenance(LockWait::Fail).expect("lock");
+    let report = m
+        .clean(
+            &CleanOptions {
+                vacuum: false,
+                sandbox_grace: std::time::Duration::ZERO,
+            },
+            &NoProgress,
+        )
+        .expect("clean");
+    assert_eq!(
+        (
+            report.stray_packs_removed,
+            report.pack_rows_removed,
+            report.sandbox_removed
+        ),
+        (1, 2, 1),
+        "{report:?}"
+    );
+    assert!(!pack_file.exists(), "unpublished batch pack survived clean");
+    assert!(!leftover.exists(), "sandbox leftover survived clean");
+    assert_eq!(fresh.get(&kept).expect("get"), b"kept");
+    let v = m.validate(&NoProgress).expect("validate");
+    assert!(v.is_ok(), "{:?}", v.problems);
+    // Ids are never reused: the next batch takes a new one.
+    drop(m);
+    let mut b = fresh.batch().expect("batch");
+    let again = b.put(&content(0, 300)).expect("put");
+    b.commit().expect("commit");
+    assert_eq!(fresh.get(&again).expect("get"), content(0, 300));
+    assert!(!pack_file.exists(), "an id was reused");
+}
