@@ -194,6 +194,25 @@ pub(crate) fn install(sandbox: &Path, dest: &Path, durable_parent: bool) -> Resu
 }
 
 /// Sandbox entries a dead or finished writer left behind: unlocked and older than `grace`.
+/// Whether a write batch is alive in another handle or process: its sandbox file is locked.
+pub(crate) fn live_batch_exists(root: &Path) -> Result<bool> {
+    let dir = root.join(SANDBOX_DIR);
+    for e in fs::read_dir(&dir).at("list", &dir)? {
+        let e = e.at("list", &dir)?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("batch-") && name.ends_with(".pack")) {
+            continue;
+        }
+        if let Ok(f) = OpenOptions::new().read(true).open(e.path()) {
+            if f.try_lock().is_err() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 pub(crate) fn stale_sandbox_entries(
     root: &Path,
     grace: std::time::Duration,

@@ -836,11 +836,18 @@ impl<'s> Maintenance<'s> {
         p.advance(report.loose_copies_removed);
         let mut index = self.index();
         // Ids reserved by write batches that never published them (a crash): the row goes, and
-        // the file if the crash came after its rename. Checked again under the write lock, which
-        // a live batch holds from its rename to its commit.
+        // the file if the crash came after its rename.
         let reserved = index.reserved_packs()?;
         if !reserved.is_empty() {
             let tx = index.begin()?;
+            // A live batch before its rename holds its sandbox file locked; after the rename it
+            // holds the write lock (which this transaction has). With one alive, reservations
+            // wait for the next clean: the live one's cannot be told from the dead ones'.
+            let reserved = if loose::live_batch_exists(root)? {
+                Vec::new()
+            } else {
+                reserved
+            };
             for id in reserved {
                 if tx.is_reserved(id)? {
                     let path = pack::pack_path(root, id);

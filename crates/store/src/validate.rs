@@ -387,9 +387,25 @@ impl Maintenance<'_> {
         // Packs.
         let on_disk: Vec<u64> = pack::pack_ids_on_disk(root)?;
         let known: HashSet<u64> = packs.iter().map(|r| r.id).collect();
-        for id in &on_disk {
-            if !known.contains(id) && !reserved.contains(id) {
-                report.problems.push(Problem::PackNotIndexed { pack: *id });
+        // Write batches publish packs meanwhile: a file unknown to the first read of the index
+        // is a stray only if the index, read after the listing, does not know it either.
+        let unknown: Vec<u64> = on_disk
+            .iter()
+            .copied()
+            .filter(|id| !known.contains(id) && !reserved.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            let mut index = self.index();
+            let now: HashSet<u64> = index
+                .packs()?
+                .iter()
+                .map(|r| r.id)
+                .chain(index.reserved_packs()?)
+                .collect();
+            for id in unknown {
+                if !now.contains(&id) {
+                    report.problems.push(Problem::PackNotIndexed { pack: id });
+                }
             }
         }
         let disk: HashSet<u64> = on_disk.iter().copied().collect();
