@@ -127,23 +127,23 @@ def build(results: Path) -> str:
     catfile = git.get('cat_file_batch_s')
 
     batch = basin.get('batch_objects', n)
-    batch_text = 'one LooseBatch' if batch >= n else f'LooseBatch of {batch}'
-    t.durable_row(f'a. loose writes ×{n} (basin: {batch_text})', step(dos, 'a_loose_write'),
+    batch_text = 'one WriteBatch, a batch pack' if batch >= n else f'WriteBatches of {batch}'
+    t.durable_row(f'a. writes ×{n} (dos: loose, one by one; basin: {batch_text})', step(dos, 'a_loose_write'),
                   step(basin, 'a_loose_write'), t.write_limit(payload))
     single = basin.get('single_puts', 0)
     if single:
         t.row(f'a1. single durable put ×{single}, **extrapolated** to {n} (info)', step(dos, 'a_loose_write'),
               step(basin, 'a1_single_put_extrapolated'), 'info', None, t.write_limit(payload))
-    t.speed_row('a2. random single reads, loose', step(dos, 'a2_read_loose'), step(basin, 'a2_read_loose'),
+    t.speed_row('a2. random single reads after a (dos: loose; basin: batch pack)', step(dos, 'a2_read_loose'), step(basin, 'a2_read_loose'),
                 READ_X, t.read_limit(payload))
     dos_b, dos_b2 = step(dos, 'b_pack'), step(dos, 'b2_clean')
     basin_b, basin_b2 = step(basin, 'b_pack'), step(basin, 'b2_clean')
-    t.row('b. pack loose (dos: pack_all_loose only, keeps loose copies; info)', dos_b, basin_b, 'info', None,
+    t.row('b. pack (dos: pack_all_loose, keeps loose copies; basin: merges the batch pack; info)', dos_b, basin_b, 'info', None,
           t.write_limit(payload))
     t.row('b2. remove packed loose copies (dos: clean_storage; basin: inside b)', dos_b2, basin_b2, 'info', None,
           None)
     basin_pack = None if basin_b is None else basin_b + (basin_b2 or 0.0)
-    t.durable_row('b+b2. pack loose, loose copies gone', dos_b + dos_b2, basin_pack, t.write_limit(payload))
+    t.durable_row('b+b2. pack, nothing left outside the main pack', dos_b + dos_b2, basin_pack, t.write_limit(payload))
     t.speed_row('c. random single reads, packed', step(dos, 'c_read_packed'), step(basin, 'c_read_packed'),
                 READ_X, t.read_limit(payload), ('git cat-file --batch', catfile) if catfile else None)
     t.speed_row('c2. read_many (bulk, shuffled keys)', step(dos, 'c2_read_many'), step(basin, 'c2_read_many'),
