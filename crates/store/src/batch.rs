@@ -236,7 +236,10 @@ impl WriteBatch<'_> {
         let mut index = self.store.index();
         // Transaction 1: reserve an id no pack file has ever had.
         let id = {
-            let on_disk = pack::pack_ids_on_disk(&root)?.into_iter().max().unwrap_or(0);
+            let on_disk = pack::pack_ids_on_disk(&root)?
+                .into_iter()
+                .max()
+                .unwrap_or(0);
             let tx = index.begin()?;
             let id = tx.pack_id_high_water()?.max(on_disk) + 1;
             tx.put_pack(&PackRow::reserved(id))?;

@@ -593,7 +593,10 @@ mod tests {
         };
         assert_eq!(PackHeader::decode(&batch.encode()).expect("decode"), batch);
         for bad in [
-            PackHeader { version: 1, ..batch },
+            PackHeader {
+                version: 1,
+                ..batch
+            },
             PackHeader { flags: 2, ..batch },
         ] {
             assert!(

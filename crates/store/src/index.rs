@@ -245,10 +245,7 @@ impl Index {
     /// SQLite allocates the cache only as pages are used.
     pub(crate) fn use_bulk_cache(&self) -> Result<()> {
         self.conn
-            .execute_batch(&format!(
-                "PRAGMA cache_size=-{}",
-                BULK_CACHE_BYTES / 1024
-            ))
+            .execute_batch(&format!("PRAGMA cache_size=-{}", BULK_CACHE_BYTES / 1024))
             .map_err(|e| self.err(e))
     }
 

@@ -43,6 +43,7 @@ mod store;
 mod transfer;
 mod validate;
 
+pub use batch::WriteBatch;
 pub use config::{
     Compression, InitOptions, StoreConfig, CONFIG_FILE, PACK_SIZE_TARGET_BYTES_DEFAULT,
     STORE_FORMAT_VERSION,
@@ -56,7 +57,6 @@ pub use maint::{
 };
 pub use progress::{NoProgress, Progress, Unit};
 pub use reader::ObjectReader;
-pub use batch::WriteBatch;
 pub use store::{Location, ObjectMeta, ReadManyVisitor, Stats, Store};
 pub use transfer::{BackupReport, ImportReport};
 pub use validate::{Problem, ValidationReport};

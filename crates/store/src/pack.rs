@@ -916,9 +916,9 @@ impl<'a> Appender<'a> {
                 };
                 stage().map(|()| tx)
             });
-            let synced = synced
-                .join()
-                .unwrap_or_else(|_| Err(Error::InvalidArgument("pack sync thread panicked".into())));
+            let synced = synced.join().unwrap_or_else(|_| {
+                Err(Error::InvalidArgument("pack sync thread panicked".into()))
+            });
             // A failed sync drops the transaction: nothing points at bytes that may be lost.
             synced?;
             staged?.commit()

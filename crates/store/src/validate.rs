@@ -331,7 +331,11 @@ impl Maintenance<'_> {
         }
         let packs = index.packs().unwrap_or_default();
         // Ids a write batch is publishing right now (or a crash left to `clean`).
-        let reserved: HashSet<u64> = index.reserved_packs().unwrap_or_default().into_iter().collect();
+        let reserved: HashSet<u64> = index
+            .reserved_packs()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let tombstones = index.tombstones().unwrap_or_default();
         drop(index);
         let kills = Kills::new(&tombstones);

@@ -403,7 +403,10 @@ fn batch_packs_deletes_and_rebuilds_agree() {
     }
     m.rebuild_index(&NoProgress).expect("rebuild after merge");
     assert_eq!(&store.get(again).expect("re-added, merged"), again_content);
-    assert!(store.get(&batched[2].0).expect_err("deleted").is_not_found());
+    assert!(store
+        .get(&batched[2].0)
+        .expect_err("deleted")
+        .is_not_found());
     assert!(m.validate(&NoProgress).expect("validate").is_ok());
     assert!(
         std::fs::read_dir(store.path().join("sandbox"))
@@ -456,7 +459,10 @@ fn clean_removes_what_a_crashed_batch_commit_leaves() {
 
     let fresh = Store::open(store.path()).expect("reopen");
     for k in &keys {
-        assert!(!fresh.has(k).expect("has"), "unpublished batch object visible");
+        assert!(
+            !fresh.has(k).expect("has"),
+            "unpublished batch object visible"
+        );
     }
     let m = fresh.maintenance(LockWait::Fail).expect("lock");
     let report = m
