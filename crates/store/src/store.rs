@@ -588,13 +588,17 @@ impl Store {
 
     /// Every key in the store, sorted, each once.
     pub fn list(&self) -> Result<Vec<Key>> {
-        let mut keys = loose::list_loose(&self.root, self.config.loose_prefix_len)?;
-        self.index().for_each(&mut |k, _| {
-            keys.push(k);
-            Ok(())
-        })?;
-        keys.sort_unstable();
-        keys.dedup();
+        // loose/ first, then the index: a packer commits an object's row before it deletes the
+        // loose copy, so an object that moves meanwhile is seen in one of the two.
+        let loose = loose::list_loose(&self.root, self.config.loose_prefix_len)?;
+        let mut keys = Vec::new();
+        self.index().for_each_key(&mut |k| keys.push(k))?;
+        if !loose.is_empty() {
+            keys.extend(loose);
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]));
         Ok(keys)
     }
 
