@@ -8,7 +8,8 @@
 //! Sub-commands, each meant to run in its own process (so peak RSS is per scenario):
 //! - `workload`: loose writes (WriteBatch, plus single durable puts on a subset, extrapolated), random
 //!   loose reads, pack_loose, random packed reads, read_many, has_many, list, write_packed, validate,
-//!   delete 10 %, repack --all, clean with vacuum; index bytes per object.
+//!   delete 10 %, repack --all, clean with vacuum; index bytes per object; and the floor under
+//!   validate (`limit_hash_objects`: the same objects hashed in memory on every core).
 //! - `million`: many small objects straight to packs and read back in bulk.
 //! - `big`: one large object through `put_reader` and a streamed read, with peak RSS.
 
@@ -392,6 +393,9 @@ fn workload(
         })
     })?;
 
+    // The floor under e: hashing the same objects, already in memory, one by one on every core.
+    let limit_hash = limit_hash_objects(&w, store.config().hash, &[&keys, &keys2])?;
+
     let all_key = |i: usize| if i < n { keys[i] } else { keys2[i - n] };
     let all_object = |i: usize| {
         if i < n {
@@ -459,9 +463,62 @@ fn workload(
     sizes["index_file_bytes"] = json!(index_file_bytes(store.path())?);
     out.insert("sizes".into(), sizes);
     out.insert("sizes_after_d".into(), stats_json(&stats_after_d));
+    out.insert("limit_hash_objects".into(), limit_hash);
     out.insert("batch_objects".into(), json!(batch_objects));
     out.insert("single_puts".into(), json!(single));
     Ok(out)
+}
+
+/// Objects a hashing thread takes from the shared queue at a time.
+const LIMIT_HASH_CLAIM_OBJECTS: usize = 64;
+
+/// Seconds to hash every object of the workload's sets (in memory, no I/O) with all cores, each
+/// object hashed on its own as `validate` must: the floor under the validate step. Every digest
+/// is checked against the key the store returned for the object.
+fn limit_hash_objects(w: &Workload, hash: HashAlgorithm, keys: &[&[Key]]) -> BenchResult<Value> {
+    let objects: Vec<(&[u8], Key)> = (0..keys.len())
+        .flat_map(|set| w.objects(set).zip(keys[set].iter().copied()))
+        .collect();
+    let bytes: u64 = objects.iter().map(|(o, _)| o.len() as u64).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let start = Instant::now();
+    let wrong: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut wrong = 0;
+                    loop {
+                        let at = next.fetch_add(
+                            LIMIT_HASH_CLAIM_OBJECTS,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        let Some(claim) =
+                            objects.get(at..(at + LIMIT_HASH_CLAIM_OBJECTS).min(objects.len()))
+                        else {
+                            break;
+                        };
+                        wrong += claim.iter().filter(|(o, k)| hash.hash(o) != *k).count();
+                    }
+                    wrong
+                })
+            })
+            .collect();
+        // A panicked worker counts as all wrong.
+        workers
+            .into_iter()
+            .map(|h| h.join().unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add)
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    ensure(wrong == 0, || {
+        format!("hashing floor: {wrong} objects hashed to another key")
+    })?;
+    eprintln!(
+        "  basin {:24} {seconds:9.3} s  (floor of e, {threads} threads)",
+        "limit_hash_objects"
+    );
+    Ok(json!({"seconds": seconds, "objects": objects.len(), "bytes": bytes, "threads": threads}))
 }
 
 fn million(store: &Store, data: &Path) -> BenchResult<Map<String, Value>> {

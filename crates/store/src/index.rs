@@ -369,23 +369,59 @@ impl Index {
         self.end_snapshot()?;
         let mut st = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT key, pack, offset, raw_len, stored_len, flags FROM objects ORDER BY key",
             )
             .map_err(|e| self.err(e))?;
         let mut rows = st.query([]).map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let key = key_of(r.get(0).map_err(|e| self.err(e))?, &self.path)?;
-            let row = self.row(
-                r.get(1).map_err(|e| self.err(e))?,
-                r.get(2).map_err(|e| self.err(e))?,
-                r.get(3).map_err(|e| self.err(e))?,
-                r.get(4).map_err(|e| self.err(e))?,
-                r.get(5).map_err(|e| self.err(e))?,
-            )?;
-            visit(key, row)?;
+            let cols = (|| {
+                Ok::<_, rusqlite::Error>((
+                    r.get_ref(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })()
+            .map_err(|e| self.err(e))?;
+            let (key, pack, offset, raw, stored, flags) = cols;
+            let key = self.key_ref(key)?;
+            visit(key, self.row(pack, offset, raw, stored, flags)?)?;
         }
         Ok(())
+    }
+
+    /// Every key, in key order, fed to `visit`: [`Index::for_each`] without the positions.
+    pub(crate) fn for_each_key(&mut self, visit: &mut dyn FnMut(Key)) -> Result<()> {
+        self.end_snapshot()?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT key FROM objects ORDER BY key")
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let key = r.get_ref(0).map_err(|e| self.err(e))?;
+            visit(self.key_ref(key)?);
+        }
+        Ok(())
+    }
+
+    /// A key column read in place (no copy into a fresh buffer per row).
+    fn key_ref(&self, v: rusqlite::types::ValueRef<'_>) -> Result<Key> {
+        match v {
+            rusqlite::types::ValueRef::Blob(b) => {
+                Key::from_slice(b).ok_or_else(|| Error::IndexCorrupt {
+                    path: self.path.clone(),
+                    detail: format!("key of {} bytes, expected {KEY_BYTES}", b.len()),
+                })
+            }
+            other => Err(Error::IndexCorrupt {
+                path: self.path.clone(),
+                detail: format!("key of type {:?}, expected a blob", other.data_type()),
+            }),
+        }
     }
 
     /// (objects, raw bytes, stored bytes) of all packed objects.

@@ -32,54 +32,257 @@ pub(crate) fn loose_path(root: &Path, prefix_len: u8, key: &Key) -> PathBuf {
 
 /// Every loose object key on disk (names that are not keys are ignored), unsorted.
 pub(crate) fn list_loose(root: &Path, prefix_len: u8) -> Result<Vec<Key>> {
-    let dir = root.join(LOOSE_DIR);
     let mut out = Vec::new();
-    let p = prefix_len as usize;
-    if p == 0 {
-        for e in fs::read_dir(&dir).at("list", &dir)? {
-            let e = e.at("list", &dir)?;
-            // Only the exact lowercase spelling is an object: the store never writes another.
-            if let Some(name) = e.file_name().to_str() {
-                if let Ok(k) = name.parse::<Key>() {
-                    if k.to_hex() == name {
-                        out.push(k);
-                    }
-                }
-            }
+    walk_loose(root, prefix_len, false, &mut |entry| {
+        if let LooseEntry::Object(k) = entry {
+            out.push(k);
         }
-        return Ok(out);
-    }
-    for e in fs::read_dir(&dir).at("list", &dir)? {
-        let e = e.at("list", &dir)?;
-        let name = e.file_name();
-        let Some(prefix) = name.to_str() else {
-            continue;
-        };
-        if prefix.len() != p
-            || !prefix
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            continue;
-        }
-        let sub = e.path();
-        let rd = match fs::read_dir(&sub) {
-            Ok(rd) => rd,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(Error::io("list", sub, err)),
-        };
-        for f in rd {
-            let f = f.at("list", &sub)?;
-            if let Some(rest) = f.file_name().to_str() {
-                if let Ok(k) = format!("{prefix}{rest}").parse::<Key>() {
-                    if k.to_hex() == format!("{prefix}{rest}") {
-                        out.push(k);
-                    }
-                }
-            }
-        }
-    }
+    })?;
     Ok(out)
+}
+
+/// What a walk of `loose/` meets.
+pub(crate) enum LooseEntry {
+    Object(Key),
+    /// A name that is not an object of this layout (only reported when asked for).
+    Stray(PathBuf),
+}
+
+/// Walks `loose/` once and hands every object key (and, if `strays`, every name that is not
+/// one) to `visit`.
+///
+/// Only the exact lowercase spelling of a key is an object: the store never writes another. A
+/// prefix folder that vanishes meanwhile is skipped; a prefix name that is not a folder is an
+/// error. Prefix folders are pre-created and mostly empty after packing, so on Linux the walk
+/// reads entries with `getdents64` into one reused buffer, opening each folder relative to
+/// `loose/`: listing an empty folder costs one open, two reads and a close, nothing else.
+pub(crate) fn walk_loose(
+    root: &Path,
+    prefix_len: u8,
+    strays: bool,
+    visit: &mut dyn FnMut(LooseEntry),
+) -> Result<()> {
+    let dir = root.join(LOOSE_DIR);
+    let p = prefix_len as usize;
+    let mut names = dirents::Lister::new();
+    let top = names.open(None, &dir).at("list", &dir)?;
+    let mut prefixes: Vec<Vec<u8>> = Vec::new();
+    names
+        .for_each(&top, &mut |name| {
+            if p == 0 {
+                match key_of_hex(&[name]) {
+                    Some(k) => visit(LooseEntry::Object(k)),
+                    None if strays => visit(LooseEntry::Stray(dir.join(os_name(name)))),
+                    None => {}
+                }
+            } else if name.len() == p && is_lower_hex(name) {
+                prefixes.push(name.to_vec());
+            } else if strays {
+                visit(LooseEntry::Stray(dir.join(os_name(name))));
+            }
+        })
+        .at("list", &dir)?;
+    for prefix in &prefixes {
+        let sub = || dir.join(os_name(prefix));
+        let folder = match names.open(Some(&top), &sub()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("list", sub(), e)),
+        };
+        names
+            .for_each(&folder, &mut |rest| match (rest.len() == KEY_HEX_LEN - p)
+                .then(|| key_of_hex(&[prefix.as_slice(), rest]))
+                .flatten()
+            {
+                Some(k) => visit(LooseEntry::Object(k)),
+                None if strays => visit(LooseEntry::Stray(sub().join(os_name(rest)))),
+                None => {}
+            })
+            .map_err(|e| Error::io("list", sub(), e))?;
+    }
+    Ok(())
+}
+
+/// Hex digits in a key's name.
+const KEY_HEX_LEN: usize = 2 * crate::key::KEY_BYTES;
+
+fn os_name(name: &[u8]) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(name)
+}
+
+fn is_lower_hex(s: &[u8]) -> bool {
+    s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The key spelled, in lowercase hex, by the concatenation of `parts`.
+fn key_of_hex(parts: &[&[u8]]) -> Option<Key> {
+    let mut digits = [0u8; KEY_HEX_LEN];
+    let mut len = 0;
+    for part in parts {
+        digits.get_mut(len..len + part.len())?.copy_from_slice(part);
+        len += part.len();
+    }
+    if len != KEY_HEX_LEN {
+        return None;
+    }
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut bytes = [0u8; crate::key::KEY_BYTES];
+    for (out, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        *out = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Key::from_slice(&bytes)
+}
+
+/// Folder listing without per-entry allocations: raw `getdents64` on Linux.
+#[cfg(target_os = "linux")]
+mod dirents {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    /// Bytes of folder entries fetched per `getdents64` call.
+    const DIRENT_BUF_BYTES: usize = 32 << 10;
+    /// Bytes before the name in a `linux_dirent64` (ino, off, reclen, type).
+    const DIRENT_NAME_AT: usize = 19;
+
+    pub(super) struct Lister {
+        buf: Vec<u8>,
+    }
+
+    impl Lister {
+        pub(super) fn new() -> Lister {
+            // Room to start the entries at an 8-byte boundary, as the kernel lays them out.
+            Lister {
+                buf: vec![0u8; DIRENT_BUF_BYTES + 8],
+            }
+        }
+
+        /// Opens the folder `path` (relative to `parent` when given: only its last part is used).
+        pub(super) fn open(
+            &self,
+            parent: Option<&OwnedFd>,
+            path: &Path,
+        ) -> std::io::Result<OwnedFd> {
+            let (dirfd, name) = match parent {
+                Some(p) => (
+                    p.as_raw_fd(),
+                    path.file_name().map_or(path.as_os_str(), |n| n),
+                ),
+                None => (libc::AT_FDCWD, path.as_os_str()),
+            };
+            let name = CString::new(name.as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            // SAFETY: `name` is NUL-terminated and `dirfd` is open (or AT_FDCWD) for the call.
+            let fd = unsafe {
+                libc::openat(
+                    dirfd,
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just returned by openat and nothing else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+
+        /// Calls `visit` with the name of every entry of `dir` but `.` and `..`.
+        pub(super) fn for_each(
+            &mut self,
+            dir: &OwnedFd,
+            visit: &mut dyn FnMut(&[u8]),
+        ) -> std::io::Result<()> {
+            let at = self.buf.as_ptr().align_offset(8).min(8);
+            let buf = &mut self.buf[at..at + DIRENT_BUF_BYTES];
+            loop {
+                // SAFETY: `buf` is valid for writes of `buf.len()` bytes and `dir` is open.
+                let n = unsafe {
+                    libc::syscall(
+                        libc::SYS_getdents64,
+                        dir.as_raw_fd(),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    )
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if n == 0 {
+                    return Ok(());
+                }
+                let filled = buf.get(..n as usize).ok_or_else(bad_entries)?;
+                let mut rec = 0;
+                while rec < filled.len() {
+                    let head = filled
+                        .get(rec..rec + DIRENT_NAME_AT)
+                        .ok_or_else(bad_entries)?;
+                    let reclen = u16::from_ne_bytes([head[16], head[17]]) as usize;
+                    let field = filled
+                        .get(rec + DIRENT_NAME_AT..rec + reclen)
+                        .ok_or_else(bad_entries)?;
+                    let name = &field[..field.iter().position(|&b| b == 0).unwrap_or(field.len())];
+                    if name != b"." && name != b".." {
+                        visit(name);
+                    }
+                    rec += reclen.max(DIRENT_NAME_AT);
+                }
+            }
+        }
+    }
+
+    fn bad_entries() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "getdents64 returned a malformed entry",
+        )
+    }
+}
+
+/// Folder listing through `std::fs::read_dir` where `getdents64` is not available.
+#[cfg(not(target_os = "linux"))]
+mod dirents {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+
+    pub(super) struct Lister;
+
+    impl Lister {
+        pub(super) fn new() -> Lister {
+            Lister
+        }
+
+        /// Checks that `path` is a readable folder (errors surface here, as on Linux).
+        pub(super) fn open(
+            &self,
+            _parent: Option<&PathBuf>,
+            path: &Path,
+        ) -> std::io::Result<PathBuf> {
+            std::fs::read_dir(path)?;
+            Ok(path.to_path_buf())
+        }
+
+        pub(super) fn for_each(
+            &mut self,
+            dir: &PathBuf,
+            visit: &mut dyn FnMut(&[u8]),
+        ) -> std::io::Result<()> {
+            for e in std::fs::read_dir(dir)? {
+                visit(e?.file_name().as_bytes());
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Reads a loose object and checks that its content hashes to its name.

@@ -22,7 +22,11 @@ pub(crate) const MAINTENANCE_LOCK: &str = "maintenance.lock";
 /// Request sizes above which bulk calls scan the whole index instead of looking keys up one by one.
 const BULK_SCAN_KEYS_MIN: usize = 4096;
 /// Largest span of a pack read in one call by bulk reads.
-const BULK_READ_SPAN_BYTES: u64 = 8 << 20;
+const BULK_READ_SPAN_BYTES: u64 = 2 << 20;
+/// Bytes a `read_many` must read before a second thread pays for its start.
+const READ_MANY_PIPELINE_BYTES_MIN: u64 = 2 * BULK_READ_SPAN_BYTES;
+/// Span buffers of a pipelined `read_many`: one being filled, one queued, one being visited.
+const READ_MANY_BUFFERS_MAX: usize = 3;
 /// Objects up to this size are verified whole when a range of them is read.
 const RANGE_VERIFIED_WHOLE_BYTES_MAX: u64 = 4 << 20;
 /// Open pack handles kept per store handle.
@@ -482,6 +486,10 @@ impl Store {
     /// Visits the content of each of `keys` once, in the order that is fastest to read: packed
     /// objects grouped by pack in offset order, then loose ones. Missing keys are visited with
     /// `Err(NotFound)`. An error returned by `visit` stops the walk and is returned.
+    ///
+    /// Packed objects are read in spans of many records. When there are several spans and a
+    /// second core, one thread reads and verifies the next spans while the caller's thread
+    /// visits the current one (`visit` is always called on the caller's thread).
     pub fn read_many(&self, keys: &[Key], visit: &mut ReadManyVisitor<'_>) -> Result<()> {
         let mut wanted: Vec<Key> = keys.to_vec();
         wanted.sort_unstable();
@@ -514,7 +522,7 @@ impl Store {
             }
         }
         found.sort_unstable_by_key(|(_, r)| (r.pack, r.offset));
-        let mut buf = Vec::new();
+        let mut spans: Vec<SpanRead> = Vec::new();
         let mut at = 0;
         while at < found.len() {
             let pack_id = found[at].1.pack;
@@ -523,32 +531,28 @@ impl Store {
                     .iter()
                     .take_while(|(_, r)| r.pack == pack_id)
                     .count();
-            let group = &found[at..group_end];
-            at = group_end;
-            let Some(file) = self.pack_handle(pack_id)? else {
-                // Repacked meanwhile: these keys take the one-by-one path.
-                rest.extend(group.iter().map(|(k, _)| *k));
-                continue;
-            };
-            for (i, end_i, start, end) in pack::plan_spans(group, BULK_READ_SPAN_BYTES) {
-                let read = pack::check_fits(&file, &group[i].1, end - start).and_then(|()| {
-                    buf.resize((end - start) as usize, 0);
-                    pack::read_exact_at(&file, &mut buf, start, pack_id)
+            for (i, end_i, start, end) in
+                pack::plan_spans(&found[at..group_end], BULK_READ_SPAN_BYTES)
+            {
+                spans.push(SpanRead {
+                    pack: pack_id,
+                    items: at + i..at + end_i,
+                    start,
+                    end,
                 });
-                if read.is_err() {
-                    // A short or unreadable pack: each key gets its own answer.
-                    rest.extend(group[i..end_i].iter().map(|(k, _)| *k));
-                    continue;
-                }
-                for (key, row) in &group[i..end_i] {
-                    let off = (row.offset - start) as usize;
-                    let rec = &buf[off..off + record_len(row) as usize];
-                    match decode_packed(key, row, rec) {
-                        Ok(Decoded::Borrowed((a, b))) => visit(*key, Ok(&rec[a..b]))?,
-                        Ok(Decoded::Owned(v)) => visit(*key, Ok(&v))?,
-                        Err(e) => visit(*key, Err(e))?,
-                    }
-                }
+            }
+            at = group_end;
+        }
+        let span_bytes: u64 = spans.iter().map(|s| s.end - s.start).sum();
+        let pipelined = spans.len() >= 2
+            && span_bytes >= READ_MANY_PIPELINE_BYTES_MIN
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+            && self.read_spans_pipelined(&found, &spans, &mut rest, visit)?;
+        if !pipelined {
+            let mut buf = Vec::new();
+            for span in &spans {
+                let fetched = self.fetch_span(&found, span, &mut buf)?;
+                visit_span(&found, span, &buf, fetched, &mut rest, visit)?;
             }
         }
         for key in rest {
@@ -560,15 +564,107 @@ impl Store {
         Ok(())
     }
 
+    /// Reads one span of records into `buf` and verifies each record.
+    fn fetch_span(
+        &self,
+        found: &[(Key, IndexRow)],
+        span: &SpanRead,
+        buf: &mut Vec<u8>,
+    ) -> Result<Fetched> {
+        let Some(file) = self.pack_handle(span.pack)? else {
+            // Repacked meanwhile: these keys take the one-by-one path.
+            return Ok(Fetched::Unreadable);
+        };
+        let first = &found[span.items.start].1;
+        let read = pack::check_fits(&file, first, span.end - span.start).and_then(|()| {
+            buf.resize((span.end - span.start) as usize, 0);
+            pack::read_exact_at(&file, buf, span.start, span.pack)
+        });
+        if read.is_err() {
+            // A short or unreadable pack: each key gets its own answer.
+            return Ok(Fetched::Unreadable);
+        }
+        Ok(Fetched::Records(
+            found[span.items.clone()]
+                .iter()
+                .map(|(key, row)| {
+                    let off = (row.offset - span.start) as usize;
+                    let rec = &buf[off..off + record_len(row) as usize];
+                    decode_packed(key, row, rec).map(|d| match d {
+                        Decoded::Borrowed((a, b)) => Decoded::Borrowed((off + a, off + b)),
+                        owned => owned,
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// [`Store::read_many`]'s spans with reading and verifying on a second thread, one span
+    /// ahead of the visits. Returns `Ok(false)` if no thread could be started (nothing was
+    /// visited then).
+    fn read_spans_pipelined(
+        &self,
+        found: &[(Key, IndexRow)],
+        spans: &[SpanRead],
+        rest: &mut Vec<Key>,
+        visit: &mut ReadManyVisitor<'_>,
+    ) -> Result<bool> {
+        std::thread::scope(|s| {
+            // Both channels live in this closure: when it returns (a visit failed) or unwinds,
+            // they close, and the reader thread stops at its next send or receive.
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(Vec<u8>, Fetched)>>(1);
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let reader = std::thread::Builder::new()
+                .name("basin-read-many".into())
+                .spawn_scoped(s, move || {
+                    let mut buffers = 0usize;
+                    for span in spans {
+                        let mut buf = match free_rx.try_recv() {
+                            Ok(b) => b,
+                            Err(_) if buffers < READ_MANY_BUFFERS_MAX => {
+                                buffers += 1;
+                                Vec::new()
+                            }
+                            Err(_) => match free_rx.recv() {
+                                Ok(b) => b,
+                                Err(_) => return,
+                            },
+                        };
+                        let fetched = self.fetch_span(found, span, &mut buf);
+                        let stop = fetched.is_err();
+                        if full_tx.send(fetched.map(|f| (buf, f))).is_err() || stop {
+                            return;
+                        }
+                    }
+                });
+            if reader.is_err() {
+                return Ok(false);
+            }
+            for span in spans {
+                // The reader sends one message per span unless it stopped on an error it sent,
+                // so a closed channel here can only follow a panic, which the scope re-raises.
+                let Ok(message) = full_rx.recv() else { break };
+                let (buf, fetched) = message?;
+                visit_span(found, span, &buf, fetched, rest, visit)?;
+                let _ = free_tx.send(buf);
+            }
+            Ok(true)
+        })
+    }
+
     /// Every key in the store, sorted, each once.
     pub fn list(&self) -> Result<Vec<Key>> {
-        let mut keys = loose::list_loose(&self.root, self.config.loose_prefix_len)?;
-        self.index().for_each(&mut |k, _| {
-            keys.push(k);
-            Ok(())
-        })?;
-        keys.sort_unstable();
-        keys.dedup();
+        // loose/ first, then the index: a packer commits an object's row before it deletes the
+        // loose copy, so an object that moves meanwhile is seen in one of the two.
+        let loose = loose::list_loose(&self.root, self.config.loose_prefix_len)?;
+        let mut keys = Vec::new();
+        self.index().for_each_key(&mut |k| keys.push(k))?;
+        if !loose.is_empty() {
+            keys.extend(loose);
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]));
         Ok(keys)
     }
 
@@ -599,6 +695,49 @@ impl Store {
         };
         Ok(s)
     }
+}
+
+/// One read of [`Store::read_many`]: records `items` of the sorted rows, all in `pack`, read
+/// as the byte range `start..end`.
+struct SpanRead {
+    pack: u64,
+    items: std::ops::Range<usize>,
+    start: u64,
+    end: u64,
+}
+
+/// A span's records after reading, in the span's order.
+enum Fetched {
+    /// The pack is gone or too short: its keys are looked up one by one.
+    Unreadable,
+    /// Each record's content (a range of the span's buffer, or decompressed) or why not.
+    Records(Vec<Result<Decoded>>),
+}
+
+/// Hands a fetched span's records to `visit`, or its keys to `rest` when it was unreadable.
+fn visit_span(
+    found: &[(Key, IndexRow)],
+    span: &SpanRead,
+    buf: &[u8],
+    fetched: Fetched,
+    rest: &mut Vec<Key>,
+    visit: &mut ReadManyVisitor<'_>,
+) -> Result<()> {
+    let records = match fetched {
+        Fetched::Unreadable => {
+            rest.extend(found[span.items.clone()].iter().map(|(k, _)| *k));
+            return Ok(());
+        }
+        Fetched::Records(r) => r,
+    };
+    for ((key, _), record) in found[span.items.clone()].iter().zip(records) {
+        match record {
+            Ok(Decoded::Borrowed((a, b))) => visit(*key, Ok(&buf[a..b]))?,
+            Ok(Decoded::Owned(v)) => visit(*key, Ok(&v))?,
+            Err(e) => visit(*key, Err(e))?,
+        }
+    }
+    Ok(())
 }
 
 /// Where `locate` found an object.

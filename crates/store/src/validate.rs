@@ -14,9 +14,9 @@ use rayon::prelude::*;
 
 use crate::error::{IoContext, Result};
 use crate::format::{RecordHeader, RecordKind, PACK_HEADER_BYTES};
-use crate::index::{IndexRow, Kills};
+use crate::index::{Index, IndexRow, Kills, TombstoneRow};
 use crate::key::Key;
-use crate::loose::{self, LOOSE_DIR};
+use crate::loose::{self, LooseEntry};
 use crate::maint::Maintenance;
 use crate::pack::{self, PACKS_DIR};
 use crate::progress::{Progress, Unit};
@@ -239,23 +239,353 @@ impl ValidationReport {
     }
 }
 
-/// Bytes of a pack read per round; the records in a round are checked in parallel.
-const SCAN_CHUNK_BYTES: u64 = 32 << 20;
+/// Bytes of a pack read per round. The records of one round are checked in parallel while the
+/// next round is read, so two rounds are in memory at a time.
+const SCAN_CHUNK_BYTES: u64 = 8 << 20;
 
-/// Checks the records of one chunk in parallel: record checksum, then the content's hash.
-fn process_spans(
-    chunk: &[u8],
-    spans: &[(u64, RecordHeader, std::ops::Range<usize>)],
+/// One record found by the header walk: its offset, header, and bytes within its round.
+type Span = (u64, RecordHeader, std::ops::Range<usize>);
+
+/// What the index says, read while the packs are scanned.
+struct IndexSide {
+    problems: Vec<Problem>,
+    /// Every indexed key, sorted.
+    indexed: Vec<Key>,
+    rows_by_pack: HashMap<u64, Vec<(Key, IndexRow)>>,
+    tombstones: Vec<TombstoneRow>,
+}
+
+impl Maintenance<'_> {
+    /// Checks the whole store. Problems are reported, never repaired here.
+    pub fn validate(&self, p: &dyn Progress) -> Result<ValidationReport> {
+        let store = self.store;
+        let root = store.path();
+        let hash = store.config().hash;
+        let mut report = ValidationReport::default();
+        let mut index = self.index();
+        let packs = index.packs().unwrap_or_default();
+        // Ids a write batch is publishing right now (or a crash left to `clean`).
+        let reserved: HashSet<u64> = index
+            .reserved_packs()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+
+        // Loose objects, and names under loose/ that are not objects.
+        let mut loose_keys = Vec::new();
+        let mut strays = Vec::new();
+        loose::walk_loose(
+            root,
+            store.config().loose_prefix_len,
+            true,
+            &mut |entry| match entry {
+                LooseEntry::Object(k) => loose_keys.push(k),
+                LooseEntry::Stray(path) => strays.push(Problem::StrayFile { path }),
+            },
+        )?;
+        p.start(
+            "validate loose",
+            Some(loose_keys.len() as u64),
+            Unit::Objects,
+        );
+        let loose_problems: Vec<(u64, Option<Problem>)> = loose_keys
+            .par_iter()
+            .map(|k| {
+                let path = store.loose_path(k);
+                let r = match fs::read(&path) {
+                    Ok(b) => {
+                        let actual = hash.hash(&b);
+                        let problem = (actual != *k).then_some(Problem::LooseHashMismatch {
+                            key: *k,
+                            path,
+                            actual,
+                        });
+                        (b.len() as u64, problem)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
+                    Err(e) => (
+                        0,
+                        Some(Problem::LooseUnreadable {
+                            path,
+                            error: e.to_string(),
+                        }),
+                    ),
+                };
+                p.advance(1);
+                r
+            })
+            .collect();
+        let mut problems = Vec::new();
+        for (bytes, problem) in loose_problems {
+            report.objects_checked += 1;
+            report.bytes_checked += bytes;
+            problems.extend(problem);
+        }
+        p.finish();
+        problems.extend(strays);
+        // Entries still locked belong to live writers; only abandoned ones are leftovers.
+        for path in loose::stale_sandbox_entries(root, std::time::Duration::ZERO)? {
+            problems.push(Problem::SandboxLeftover { path });
+        }
+
+        // Packs.
+        let on_disk: Vec<u64> = pack::pack_ids_on_disk(root)?;
+        let known: HashSet<u64> = packs.iter().map(|r| r.id).collect();
+        // Write batches publish packs meanwhile: a file unknown to the first read of the index
+        // is a stray only if the index, read after the listing, does not know it either.
+        let unknown: Vec<u64> = on_disk
+            .iter()
+            .copied()
+            .filter(|id| !known.contains(id) && !reserved.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            let now: HashSet<u64> = index
+                .packs()?
+                .iter()
+                .map(|r| r.id)
+                .chain(index.reserved_packs()?)
+                .collect();
+            for id in unknown {
+                if !now.contains(&id) {
+                    problems.push(Problem::PackNotIndexed { pack: id });
+                }
+            }
+        }
+        let disk: HashSet<u64> = on_disk.iter().copied().collect();
+        for e in fs::read_dir(root.join(PACKS_DIR)).at("list", root.join(PACKS_DIR))? {
+            let e = e.at("list", root.join(PACKS_DIR))?;
+            if e.file_name()
+                .to_str()
+                .and_then(pack::parse_pack_name)
+                .is_none()
+            {
+                problems.push(Problem::StrayFile { path: e.path() });
+            }
+        }
+
+        // The index's own check and rows are read while the packs are scanned: the scan needs
+        // only the pack list, and the rows are needed only to compare with its results.
+        p.start("validate packs", Some(packs.len() as u64), Unit::Packs);
+        let index: &mut Index = &mut index;
+        let (side, scans) = rayon::join(
+            || read_index_side(index),
+            || {
+                packs
+                    .iter()
+                    .map(|row| {
+                        let scan = disk.contains(&row.id).then(|| scan_pack(store, row));
+                        p.advance(1);
+                        scan.transpose()
+                    })
+                    .collect::<Result<Vec<Option<PackScan>>>>()
+            },
+        );
+        p.finish();
+        let scans = scans?;
+        let IndexSide {
+            problems: index_problems,
+            indexed,
+            mut rows_by_pack,
+            tombstones,
+        } = side;
+        let kills = Kills::new(&tombstones);
+
+        // In the order of the checks: the index's own view first, as a broken index makes the
+        // row checks meaningless.
+        report.problems = index_problems;
+        report.problems.extend(problems);
+        for (row, scan) in packs.iter().zip(scans) {
+            let Some(scan) = scan else {
+                report.problems.push(Problem::PackMissing { pack: row.id });
+                for (key, r) in rows_by_pack.get(&row.id).into_iter().flatten() {
+                    report.problems.push(Problem::RowWithoutRecord {
+                        key: *key,
+                        pack: r.pack,
+                        offset: r.offset,
+                    });
+                }
+                continue;
+            };
+            let rows = rows_by_pack.remove(&row.id).unwrap_or_default();
+            let tomb_here: HashSet<u64> = tombstones
+                .iter()
+                .filter(|t| t.at.pack == row.id)
+                .map(|t| t.at.offset)
+                .collect();
+            report.objects_checked += scan.objects;
+            report.bytes_checked += scan.bytes;
+            report
+                .problems
+                .extend(check_rows(row.id, scan, rows, &tomb_here, &indexed, &kills));
+        }
+        // Rows pointing at packs the index does not list.
+        for (pack_id, rows) in rows_by_pack {
+            for (key, r) in rows {
+                report.problems.push(Problem::RowWithoutRecord {
+                    key,
+                    pack: pack_id,
+                    offset: r.offset,
+                });
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// SQLite's consistency check, every row grouped by pack, and the tombstones.
+fn read_index_side(index: &mut Index) -> IndexSide {
+    let mut problems = Vec::new();
+    match index.quick_check() {
+        Ok(v) => problems.extend(v.into_iter().map(|detail| Problem::IndexCheck { detail })),
+        Err(e) => problems.push(Problem::IndexCheck {
+            detail: e.to_string(),
+        }),
+    }
+    let mut rows_by_pack: HashMap<u64, Vec<(Key, IndexRow)>> = HashMap::new();
+    let mut indexed: Vec<Key> = Vec::new();
+    if let Err(e) = index.for_each(&mut |k, row| {
+        indexed.push(k);
+        rows_by_pack.entry(row.pack).or_default().push((k, row));
+        Ok(())
+    }) {
+        problems.push(Problem::IndexCheck {
+            detail: e.to_string(),
+        });
+    }
+    // Rows come in key order; sorting again costs one pass and keeps lookups exact regardless.
+    indexed.sort_unstable();
+    indexed.dedup();
+    let tombstones = index.tombstones().unwrap_or_default();
+    IndexSide {
+        problems,
+        indexed,
+        rows_by_pack,
+        tombstones,
+    }
+}
+
+/// What scanning one pack found, before comparing with the index.
+struct PackScan {
+    objects: u64,
+    bytes: u64,
+    problems: Vec<Problem>,
+    /// The pack could not be read at all: there is nothing to compare rows with.
+    unreadable: bool,
+    /// Every valid record, in offset order.
+    records: Vec<(u64, RecordHeader)>,
+    records_end: u64,
+    /// A sealed pack's table (sorted by key and offset, as its decoder checks).
+    table: Option<Vec<(Key, u64)>>,
+}
+
+/// One round of a pack scan: bytes read and the records walked in them, not yet checked.
+struct Round {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+    /// Problems of the walk, reported before those of the round's records.
+    problems: Vec<Problem>,
+    /// A record larger than a round at the round's start, checked streaming during the walk.
+    large: Option<(u64, RecordHeader)>,
+    /// Where the walk stopped.
+    walked_to: u64,
+    /// Where the next round starts; `None` when the walk is over.
+    next: Option<u64>,
+}
+
+/// Reads the round at `offset` into `buf` and walks its record headers (each has its own
+/// checksum, so lengths are trusted once it passes). Records are checked later, in parallel.
+fn read_round(
+    file: &File,
     pack: u64,
+    offset: u64,
+    records_end: u64,
     hash: crate::key::HashAlgorithm,
-    out: &mut PackOutcome,
-    records: &mut HashMap<u64, RecordHeader>,
-) {
-    let problems: Vec<Option<Problem>> = spans
+    mut buf: Vec<u8>,
+) -> Result<Round> {
+    let mut round = Round {
+        buf: Vec::new(),
+        spans: Vec::new(),
+        problems: Vec::new(),
+        large: None,
+        walked_to: offset,
+        next: None,
+    };
+    let len = (records_end - offset).min(SCAN_CHUNK_BYTES);
+    buf.resize(len as usize, 0);
+    if let Err(e) = pack::read_exact_at(file, &mut buf, offset, pack) {
+        round.problems.push(Problem::RecordCorrupt {
+            pack,
+            offset,
+            detail: e.to_string(),
+        });
+        round.buf = buf;
+        return Ok(round);
+    }
+    let mut at = 0usize;
+    loop {
+        let here = offset + at as u64;
+        if here >= records_end {
+            break;
+        }
+        let Some(hb) = buf.get(at..at + crate::format::RECORD_HEADER_BYTES) else {
+            break;
+        };
+        let header = match RecordHeader::decode(hb) {
+            Ok(h) => h,
+            Err(reason) => {
+                round.problems.push(Problem::RecordCorrupt {
+                    pack,
+                    offset: here,
+                    detail: format!(
+                        "{reason}; {} bytes up to {records_end} unreadable",
+                        records_end - here
+                    ),
+                });
+                round.walked_to = here;
+                round.buf = buf;
+                return Ok(round);
+            }
+        };
+        let rec_len = header.record_len() as usize;
+        if here + rec_len as u64 > records_end {
+            round.problems.push(Problem::RecordCorrupt {
+                pack,
+                offset: here,
+                detail: format!(
+                    "record of {rec_len} bytes runs past the end of the records at {records_end}"
+                ),
+            });
+            round.walked_to = here;
+            round.buf = buf;
+            return Ok(round);
+        }
+        if at + rec_len > buf.len() {
+            if at == 0 {
+                // One record larger than a round: check it streaming, in constant memory.
+                round
+                    .problems
+                    .extend(verify_large_record(file, pack, here, &header, hash)?);
+                round.large = Some((here, header));
+                at = rec_len;
+            }
+            break;
+        }
+        round.spans.push((here, header, at..at + rec_len));
+        at += rec_len;
+    }
+    round.walked_to = offset + at as u64;
+    round.next = (at > 0 && round.walked_to < records_end).then_some(round.walked_to);
+    round.buf = buf;
+    Ok(round)
+}
+
+/// Checks the records of one round in parallel: record checksum, then the content's hash.
+fn check_round(round: &Round, pack: u64, hash: crate::key::HashAlgorithm) -> Vec<Problem> {
+    round
+        .spans
         .par_iter()
-        .map(|(offset, h, range)| {
-            let bytes = &chunk[range.clone()];
-            let payload = match crate::format::decode_record(bytes) {
+        .filter_map(|(offset, h, range)| {
+            let payload = match crate::format::decode_record(&round.buf[range.clone()]) {
                 Ok((_, p)) => p,
                 Err(reason) => {
                     return Some(Problem::RecordCorrupt {
@@ -289,200 +619,22 @@ fn process_spans(
                 actual,
             })
         })
-        .collect();
-    for (offset, h, _) in spans {
-        records.insert(*offset, *h);
-        if h.kind == RecordKind::Object {
-            out.objects += 1;
-            out.bytes += h.raw_len;
-        }
-    }
-    out.problems.extend(problems.into_iter().flatten());
+        .collect()
 }
 
-impl Maintenance<'_> {
-    /// Checks the whole store. Problems are reported, never repaired here.
-    pub fn validate(&self, p: &dyn Progress) -> Result<ValidationReport> {
-        let store = self.store;
-        let root = store.path();
-        let hash = store.config().hash;
-        let mut report = ValidationReport::default();
-
-        // SQLite's own view first: a broken index makes the row checks meaningless.
-        let mut index = self.index();
-        match index.quick_check() {
-            Ok(v) => report
-                .problems
-                .extend(v.into_iter().map(|detail| Problem::IndexCheck { detail })),
-            Err(e) => report.problems.push(Problem::IndexCheck {
-                detail: e.to_string(),
-            }),
-        }
-        let mut rows_by_pack: HashMap<u64, Vec<(Key, IndexRow)>> = HashMap::new();
-        let mut indexed: HashSet<Key> = HashSet::new();
-        if let Err(e) = index.for_each(&mut |k, row| {
-            indexed.insert(k);
-            rows_by_pack.entry(row.pack).or_default().push((k, row));
-            Ok(())
-        }) {
-            report.problems.push(Problem::IndexCheck {
-                detail: e.to_string(),
-            });
-        }
-        let packs = index.packs().unwrap_or_default();
-        // Ids a write batch is publishing right now (or a crash left to `clean`).
-        let reserved: HashSet<u64> = index
-            .reserved_packs()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let tombstones = index.tombstones().unwrap_or_default();
-        drop(index);
-        let kills = Kills::new(&tombstones);
-
-        // Loose objects.
-        let loose_keys = loose::list_loose(root, store.config().loose_prefix_len)?;
-        p.start(
-            "validate loose",
-            Some(loose_keys.len() as u64),
-            Unit::Objects,
-        );
-        let loose_problems: Vec<(u64, Option<Problem>)> = loose_keys
-            .par_iter()
-            .map(|k| {
-                let path = store.loose_path(k);
-                let r = match fs::read(&path) {
-                    Ok(b) => {
-                        let actual = hash.hash(&b);
-                        let problem = (actual != *k).then_some(Problem::LooseHashMismatch {
-                            key: *k,
-                            path,
-                            actual,
-                        });
-                        (b.len() as u64, problem)
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
-                    Err(e) => (
-                        0,
-                        Some(Problem::LooseUnreadable {
-                            path,
-                            error: e.to_string(),
-                        }),
-                    ),
-                };
-                p.advance(1);
-                r
-            })
-            .collect();
-        for (bytes, problem) in loose_problems {
-            report.objects_checked += 1;
-            report.bytes_checked += bytes;
-            report.problems.extend(problem);
-        }
-        p.finish();
-        report
-            .problems
-            .extend(stray_loose_files(root, store.config().loose_prefix_len)?);
-        // Entries still locked belong to live writers; only abandoned ones are leftovers.
-        for path in loose::stale_sandbox_entries(root, std::time::Duration::ZERO)? {
-            report.problems.push(Problem::SandboxLeftover { path });
-        }
-
-        // Packs.
-        let on_disk: Vec<u64> = pack::pack_ids_on_disk(root)?;
-        let known: HashSet<u64> = packs.iter().map(|r| r.id).collect();
-        // Write batches publish packs meanwhile: a file unknown to the first read of the index
-        // is a stray only if the index, read after the listing, does not know it either.
-        let unknown: Vec<u64> = on_disk
-            .iter()
-            .copied()
-            .filter(|id| !known.contains(id) && !reserved.contains(id))
-            .collect();
-        if !unknown.is_empty() {
-            let mut index = self.index();
-            let now: HashSet<u64> = index
-                .packs()?
-                .iter()
-                .map(|r| r.id)
-                .chain(index.reserved_packs()?)
-                .collect();
-            for id in unknown {
-                if !now.contains(&id) {
-                    report.problems.push(Problem::PackNotIndexed { pack: id });
-                }
-            }
-        }
-        let disk: HashSet<u64> = on_disk.iter().copied().collect();
-        for e in fs::read_dir(root.join(PACKS_DIR)).at("list", root.join(PACKS_DIR))? {
-            let e = e.at("list", root.join(PACKS_DIR))?;
-            if e.file_name()
-                .to_str()
-                .and_then(pack::parse_pack_name)
-                .is_none()
-            {
-                report.problems.push(Problem::StrayFile { path: e.path() });
-            }
-        }
-        p.start("validate packs", Some(packs.len() as u64), Unit::Packs);
-        for row in &packs {
-            if !disk.contains(&row.id) {
-                report.problems.push(Problem::PackMissing { pack: row.id });
-                for (key, r) in rows_by_pack.get(&row.id).into_iter().flatten() {
-                    report.problems.push(Problem::RowWithoutRecord {
-                        key: *key,
-                        pack: r.pack,
-                        offset: r.offset,
-                    });
-                }
-                continue;
-            }
-            let rows = rows_by_pack.remove(&row.id).unwrap_or_default();
-            let tomb_here: HashSet<u64> = tombstones
-                .iter()
-                .filter(|t| t.at.pack == row.id)
-                .map(|t| t.at.offset)
-                .collect();
-            let out = validate_pack(store, row, rows, &tomb_here, &indexed, &kills)?;
-            report.objects_checked += out.objects;
-            report.bytes_checked += out.bytes;
-            report.problems.extend(out.problems);
-            p.advance(1);
-        }
-        p.finish();
-        // Rows pointing at packs the index does not list.
-        for (pack_id, rows) in rows_by_pack {
-            for (key, r) in rows {
-                report.problems.push(Problem::RowWithoutRecord {
-                    key,
-                    pack: pack_id,
-                    offset: r.offset,
-                });
-            }
-        }
-        Ok(report)
-    }
-}
-
-struct PackOutcome {
-    objects: u64,
-    bytes: u64,
-    problems: Vec<Problem>,
-}
-
-fn validate_pack(
-    store: &crate::store::Store,
-    row: &crate::index::PackRow,
-    mut rows: Vec<(Key, IndexRow)>,
-    tombstones_here: &HashSet<u64>,
-    indexed: &HashSet<Key>,
-    kills: &Kills,
-) -> Result<PackOutcome> {
+/// Reads one pack whole: header, footer and table or crash tail, and every record, each record
+/// checked against its checksum and its content against its key.
+fn scan_pack(store: &crate::store::Store, row: &crate::index::PackRow) -> Result<PackScan> {
     let id = row.id;
     let hash = store.config().hash;
-    let mut out = PackOutcome {
+    let mut out = PackScan {
         objects: 0,
         bytes: 0,
         problems: Vec::new(),
+        unreadable: false,
+        records: Vec::new(),
+        records_end: 0,
+        table: None,
     };
     let path = pack::pack_path(store.path(), id);
     let file = match File::open(&path) {
@@ -492,6 +644,7 @@ fn validate_pack(
                 pack: id,
                 detail: e.to_string(),
             });
+            out.unreadable = true;
             return Ok(out);
         }
     };
@@ -510,6 +663,7 @@ fn validate_pack(
                 pack: id,
                 detail: e.to_string(),
             });
+            out.unreadable = true;
             return Ok(out);
         }
     }
@@ -520,11 +674,10 @@ fn validate_pack(
             index_bytes: row.end_bytes,
         });
     }
-    let mut table = None;
     let records_end = if row.sealed {
         match pack::read_sealed_table(&file, id, file_len) {
             Ok(Some((footer, t))) => {
-                table = Some(t);
+                out.table = Some(t);
                 footer.table_offset
             }
             Ok(None) => {
@@ -552,83 +705,44 @@ fn validate_pack(
         }
         row.end_bytes.min(file_len)
     };
+    out.records_end = records_end;
 
-    // Scan all records chunk by chunk; check checksums and content hashes in parallel, in place.
-    let mut records: HashMap<u64, RecordHeader> = HashMap::new();
-    let mut chunk = Vec::new();
-    let mut offset = PACK_HEADER_BYTES as u64;
-    'chunks: while offset < records_end {
-        let len = (records_end - offset).min(SCAN_CHUNK_BYTES);
-        chunk.resize(len as usize, 0);
-        if let Err(e) = pack::read_exact_at(&file, &mut chunk, offset, id) {
-            out.problems.push(Problem::RecordCorrupt {
-                pack: id,
-                offset,
-                detail: e.to_string(),
-            });
-            break;
-        }
-        // Walk headers (each has its own checksum, so lengths are trusted once it passes).
-        let mut spans: Vec<(u64, RecordHeader, std::ops::Range<usize>)> = Vec::new();
-        let mut at = 0usize;
-        loop {
-            let here = offset + at as u64;
-            if here >= records_end {
-                break;
+    // Round by round: while the records of one round are checked (in parallel), the next round
+    // is read and walked, so reading never leaves a core idle.
+    let start = PACK_HEADER_BYTES as u64;
+    let mut walked_to = start;
+    let mut round = (start < records_end)
+        .then(|| read_round(&file, id, start, records_end, hash, Vec::new()))
+        .transpose()?;
+    let mut spare = Vec::new();
+    while let Some(current) = round.take() {
+        let next_at = current.next;
+        let spare_buf = std::mem::take(&mut spare);
+        let (next, checked) = rayon::join(
+            || next_at.map(|at| read_round(&file, id, at, records_end, hash, spare_buf)),
+            || check_round(&current, id, hash),
+        );
+        out.problems.extend(current.problems);
+        out.problems.extend(checked);
+        let headers = current.large.into_iter().chain(
+            current
+                .spans
+                .into_iter()
+                .map(|(offset, header, _)| (offset, header)),
+        );
+        for (offset, header) in headers {
+            if header.kind == RecordKind::Object {
+                out.objects += 1;
+                out.bytes += header.raw_len;
             }
-            let Some(hb) = chunk.get(at..at + crate::format::RECORD_HEADER_BYTES) else {
-                break;
-            };
-            let header = match RecordHeader::decode(hb) {
-                Ok(h) => h,
-                Err(reason) => {
-                    out.problems.push(Problem::RecordCorrupt {
-                        pack: id,
-                        offset: here,
-                        detail: format!(
-                            "{reason}; {} bytes up to {records_end} unreadable",
-                            records_end - here
-                        ),
-                    });
-                    process_spans(&chunk, &spans, id, hash, &mut out, &mut records);
-                    break 'chunks;
-                }
-            };
-            let rec_len = header.record_len() as usize;
-            if here + rec_len as u64 > records_end {
-                out.problems.push(Problem::RecordCorrupt {
-                    pack: id,
-                    offset: here,
-                    detail: format!("record of {rec_len} bytes runs past the end of the records at {records_end}"),
-                });
-                process_spans(&chunk, &spans, id, hash, &mut out, &mut records);
-                break 'chunks;
-            }
-            if at + rec_len > chunk.len() {
-                if at == 0 {
-                    // One record larger than a chunk: check it streaming, in constant memory.
-                    out.problems
-                        .extend(verify_large_record(&file, id, here, &header, hash)?);
-                    records.insert(here, header);
-                    if header.kind == RecordKind::Object {
-                        out.objects += 1;
-                        out.bytes += header.raw_len;
-                    }
-                    at = rec_len;
-                }
-                break;
-            }
-            spans.push((here, header, at..at + rec_len));
-            at += rec_len;
+            out.records.push((offset, header));
         }
-        process_spans(&chunk, &spans, id, hash, &mut out, &mut records);
-        offset += at as u64;
-        if at == 0 {
-            break;
-        }
+        walked_to = current.walked_to;
+        spare = current.buf;
+        round = next.transpose()?;
     }
 
-    if offset < records_end
+    if walked_to < records_end
         && !out
             .problems
             .iter()
@@ -636,18 +750,41 @@ fn validate_pack(
     {
         out.problems.push(Problem::RecordCorrupt {
             pack: id,
-            offset,
-            detail: format!("{} trailing bytes hold no record", records_end - offset),
+            offset: walked_to,
+            detail: format!("{} trailing bytes hold no record", records_end - walked_to),
         });
     }
+    Ok(out)
+}
 
-    // Index rows against records.
+/// Compares a scanned pack with the index rows that point into it (sorted here by offset) and
+/// returns every problem of the pack, the scan's own first.
+fn check_rows(
+    id: u64,
+    scan: PackScan,
+    mut rows: Vec<(Key, IndexRow)>,
+    tombstones_here: &HashSet<u64>,
+    indexed: &[Key],
+    kills: &Kills,
+) -> Vec<Problem> {
+    let mut out = scan.problems;
+    if scan.unreadable {
+        return out;
+    }
+    let records = scan.records;
+    let records_end = scan.records_end;
+    // Records come in offset order from the walk; rows are put in offset order here, so each
+    // row finds its record by advancing one cursor.
+    debug_assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
     rows.sort_by_key(|(_, r)| r.offset);
+    // Records a row of the same key points at: indexed without a lookup.
+    let mut reached = vec![false; records.len()];
+    let mut cursor = 0usize;
     let mut prev: Option<(Key, u64)> = None;
     for (key, r) in &rows {
         if let Some((pk, pend)) = prev {
             if r.offset < pend {
-                out.problems.push(Problem::OverlappingRows {
+                out.push(Problem::OverlappingRows {
                     pack: id,
                     offset: r.offset,
                     key: *key,
@@ -659,21 +796,28 @@ fn validate_pack(
             *key,
             r.offset + crate::format::RECORD_OVERHEAD_BYTES + r.stored_len,
         ));
-        match records.get(&r.offset) {
+        while records.get(cursor).is_some_and(|(o, _)| *o < r.offset) {
+            cursor += 1;
+        }
+        let found = records
+            .get(cursor)
+            .filter(|(o, _)| *o == r.offset)
+            .map(|(_, h)| h);
+        match found {
             None if r.offset >= records_end.max(PACK_HEADER_BYTES as u64) => {
-                out.problems.push(Problem::RowPastEnd {
+                out.push(Problem::RowPastEnd {
                     key: *key,
                     pack: id,
                     offset: r.offset,
                 })
             }
-            None => out.problems.push(Problem::RowWithoutRecord {
+            None => out.push(Problem::RowWithoutRecord {
                 key: *key,
                 pack: id,
                 offset: r.offset,
             }),
             Some(h) if h.key != *key || h.kind != RecordKind::Object => {
-                out.problems.push(Problem::RowWithoutRecord {
+                out.push(Problem::RowWithoutRecord {
                     key: *key,
                     pack: id,
                     offset: r.offset,
@@ -682,7 +826,8 @@ fn validate_pack(
             Some(h)
                 if h.raw_len != r.raw_len || h.stored_len != r.stored_len || h.flags != r.flags =>
             {
-                out.problems.push(Problem::RowMismatch {
+                reached[cursor] = true;
+                out.push(Problem::RowMismatch {
                     key: *key,
                     pack: id,
                     offset: r.offset,
@@ -692,27 +837,28 @@ fn validate_pack(
                     ),
                 })
             }
-            Some(_) => {}
+            Some(_) => reached[cursor] = true,
         }
     }
     // Records that nothing reaches although they are live.
-    let mut offsets: Vec<&u64> = records.keys().collect();
-    offsets.sort_unstable();
-    for off in offsets {
-        let h = &records[off];
+    for ((off, h), reached) in records.iter().zip(&reached) {
         let pos = crate::format::Position {
             pack: id,
             offset: *off,
         };
-        if h.kind == RecordKind::Object && !indexed.contains(&h.key) && !kills.kills(&h.key, pos) {
-            out.problems.push(Problem::RecordNotIndexed {
+        if h.kind == RecordKind::Object
+            && !reached
+            && indexed.binary_search(&h.key).is_err()
+            && !kills.kills(&h.key, pos)
+        {
+            out.push(Problem::RecordNotIndexed {
                 key: h.key,
                 pack: id,
                 offset: *off,
             });
         }
         if h.kind == RecordKind::Tombstone && !tombstones_here.contains(off) {
-            out.problems.push(Problem::RecordCorrupt {
+            out.push(Problem::RecordCorrupt {
                 pack: id,
                 offset: *off,
                 detail: format!("tombstone for {} is not in the index", h.key),
@@ -720,26 +866,31 @@ fn validate_pack(
         }
     }
     // A sealed table must list every live row of its pack, each at a record with that key.
-    if let Some(t) = table {
-        let entries: HashSet<(Key, u64)> = t.iter().copied().collect();
+    if let Some(t) = scan.table {
+        let record_key = |off: u64| {
+            records
+                .binary_search_by_key(&off, |(o, _)| *o)
+                .ok()
+                .map(|i| records[i].1.key)
+        };
         for (key, off) in &t {
-            if records.get(off).map(|h| h.key) != Some(*key) {
-                out.problems.push(Problem::TableMismatch {
+            if record_key(*off) != Some(*key) {
+                out.push(Problem::TableMismatch {
                     pack: id,
                     detail: format!("entry {key} at {off} has no such record"),
                 });
             }
         }
         for (key, r) in &rows {
-            if !entries.contains(&(*key, r.offset)) {
-                out.problems.push(Problem::TableMismatch {
+            if t.binary_search(&(*key, r.offset)).is_err() {
+                out.push(Problem::TableMismatch {
                     pack: id,
                     detail: format!("row {key} at {} missing from the table", r.offset),
                 });
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Checks one record too large for memory: its checksum and its content hash, streaming (and
@@ -805,37 +956,4 @@ fn verify_large_record(
         offset,
         actual,
     }))
-}
-
-/// Files under loose/ that are not objects of this store's layout.
-fn stray_loose_files(root: &std::path::Path, prefix_len: u8) -> Result<Vec<Problem>> {
-    let dir = root.join(LOOSE_DIR);
-    let mut out = Vec::new();
-    let p = prefix_len as usize;
-    let is_hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    for e in fs::read_dir(&dir).at("list", &dir)? {
-        let e = e.at("list", &dir)?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if p == 0 {
-            if name.len() != 64 || !is_hex(&name) {
-                out.push(Problem::StrayFile { path: e.path() });
-            }
-            continue;
-        }
-        if name.len() != p || !is_hex(&name) || !e.path().is_dir() {
-            out.push(Problem::StrayFile { path: e.path() });
-            continue;
-        }
-        for f in fs::read_dir(e.path()).at("list", e.path())? {
-            let f = f.at("list", e.path())?;
-            let rest = f.file_name().to_string_lossy().into_owned();
-            if rest.len() != 64 - p || !is_hex(&rest) {
-                out.push(Problem::StrayFile { path: f.path() });
-            }
-        }
-    }
-    Ok(out)
 }

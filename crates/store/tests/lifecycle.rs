@@ -495,4 +495,91 @@ fn clean_removes_what_a_crashed_batch_commit_leaves() {
     b.commit().expect("commit");
     assert_eq!(fresh.get(&again).expect("get"), content(0, 300));
     assert!(!pack_file.exists(), "an id was reused");
+
+/// Enough bytes for several spans, so `read_many` reads and verifies on a second thread while
+/// the caller visits: every object once with its bytes, a damaged record as that key's error
+/// (the walk goes on), missing keys as NotFound, and a visitor's error stops the walk at once.
+#[test]
+fn read_many_over_many_spans_reads_ahead_on_a_second_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let raw: Vec<Vec<u8>> = (0..500).map(|i| content(10_000 + i, 20_000)).collect();
+    let text: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("text {i} ").repeat(2000).into_bytes())
+        .collect();
+    let mut keys = Vec::new();
+    for (set, compression) in [
+        (&raw, Compression::None),
+        (&text, Compression::Zstd { level: 3 }),
+    ] {
+        let mut it = set.iter().map(|c| Ok(Source::Bytes(c.clone())));
+        let opts = PackOptions {
+            compression: Some(compression),
+        };
+        keys.extend(
+            m.write_packed(&mut it, &opts, &NoProgress)
+                .expect("write_packed"),
+        );
+    }
+    drop(m);
+    let contents: std::collections::HashMap<Key, &Vec<u8>> =
+        keys.iter().copied().zip(raw.iter().chain(&text)).collect();
+
+    // Damage one raw record's payload in place.
+    let damaged = keys[250];
+    let Some(basin_store::ObjectMeta {
+        location: basin_store::Location::Packed { pack, offset },
+        ..
+    }) = store.meta(&damaged).expect("meta")
+    else {
+        panic!("{damaged} is not packed");
+    };
+    let path = store.path().join("packs").join(format!("{pack}.pack"));
+    let mut bytes = std::fs::read(&path).expect("read pack");
+    bytes[(offset as usize) + basin_store::format::RECORD_HEADER_BYTES + 7] ^= 0x40;
+    std::fs::write(&path, &bytes).expect("write pack");
+
+    let missing: Vec<Key> = (0..3)
+        .map(|i| basin_store::HashAlgorithm::Blake3.hash(format!("absent {i}").as_bytes()))
+        .collect();
+    let mut request: Vec<Key> = keys.iter().rev().chain(&missing).copied().collect();
+    request.extend_from_slice(&keys[..50]);
+    let mut seen = std::collections::HashSet::new();
+    let (mut corrupt, mut not_found) = (Vec::new(), Vec::new());
+    store
+        .read_many(&request, &mut |k, r| {
+            assert!(seen.insert(k), "{k} visited twice");
+            match r {
+                Ok(b) => assert!(
+                    contents.get(&k).is_some_and(|c| c.as_slice() == b),
+                    "wrong bytes for {k}"
+                ),
+                Err(e) if e.is_corruption() => corrupt.push(k),
+                Err(e) if e.is_not_found() => not_found.push(k),
+                Err(e) => panic!("{k}: {e}"),
+            }
+            Ok(())
+        })
+        .expect("read_many");
+    assert_eq!(seen.len(), keys.len() + missing.len(), "every key once");
+    assert_eq!(corrupt, vec![damaged], "the damaged record, and only it");
+    not_found.sort();
+    let mut want_missing = missing.clone();
+    want_missing.sort();
+    assert_eq!(not_found, want_missing);
+
+    let mut visits = 0;
+    let stopped = store.read_many(&keys, &mut |_, _| {
+        visits += 1;
+        if visits == 100 {
+            return Err(basin_store::Error::InvalidArgument("stop here".into()));
+        }
+        Ok(())
+    });
+    assert!(
+        matches!(&stopped, Err(basin_store::Error::InvalidArgument(m)) if m == "stop here"),
+        "got {stopped:?}"
+    );
+    assert_eq!(visits, 100, "no visit after the visitor's error");
 }
