@@ -495,6 +495,7 @@ fn clean_removes_what_a_crashed_batch_commit_leaves() {
     b.commit().expect("commit");
     assert_eq!(fresh.get(&again).expect("get"), content(0, 300));
     assert!(!pack_file.exists(), "an id was reused");
+}
 
 /// Enough bytes for several spans, so `read_many` reads and verifies on a second thread while
 /// the caller visits: every object once with its bytes, a damaged record as that key's error
