@@ -121,6 +121,8 @@ impl WriteAtStart for File {
     }
 }
 
+/// Deletes of at least this many keys list loose/ once instead of probing per key.
+const DELETE_LISTING_KEYS_MIN: usize = 256;
 /// Retired maintenance packs up to this size are merged by `pack`; larger ones are sealed.
 const RETIRED_PACK_MERGE_BYTES_MAX: u64 = 64 << 20;
 
@@ -601,6 +603,12 @@ impl<'s> Maintenance<'s> {
             // One snapshot from now on: write batches of other processes commit meanwhile, and
             // whatever they add after this point is newer than the delete.
             index.begin_snapshot()?;
+            // Many keys: one listing of loose/ instead of a stat per key. A loose write landing
+            // after the listing is newer than the delete, and stays.
+            let listed: Option<HashSet<Key>> = (keys.len() >= DELETE_LISTING_KEYS_MIN)
+                .then(|| loose::list_loose(store.path(), store.config().loose_prefix_len))
+                .transpose()?
+                .map(|v| v.into_iter().collect());
             let mut packed = Vec::new();
             for key in keys {
                 if !seen.insert(*key) {
@@ -608,14 +616,16 @@ impl<'s> Maintenance<'s> {
                 }
                 let row = index.get_recent(key)?;
                 let in_pack = row.is_some();
-                let lp = store.loose_path(key);
-                let in_loose = lp.exists();
+                let in_loose = match &listed {
+                    Some(set) => set.contains(key),
+                    None => store.loose_path(key).exists(),
+                };
                 if let Some(row) = row {
                     app.append_delete_tombstone(index, *key, row.position())?;
                     packed.push(*key);
                 }
                 if in_loose {
-                    loose_paths.push(lp);
+                    loose_paths.push(store.loose_path(key));
                 }
                 if in_pack || in_loose {
                     existed.push(*key);
