@@ -411,7 +411,7 @@ pub(crate) struct Appender<'a> {
     pending_tombstones: Vec<TombstoneRow>,
     /// Packs that filled up during this batch; sealed at the next commit.
     full: Vec<OpenPack>,
-    /// Rows committed by this appender replace the key's row (records moved by repack); by
+    /// Rows committed by this appender move the key's row (records moved by repack); by
     /// default a row already in the index wins, because a write batch may have committed the
     /// same key meanwhile and its record must stay the one live copy.
     moves: bool,
@@ -897,7 +897,7 @@ impl<'a> Appender<'a> {
                 let mut stage = || -> Result<()> {
                     for (key, row) in pending_rows {
                         if moves {
-                            tx.put(key, row)?;
+                            tx.move_row(key, row)?;
                         } else {
                             tx.put_new(key, row)?;
                         }
