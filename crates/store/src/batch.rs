@@ -21,7 +21,7 @@
 //! into a maintenance pack, so many small batches do not leave many small files.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -79,14 +79,7 @@ impl Store {
             .path()
             .join(SANDBOX_DIR)
             .join(format!("batch-{}.pack", uuid::Uuid::new_v4().simple()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at("create", &path)?;
-        file.try_lock()
-            .map_err(|e| Error::io("lock", &path, std::io::Error::other(e.to_string())))?;
+        let file = fsutil::create_locked(&path)?;
         Ok(WriteBatch {
             store: self,
             path,
@@ -314,15 +307,7 @@ impl WriteBatch<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.file
-                .write_all_at(&self.buf, self.buf_at)
-                .at("write", &self.path)?;
-            fsutil::start_writeback(&self.file, self.buf_at, self.buf.len() as u64);
-            self.buf_at += self.buf.len() as u64;
-            self.buf.clear();
-        }
-        Ok(())
+        fsutil::flush_write_buffer(&self.file, &self.path, &mut self.buf, &mut self.buf_at)
     }
 
     fn write_at(&self, bytes: &[u8], at: u64) -> Result<()> {

@@ -115,3 +115,34 @@ pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn start_writeback(_f: &File, _offset: u64, _len: u64) {}
+
+/// Writes `buf` at `*at` in `file`, starts its writeback, advances `*at` and empties `buf`: the
+/// flush of a write buffer whose bytes will be fdatasynced soon.
+pub(crate) fn flush_write_buffer(
+    file: &File,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    at: &mut u64,
+) -> Result<()> {
+    if !buf.is_empty() {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, *at).at("write", path)?;
+        start_writeback(file, *at, buf.len() as u64);
+        *at += buf.len() as u64;
+        buf.clear();
+    }
+    Ok(())
+}
+
+/// Creates `path` (it must not exist), readable and writable, and takes an exclusive `flock` on
+/// it that the kernel drops when the process dies: a sandbox entry's "still being written".
+pub(crate) fn create_locked(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .at("create", path)?;
+    file.try_lock()
+        .map_err(|e| crate::error::Error::io("lock", path, std::io::Error::other(e.to_string())))?;
+    Ok(file)
+}

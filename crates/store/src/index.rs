@@ -675,57 +675,39 @@ impl IndexTx<'_> {
         }
     }
 
+    /// Sets `key`'s row, replacing one already there (rebuild).
     pub(crate) fn put(&self, key: &Key, row: &IndexRow) -> Result<()> {
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(|e| self.err(e))?;
-        let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
-        st.execute(params![
-            &key.as_bytes()[..],
-            row.pack as i64,
-            row.offset as i64,
-            row.raw_len as i64,
-            stored,
-            row.flags as i64
-        ])
-        .map_err(|e| self.err(e))?;
-        Ok(())
+        self.write_row(
+            "INSERT OR REPLACE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            key,
+            row,
+        )
     }
 
     /// Points `key`'s row at a moved copy of its record (repack, merge); a key without a row
     /// (nothing to move) is left alone. Cheaper than a replace: the row is rewritten in place.
     pub(crate) fn move_row(&self, key: &Key, row: &IndexRow) -> Result<()> {
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "UPDATE objects SET pack = ?2, offset = ?3, raw_len = ?4, stored_len = ?5, flags = ?6 WHERE key = ?1",
-            )
-            .map_err(|e| self.err(e))?;
-        let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
-        st.execute(params![
-            &key.as_bytes()[..],
-            row.pack as i64,
-            row.offset as i64,
-            row.raw_len as i64,
-            stored,
-            row.flags as i64
-        ])
-        .map_err(|e| self.err(e))?;
-        Ok(())
+        self.write_row(
+            "UPDATE objects SET pack = ?2, offset = ?3, raw_len = ?4, stored_len = ?5, flags = ?6 WHERE key = ?1",
+            key,
+            row,
+        )
     }
 
     /// Inserts a row for a key the index does not have yet; a row already there wins (its
     /// record stays the one live copy, the new one is garbage).
     pub(crate) fn put_new(&self, key: &Key, row: &IndexRow) -> Result<()> {
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(|e| self.err(e))?;
+        self.write_row(
+            "INSERT OR IGNORE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            key,
+            row,
+        )
+    }
+
+    /// Runs one of the row statements above: ?1 key, ?2 pack, ?3 offset, ?4 raw length, ?5
+    /// stored length (NULL when uncompressed, which keeps rows small), ?6 flags.
+    fn write_row(&self, sql: &str, key: &Key, row: &IndexRow) -> Result<()> {
+        let mut st = self.tx.prepare_cached(sql).map_err(|e| self.err(e))?;
         let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
         st.execute(params![
             &key.as_bytes()[..],

@@ -352,14 +352,7 @@ pub(crate) struct SandboxFile {
 impl SandboxFile {
     pub(crate) fn create(dir: &Path) -> Result<SandboxFile> {
         let path = dir.join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at("create", &path)?;
-        // Exclusive advisory lock: released by the kernel when the process dies.
-        file.try_lock()
-            .map_err(|e| Error::io("lock", &path, std::io::Error::other(e.to_string())))?;
+        let file = fsutil::create_locked(&path)?;
         Ok(SandboxFile { path, file })
     }
 }

@@ -566,15 +566,7 @@ impl<'a> Appender<'a> {
     }
 
     fn flush_buf(open: &mut OpenPack) -> Result<()> {
-        if !open.buf.is_empty() {
-            open.file
-                .write_all_at(&open.buf, open.buf_at)
-                .at("write pack", &open.path)?;
-            fsutil::start_writeback(&open.file, open.buf_at, open.buf.len() as u64);
-            open.buf_at += open.buf.len() as u64;
-            open.buf.clear();
-        }
-        Ok(())
+        fsutil::flush_write_buffer(&open.file, &open.path, &mut open.buf, &mut open.buf_at)
     }
 
     /// The pack being appended to (an internal error if none is open).
