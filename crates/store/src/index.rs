@@ -142,6 +142,18 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
         if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
 }
 
+/// The highest pack id ever handed out, as `conn` sees it (0 before the first).
+fn read_high_water(conn: &Connection) -> rusqlite::Result<u64> {
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name='pack_id_high_water'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
 fn key_of(b: Vec<u8>, path: &Path) -> Result<Key> {
     Key::from_slice(&b).ok_or_else(|| Error::IndexCorrupt {
         path: path.to_path_buf(),
@@ -349,16 +361,7 @@ impl Index {
     /// of pack N always means the same bytes).
     pub(crate) fn pack_id_high_water(&mut self) -> Result<u64> {
         self.end_snapshot()?;
-        let v: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE name='pack_id_high_water'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+        read_high_water(&self.conn).map_err(|e| self.err(e))
     }
 
     /// Every row, in key order, fed to `visit`.
@@ -748,16 +751,7 @@ impl IndexTx<'_> {
 
     /// [`Index::pack_id_high_water`] inside this transaction.
     pub(crate) fn pack_id_high_water(&self) -> Result<u64> {
-        let v: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT value FROM meta WHERE name='pack_id_high_water'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+        read_high_water(&self.tx).map_err(|e| self.err(e))
     }
 
     pub(crate) fn remove(&self, key: &Key) -> Result<bool> {
