@@ -379,6 +379,15 @@ impl Index {
         Ok(())
     }
 
+    /// SQLite's `data_version` of the index: it moves whenever another connection (of any
+    /// process) commits to the index, and only then.
+    pub(crate) fn data_version(&mut self) -> Result<i64> {
+        self.end_snapshot()?;
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// A key column read in place (no copy into a fresh buffer per row).
     fn key_ref(&self, v: rusqlite::types::ValueRef<'_>) -> Result<Key> {
         match v {
