@@ -82,25 +82,65 @@ pub(crate) fn walk_loose(
             }
         })
         .at("list", &dir)?;
-    for prefix in &prefixes {
+    // Most of the time goes to opening and reading (mostly empty) prefix folders: with 256 or
+    // more of them, a second thread reads the second half meanwhile.
+    let (first, second) = prefixes.split_at(prefixes.len() / 2);
+    let entries = if prefixes.len() >= WALK_SPLIT_PREFIXES_MIN {
+        std::thread::scope(|s| {
+            let other = std::thread::Builder::new()
+                .name("basin-list-loose".into())
+                .spawn_scoped(s, || read_prefixes(&top, &dir, second, strays));
+            let mut entries = read_prefixes(&top, &dir, first, strays)?;
+            entries.extend(match other {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+                // No thread to be had: read them here.
+                Err(_) => read_prefixes(&top, &dir, second, strays)?,
+            });
+            Ok::<_, Error>(entries)
+        })?
+    } else {
+        read_prefixes(&top, &dir, &prefixes, strays)?
+    };
+    entries.into_iter().for_each(visit);
+    Ok(())
+}
+
+/// Prefix folders at which [`walk_loose`] splits the work over two threads.
+const WALK_SPLIT_PREFIXES_MIN: usize = 256;
+
+/// The objects (and, if `strays`, other names) in the prefix folders `prefixes` of `dir`.
+fn read_prefixes(
+    top: &dirents::Dir,
+    dir: &Path,
+    prefixes: &[Vec<u8>],
+    strays: bool,
+) -> Result<Vec<LooseEntry>> {
+    let mut names = dirents::Lister::new();
+    let mut out = Vec::new();
+    for prefix in prefixes {
         let sub = || dir.join(os_name(prefix));
-        let folder = match names.open(Some(&top), &sub()) {
+        let folder = match names.open(Some(top), &sub()) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("list", sub(), e)),
         };
         names
-            .for_each(&folder, &mut |rest| match (rest.len() == KEY_HEX_LEN - p)
-                .then(|| key_of_hex(&[prefix.as_slice(), rest]))
-                .flatten()
-            {
-                Some(k) => visit(LooseEntry::Object(k)),
-                None if strays => visit(LooseEntry::Stray(sub().join(os_name(rest)))),
-                None => {}
-            })
+            .for_each(
+                &folder,
+                &mut |rest| match (rest.len() + prefix.len() == KEY_HEX_LEN)
+                    .then(|| key_of_hex(&[prefix.as_slice(), rest]))
+                    .flatten()
+                {
+                    Some(k) => out.push(LooseEntry::Object(k)),
+                    None if strays => out.push(LooseEntry::Stray(sub().join(os_name(rest)))),
+                    None => {}
+                },
+            )
             .map_err(|e| Error::io("list", sub(), e))?;
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Hex digits in a key's name.
@@ -150,6 +190,9 @@ mod dirents {
     const DIRENT_BUF_BYTES: usize = 32 << 10;
     /// Bytes before the name in a `linux_dirent64` (ino, off, reclen, type).
     const DIRENT_NAME_AT: usize = 19;
+
+    /// An open folder.
+    pub(super) type Dir = OwnedFd;
 
     pub(super) struct Lister {
         buf: Vec<u8>,
@@ -254,6 +297,9 @@ mod dirents {
 mod dirents {
     use std::os::unix::ffi::OsStrExt;
     use std::path::{Path, PathBuf};
+
+    /// A folder, checked to be readable.
+    pub(super) type Dir = PathBuf;
 
     pub(super) struct Lister;
 

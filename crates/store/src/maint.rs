@@ -887,17 +887,24 @@ impl<'s> Maintenance<'s> {
             }
         }
         // Pack rows whose file was never created (a crash right after registering a new
-        // pack) and that nothing points at.
-        let live = index.live_bytes_per_pack()?;
-        for row in index.packs()? {
-            if !pack::pack_path(root, row.id).exists()
-                && !live.contains_key(&row.id)
-                && row.end_bytes == PACK_HEADER_BYTES as u64
-            {
-                let tx = index.begin()?;
-                tx.remove_pack(row.id)?;
-                tx.commit()?;
-                report.pack_rows_removed += 1;
+        // pack) and that nothing points at. Whether anything points at a pack takes a pass over
+        // every object row, so it is asked only when such a row exists.
+        let fileless: Vec<PackRow> = index
+            .packs()?
+            .into_iter()
+            .filter(|row| {
+                row.end_bytes == PACK_HEADER_BYTES as u64 && !pack::pack_path(root, row.id).exists()
+            })
+            .collect();
+        if !fileless.is_empty() {
+            let live = index.live_bytes_per_pack()?;
+            for row in fileless {
+                if !live.contains_key(&row.id) {
+                    let tx = index.begin()?;
+                    tx.remove_pack(row.id)?;
+                    tx.commit()?;
+                    report.pack_rows_removed += 1;
+                }
             }
         }
         // Pack files the index does not know: left by a crash between a repack's index switch

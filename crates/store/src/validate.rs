@@ -368,20 +368,38 @@ impl Maintenance<'_> {
         // The index's own check and rows are read while the packs are scanned: the scan needs
         // only the pack list, and the rows are needed only to compare with its results.
         p.start("validate packs", Some(packs.len() as u64), Unit::Packs);
-        let index: &mut Index = &mut index;
-        let (side, scans) = rayon::join(
-            || read_index_side(index),
-            || {
-                packs
-                    .iter()
-                    .map(|row| {
-                        let scan = disk.contains(&row.id).then(|| scan_pack(store, row));
-                        p.advance(1);
-                        scan.transpose()
-                    })
-                    .collect::<Result<Vec<Option<PackScan>>>>()
-            },
-        );
+        // On a thread of its own (not one of rayon's): the scan keeps both of rayon's threads
+        // for hashing, and the OS shares the cores.
+        let index = std::sync::Mutex::new(&mut *index);
+        let read_index = || {
+            let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+            read_index_side(&mut index)
+        };
+        let scan_packs = || {
+            packs
+                .iter()
+                .map(|row| {
+                    let scan = disk.contains(&row.id).then(|| scan_pack(store, row));
+                    p.advance(1);
+                    scan.transpose()
+                })
+                .collect::<Result<Vec<Option<PackScan>>>>()
+        };
+        let (side, scans) = std::thread::scope(|s| {
+            let reader = std::thread::Builder::new()
+                .name("basin-validate-index".into())
+                .spawn_scoped(s, read_index);
+            match reader {
+                Ok(handle) => {
+                    let scans = scan_packs();
+                    let side = handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (side, scans)
+                }
+                Err(_) => (read_index(), scan_packs()),
+            }
+        });
         p.finish();
         let scans = scans?;
         let IndexSide {
