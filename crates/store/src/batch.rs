@@ -244,8 +244,9 @@ impl WriteBatch<'_> {
         // from mistaking the renamed file for a crash leftover.
         let tx = index.begin()?;
         let mut table: Vec<(Key, u64)> = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
-            if !tx.contains(&e.key)? {
+        let entry_keys: Vec<Key> = self.entries.iter().map(|e| e.key).collect();
+        for (e, known) in self.entries.iter().zip(tx.known(&entry_keys)?) {
+            if !known {
                 table.push((e.key, e.offset));
             }
         }

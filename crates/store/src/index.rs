@@ -137,6 +137,31 @@ CREATE TABLE IF NOT EXISTS tombstones (
 ) WITHOUT ROWID;
 ";
 
+/// Keys a bulk membership query binds at most at once.
+const KNOWN_KEYS_PER_QUERY: usize = 4096;
+
+/// For each of `keys`, whether `objects` has a row for it: the keys go in as one `rarray`
+/// parameter, and SQLite looks them all up inside one statement.
+fn known_keys(conn: &Connection, keys: &[Key]) -> rusqlite::Result<Vec<bool>> {
+    let mut found = std::collections::HashSet::new();
+    let mut st = conn.prepare_cached("SELECT key FROM objects WHERE key IN rarray(?1)")?;
+    for chunk in keys.chunks(KNOWN_KEYS_PER_QUERY) {
+        let list: Vec<rusqlite::types::Value> = chunk
+            .iter()
+            .map(|k| rusqlite::types::Value::Blob(k.as_bytes().to_vec()))
+            .collect();
+        let mut rows = st.query([std::rc::Rc::new(list)])?;
+        while let Some(r) = rows.next()? {
+            if let rusqlite::types::ValueRef::Blob(b) = r.get_ref(0)? {
+                if let Some(k) = Key::from_slice(b) {
+                    found.insert(k);
+                }
+            }
+        }
+    }
+    Ok(keys.iter().map(|k| found.contains(k)).collect())
+}
+
 fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
@@ -219,9 +244,11 @@ impl Index {
         self.conn
             .execute_batch(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16000; \
-                 PRAGMA temp_store=MEMORY;",
+                 PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824;",
             )
             .map_err(|e| self.err(e))?;
+        // `rarray(?)`: a list of keys bound as one parameter, for bulk membership queries.
+        rusqlite::vtab::array::load_module(&self.conn).map_err(|e| self.err(e))?;
         self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
         let have: Option<String> = self
             .conn
@@ -274,6 +301,18 @@ impl Index {
             self.begin_snapshot()?;
         }
         self.lookup(key)
+    }
+
+    /// For each of `keys`, whether the index has it, in a recent read snapshot (see
+    /// [`Index::get_recent`]): one statement for the whole list instead of one per key.
+    pub(crate) fn known_recent(&mut self, keys: &[Key]) -> Result<Vec<bool>> {
+        if self
+            .snapshot_since
+            .is_none_or(|t| t.elapsed() >= SNAPSHOT_AGE_MAX)
+        {
+            self.begin_snapshot()?;
+        }
+        known_keys(&self.conn, keys).map_err(|e| self.err(e))
     }
 
     /// Starts a new read snapshot that sees every commit made before this call; lookups through
@@ -759,13 +798,9 @@ impl IndexTx<'_> {
         }))
     }
 
-    /// Whether the index has a row for `key` (as this transaction sees it).
-    pub(crate) fn contains(&self, key: &Key) -> Result<bool> {
-        let mut st = self
-            .tx
-            .prepare_cached("SELECT 1 FROM objects WHERE key = ?1")
-            .map_err(|e| self.err(e))?;
-        st.exists([&key.as_bytes()[..]]).map_err(|e| self.err(e))
+    /// For each of `keys`, whether the index has a row for it (as this transaction sees it).
+    pub(crate) fn known(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        known_keys(&self.tx, keys).map_err(|e| self.err(e))
     }
 
     /// [`Index::pack_id_high_water`] inside this transaction.

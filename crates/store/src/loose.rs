@@ -53,9 +53,10 @@ pub(crate) enum LooseEntry {
 ///
 /// Only the exact lowercase spelling of a key is an object: the store never writes another. A
 /// prefix folder that vanishes meanwhile is skipped; a prefix name that is not a folder is an
-/// error. Prefix folders are pre-created and mostly empty after packing, so on Linux the walk
-/// reads entries with `getdents64` into one reused buffer, opening each folder relative to
-/// `loose/`: listing an empty folder costs one open, two reads and a close, nothing else.
+/// error. A new store has every prefix folder (`pack` of everything and `clean` remove the empty
+/// ones again), so on Linux the walk reads entries with `getdents64` into one reused buffer,
+/// opening each folder relative to `loose/`: listing an empty folder costs one open, two reads
+/// and a close, nothing else.
 pub(crate) fn walk_loose(
     root: &Path,
     prefix_len: u8,
@@ -429,10 +430,52 @@ pub(crate) fn copy_hashing(
 
 /// Moves a durable sandbox file into its loose place. Returns the folder that needs an fsync.
 pub(crate) fn install(sandbox: &Path, dest: &Path, durable_parent: bool) -> Result<PathBuf> {
-    let parent = ensure_parent(dest, durable_parent)?;
-    // Renaming over an existing copy is fine: same key, same bytes (and a corrupt copy gets replaced).
-    fs::rename(sandbox, dest).at("rename into", dest)?;
-    Ok(parent)
+    // Maintenance removes empty prefix folders, so one can vanish between its creation here and
+    // the rename: then the rename finds no folder, and the folder is made again.
+    let mut attempts = 0;
+    loop {
+        let parent = ensure_parent(dest, durable_parent)?;
+        // Renaming over an existing copy is fine: same key, same bytes (and a corrupt copy gets
+        // replaced).
+        match fs::rename(sandbox, dest) {
+            Ok(()) => return Ok(parent),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && attempts < INSTALL_ATTEMPTS_MAX
+                    && sandbox.exists() =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(Error::io("rename into", dest, e)),
+        }
+    }
+}
+
+/// Times a loose write re-creates a prefix folder that maintenance removed under it.
+const INSTALL_ATTEMPTS_MAX: u32 = 16;
+
+/// Removes the prefix folders of `loose/` that are empty, so listings do not open them. A
+/// folder that is not empty stays (`rmdir` refuses it atomically), and a writer that loses its
+/// folder to this makes it again (see [`install`]). Not made durable: a folder that comes back
+/// after a crash is harmless. Returns how many were removed.
+pub(crate) fn remove_empty_prefix_dirs(root: &Path, prefix_len: u8) -> Result<u64> {
+    if prefix_len == 0 {
+        return Ok(0);
+    }
+    let dir = root.join(LOOSE_DIR);
+    let mut removed = 0;
+    for entry in fs::read_dir(&dir).at("list", &dir)? {
+        let entry = entry.at("list", &dir)?;
+        let name = entry.file_name();
+        let name = name.as_encoded_bytes();
+        if name.len() == prefix_len as usize
+            && is_lower_hex(name)
+            && fs::remove_dir(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Sandbox entries a dead or finished writer left behind: unlocked and older than `grace`.

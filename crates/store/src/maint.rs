@@ -419,6 +419,8 @@ impl<'s> Maintenance<'s> {
         result?;
         if *sel == PackSelection::All {
             self.merge_small_packs(policy, &mut report, p)?;
+            // Listings then open only the prefix folders that hold something.
+            loose::remove_empty_prefix_dirs(store.path(), cfg.loose_prefix_len)?;
         }
         Ok(report)
     }
@@ -545,9 +547,11 @@ impl<'s> Maintenance<'s> {
                         (i, key, raw_len, enc)
                     })
                     .collect();
-                for (i, key, raw_len, enc) in prepared {
+                let chunk_keys: Vec<Key> = prepared.iter().map(|p| p.1).collect();
+                let known = index.known_recent(&chunk_keys)?;
+                for ((i, key, raw_len, enc), known) in prepared.into_iter().zip(known) {
                     keys[i] = key;
-                    if session.contains(&key) || index.get_recent(&key)?.is_some() {
+                    if known || session.contains(&key) {
                         continue;
                     }
                     let enc = enc.map_err(|e| Error::io("compress", key.to_hex(), e))?;
@@ -843,6 +847,7 @@ impl<'s> Maintenance<'s> {
             v
         };
         report.loose_copies_removed = remove_loose(store, &packed);
+        loose::remove_empty_prefix_dirs(root, store.config().loose_prefix_len)?;
         p.advance(report.loose_copies_removed);
         let mut index = self.index();
         // Ids reserved by write batches that never published them (a crash): the row goes, and

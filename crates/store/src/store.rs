@@ -34,7 +34,7 @@ const READ_MANY_PIPELINE_BYTES_MIN: u64 = 2 * BULK_READ_SPAN_BYTES;
 const READ_MANY_BUFFERS_MAX: usize = 3;
 /// Objects up to this size are verified whole when a range of them is read.
 const RANGE_VERIFIED_WHOLE_BYTES_MAX: u64 = 4 << 20;
-/// Open pack handles kept per store handle.
+/// Open pack handles (and pack maps) kept per store handle.
 const PACK_HANDLES_MAX: usize = 256;
 
 /// Receives each object of [`Store::read_many`]: its key and its content (or why not).
@@ -86,6 +86,8 @@ pub struct Store {
     config: StoreConfig,
     index: Arc<Mutex<Index>>,
     pack_handles: Mutex<HashMap<u64, Arc<File>>>,
+    /// Read-only maps of packs for single reads: a read from a map is a copy, not a syscall.
+    pack_maps: Mutex<HashMap<u64, Arc<memmap2::Mmap>>>,
     poisoned: Mutex<Option<String>>,
 }
 
@@ -187,6 +189,7 @@ impl Store {
             config: cfg,
             index,
             pack_handles: Mutex::new(HashMap::new()),
+            pack_maps: Mutex::new(HashMap::new()),
             poisoned: Mutex::new(None),
         };
         if index_missing && !pack::pack_ids_on_disk(dir)?.is_empty() {
@@ -294,11 +297,61 @@ impl Store {
 
     pub(crate) fn forget_pack_handle(&self, id: u64) {
         lock(&self.pack_handles).remove(&id);
+        lock(&self.pack_maps).remove(&id);
+    }
+
+    /// A map of pack `id` covering at least its first `end` bytes; `None` when the pack is gone
+    /// or shorter than `end` (the caller then reads with `pread`, which reports either exactly).
+    ///
+    /// Mapping is safe because a pack's committed bytes never change or shrink while its file
+    /// exists: packs are append-only, `clean` truncates only an uncommitted tail past every row,
+    /// and a repack writes a new file under a new id (an unlinked file stays mapped). Only
+    /// damage from outside the store, truncating a pack while it is mapped, could fault a read.
+    fn pack_map(&self, id: u64, end: u64) -> Result<Option<Arc<memmap2::Mmap>>> {
+        if let Some(m) = lock(&self.pack_maps).get(&id) {
+            if m.len() as u64 >= end {
+                return Ok(Some(m.clone()));
+            }
+        }
+        // Not mapped yet, or the pack grew past the map: map it again at its current length.
+        let Some(file) = self.pack_handle(id)? else {
+            return Ok(None);
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat pack", pack::pack_path(&self.root, id), e))?
+            .len();
+        if len < end {
+            return Ok(None);
+        }
+        // SAFETY: see above; the map is read-only and every read through it is bounds-checked
+        // and checksummed before its bytes are trusted.
+        let map = unsafe { memmap2::Mmap::map(&*file) }
+            .map_err(|e| Error::io("map pack", pack::pack_path(&self.root, id), e))?;
+        let map = Arc::new(map);
+        let mut maps = lock(&self.pack_maps);
+        if maps.len() >= PACK_HANDLES_MAX {
+            maps.clear();
+        }
+        maps.insert(id, map.clone());
+        Ok(Some(map))
     }
 
     /// Reads a packed object at `row`. `Ok(None)` when the pack is gone (repacked away): the
     /// caller re-reads the index.
     fn read_packed(&self, key: &Key, row: &IndexRow) -> Result<Option<Vec<u8>>> {
+        let end = row
+            .offset
+            .saturating_add(crate::format::RECORD_OVERHEAD_BYTES)
+            .saturating_add(row.stored_len);
+        if let Some(map) = self.pack_map(row.pack, end)? {
+            match pack::object_from_record(&map[row.offset as usize..end as usize], key, row) {
+                Ok(v) => return Ok(Some(v)),
+                // Read it again through a fresh handle below: the error must come from the file.
+                Err(e) if e.is_corruption() => self.forget_pack_handle(row.pack),
+                Err(e) => return Err(e),
+            }
+        }
         let Some(file) = self.pack_handle(row.pack)? else {
             return Ok(None);
         };
@@ -477,15 +530,20 @@ impl Store {
             loose::list_loose(&self.root, self.config.loose_prefix_len)?
                 .into_iter()
                 .collect();
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_unstable_by_key(|&i| keys[i]);
-        let mut out = vec![false; keys.len()];
+        let mut sorted: Vec<Key> = keys.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let mut index = self.index();
         index.begin_snapshot()?;
-        for i in order {
-            out[i] = loose.contains(&keys[i]) || index.get_recent(&keys[i])?.is_some();
-        }
-        Ok(out)
+        let packed: std::collections::HashSet<Key> = sorted
+            .iter()
+            .zip(index.known_recent(&sorted)?)
+            .filter_map(|(k, known)| known.then_some(*k))
+            .collect();
+        Ok(keys
+            .iter()
+            .map(|k| loose.contains(k) || packed.contains(k))
+            .collect())
     }
 
     /// Visits the content of each of `keys` once, in the order that is fastest to read: packed

@@ -584,3 +584,61 @@ fn read_many_over_many_spans_reads_ahead_on_a_second_thread() {
     );
     assert_eq!(visits, 100, "no visit after the visitor's error");
 }
+
+/// Names in `loose/` (the prefix folders that exist).
+fn loose_entries(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store.path().join("loose"))
+        .expect("read loose/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn pack_and_clean_remove_empty_prefix_folders_and_puts_make_them_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    assert_eq!(
+        loose_entries(&store).len(),
+        256,
+        "init makes every prefix folder"
+    );
+    let objects: Vec<(Key, Vec<u8>)> = (0..50)
+        .map(|i| {
+            let c = content(i, 200 + i as usize);
+            (store.put(&c).expect("put"), c)
+        })
+        .collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack");
+    assert_eq!(
+        loose_entries(&store),
+        Vec::<String>::new(),
+        "pack of everything leaves no empty prefix folder"
+    );
+
+    // A put after that makes its folder again; the object is loose, readable and listed.
+    let fresh = content(1000, 777);
+    let key = store.put(&fresh).expect("put after pack");
+    assert_eq!(loose_entries(&store), vec![key.to_hex()[..2].to_string()]);
+    assert_eq!(store.get(&key).expect("get"), fresh);
+    assert_eq!(store.list().expect("list").len(), objects.len() + 1);
+
+    // An empty folder made by someone else goes at the next clean; one with an object stays.
+    let other = if key.to_hex().starts_with("ff") {
+        "fe"
+    } else {
+        "ff"
+    };
+    std::fs::create_dir(store.path().join("loose").join(other)).expect("mkdir");
+    m.clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean");
+    assert_eq!(loose_entries(&store), vec![key.to_hex()[..2].to_string()]);
+    for (k, c) in &objects {
+        assert_eq!(&store.get(k).expect("get packed"), c);
+    }
+    let report = m.validate(&NoProgress).expect("validate");
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
