@@ -117,55 +117,20 @@ pub(crate) fn check_fits(file: &File, row: &IndexRow, len: u64) -> Result<()> {
 pub(crate) fn read_object(file: &File, key: &Key, row: &IndexRow) -> Result<Vec<u8>> {
     let len = format::RECORD_OVERHEAD_BYTES + row.stored_len;
     check_fits(file, row, len)?;
-    if row.flags & FLAG_ZSTD != 0 {
-        let mut buf = vec![0u8; len as usize];
-        read_exact_at(file, &mut buf, row.offset, row.pack)?;
-        let (header, payload) = decode_checked(&buf, key, row)?;
-        return compress_err(
-            crate::compress::decompress_all(payload, header.raw_len),
-            key,
-            row,
-        );
-    }
-    // Raw content: one `preadv` puts the payload straight into the returned buffer, with the
-    // header and trailer beside it, so the content is never moved after the read.
-    let stored_len = usize::try_from(row.stored_len).map_err(|_| Error::CorruptRecord {
-        pack: row.pack,
-        offset: row.offset,
-        reason: format::FormatError::BadLength(format!("stored length {}", row.stored_len)),
-    })?;
-    let mut head = [0u8; RECORD_HEADER_BYTES];
-    let mut payload = vec![0u8; stored_len];
-    let mut trailer = [0u8; RECORD_TRAILER_BYTES];
-    read_parts_at(
-        file,
-        &mut [&mut head, &mut payload, &mut trailer],
-        row.offset,
-        row.pack,
-    )?;
-    let header = RecordHeader::decode(&head).map_err(|reason| Error::CorruptRecord {
+    let mut buf = vec![0u8; len as usize];
+    read_exact_at(file, &mut buf, row.offset, row.pack)?;
+    object_from_record(&buf, key, row)
+}
+
+/// Verifies a whole record, `rec` (exactly its bytes, read or mapped), as the one `row` names,
+/// and returns the object's content.
+pub(crate) fn object_from_record(rec: &[u8], key: &Key, row: &IndexRow) -> Result<Vec<u8>> {
+    let (header, payload) = format::decode_record(rec).map_err(|reason| Error::CorruptRecord {
         pack: row.pack,
         offset: row.offset,
         reason,
     })?;
     check_header(&header, key, row)?;
-    let mut sum = crc32fast::Hasher::new();
-    sum.update(&head);
-    sum.update(&payload);
-    if sum.finalize().to_le_bytes() != trailer {
-        return Err(Error::CorruptRecord {
-            pack: row.pack,
-            offset: row.offset,
-            reason: format::FormatError::RecordChecksum,
-        });
-    }
-    Ok(payload)
-}
-
-/// Verifies a whole record, `rec` (exactly its bytes, e.g. from a map of the pack), as the one
-/// `row` names, and returns the object's content.
-pub(crate) fn object_from_record(rec: &[u8], key: &Key, row: &IndexRow) -> Result<Vec<u8>> {
-    let (header, payload) = decode_checked(rec, key, row)?;
     if header.is_compressed() {
         compress_err(
             crate::compress::decompress_all(payload, header.raw_len),
@@ -175,86 +140,6 @@ pub(crate) fn object_from_record(rec: &[u8], key: &Key, row: &IndexRow) -> Resul
     } else {
         Ok(payload.to_vec())
     }
-}
-
-/// Decodes and checksums a whole record read into `buf`, and checks it is the one `row` names.
-fn decode_checked<'b>(
-    buf: &'b [u8],
-    key: &Key,
-    row: &IndexRow,
-) -> Result<(RecordHeader, &'b [u8])> {
-    let (header, payload) = format::decode_record(buf).map_err(|reason| Error::CorruptRecord {
-        pack: row.pack,
-        offset: row.offset,
-        reason,
-    })?;
-    check_header(&header, key, row)?;
-    Ok((header, payload))
-}
-
-/// Fills the three `parts` in order from consecutive bytes at `offset` (`preadv`), reporting a
-/// short file as a truncated record.
-pub(crate) fn read_parts_at(
-    file: &File,
-    parts: &mut [&mut [u8]; 3],
-    offset: u64,
-    pack: u64,
-) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut done = 0usize;
-    while done < total {
-        // The parts not yet filled, the first one cut where the last read stopped.
-        let mut skip = done;
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 3];
-        let mut count = 0usize;
-        for p in parts.iter_mut() {
-            if skip >= p.len() {
-                skip -= p.len();
-                continue;
-            }
-            let rest = &mut p[skip..];
-            skip = 0;
-            iov[count] = libc::iovec {
-                iov_base: rest.as_mut_ptr().cast(),
-                iov_len: rest.len(),
-            };
-            count += 1;
-        }
-        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| Error::CorruptRecord {
-            pack,
-            offset,
-            reason: format::FormatError::BadLength(format!("offset {offset}")),
-        })?;
-        // SAFETY: the first `count` iovecs point into distinct `&mut [u8]` borrowed for this call.
-        let n = unsafe { libc::preadv(file.as_raw_fd(), iov.as_ptr(), count as libc::c_int, at) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::Io {
-                op: "read pack",
-                path: PathBuf::from(format!("pack {pack}")),
-                cause: e,
-            });
-        }
-        if n == 0 {
-            return Err(Error::CorruptRecord {
-                pack,
-                offset,
-                reason: format::FormatError::Truncated {
-                    need: total as u64,
-                    have: done as u64,
-                },
-            });
-        }
-        done += n as usize;
-    }
-    Ok(())
 }
 
 fn compress_err<T>(r: std::result::Result<T, String>, key: &Key, row: &IndexRow) -> Result<T> {
