@@ -294,25 +294,26 @@ impl Index {
     /// nothing, since write batches in other processes commit too: ask [`Index::get`], or begin
     /// a snapshot first when the whole operation must see one point in time.
     pub(crate) fn get_recent(&mut self, key: &Key) -> Result<Option<IndexRow>> {
-        if self
-            .snapshot_since
-            .is_none_or(|t| t.elapsed() >= SNAPSHOT_AGE_MAX)
-        {
-            self.begin_snapshot()?;
-        }
+        self.renew_aged_snapshot()?;
         self.lookup(key)
     }
 
     /// For each of `keys`, whether the index has it, in a recent read snapshot (see
     /// [`Index::get_recent`]): one statement for the whole list instead of one per key.
     pub(crate) fn known_recent(&mut self, keys: &[Key]) -> Result<Vec<bool>> {
+        self.renew_aged_snapshot()?;
+        known_keys(&self.conn, keys).map_err(|e| self.err(e))
+    }
+
+    /// Begins a fresh read snapshot when there is none or the current one is past its age.
+    fn renew_aged_snapshot(&mut self) -> Result<()> {
         if self
             .snapshot_since
             .is_none_or(|t| t.elapsed() >= SNAPSHOT_AGE_MAX)
         {
             self.begin_snapshot()?;
         }
-        known_keys(&self.conn, keys).map_err(|e| self.err(e))
+        Ok(())
     }
 
     /// Starts a new read snapshot that sees every commit made before this call; lookups through
