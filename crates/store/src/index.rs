@@ -67,6 +67,18 @@ impl PackRow {
     }
 }
 
+/// How [`IndexTx::write_rows`] treats a row already there for the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowWrite {
+    /// Replace it (rebuild).
+    Replace,
+    /// Keep it: its record stays the one live copy, the new one is garbage.
+    New,
+    /// Point it at a moved copy of its record (repack, merge); a key without a row (nothing to
+    /// move) gets none.
+    Move,
+}
+
 /// A tombstone as the index knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TombstoneRow {
@@ -140,17 +152,31 @@ CREATE TABLE IF NOT EXISTS tombstones (
 /// Keys a bulk membership query binds at most at once.
 const KNOWN_KEYS_PER_QUERY: usize = 4096;
 
-/// For each of `keys`, whether `objects` has a row for it: the keys go in as one `rarray`
-/// parameter, and SQLite looks them all up inside one statement.
+/// `keys` as the value of one `rarray` parameter: SQLite then handles the whole list inside
+/// one statement instead of one statement per key.
+fn key_array(keys: &[Key]) -> std::rc::Rc<Vec<rusqlite::types::Value>> {
+    std::rc::Rc::new(
+        keys.iter()
+            .map(|k| rusqlite::types::Value::Blob(k.as_bytes().to_vec()))
+            .collect(),
+    )
+}
+
+/// The keys of a list that `objects` has. Written as a join that walks the list and seeks each
+/// key: `key IN rarray(..)` first copies the list into a temporary index, about a third more
+/// time for the same seeks (measured on 4000 keys against 40,000 rows).
+const KNOWN_KEYS_SQL: &str =
+    "SELECT o.key FROM rarray(?1) r CROSS JOIN objects o ON o.key = r.value";
+
+/// For each of `keys`, whether `objects` has a row for it.
 fn known_keys(conn: &Connection, keys: &[Key]) -> rusqlite::Result<Vec<bool>> {
     let mut found = std::collections::HashSet::new();
-    let mut st = conn.prepare_cached("SELECT key FROM objects WHERE key IN rarray(?1)")?;
-    for chunk in keys.chunks(KNOWN_KEYS_PER_QUERY) {
-        let list: Vec<rusqlite::types::Value> = chunk
-            .iter()
-            .map(|k| rusqlite::types::Value::Blob(k.as_bytes().to_vec()))
-            .collect();
-        let mut rows = st.query([std::rc::Rc::new(list)])?;
+    let mut st = conn.prepare_cached(KNOWN_KEYS_SQL)?;
+    // In key order, consecutive seeks share the upper B-tree pages while they are in cache.
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    for chunk in sorted.chunks(KNOWN_KEYS_PER_QUERY) {
+        let mut rows = st.query([key_array(chunk)])?;
         while let Some(r) = rows.next()? {
             if let rusqlite::types::ValueRef::Blob(b) = r.get_ref(0)? {
                 if let Some(k) = Key::from_slice(b) {
@@ -303,6 +329,40 @@ impl Index {
     pub(crate) fn known_recent(&mut self, keys: &[Key]) -> Result<Vec<bool>> {
         self.renew_aged_snapshot()?;
         known_keys(&self.conn, keys).map_err(|e| self.err(e))
+    }
+
+    /// The record position of each of `keys` that has a row, in a recent read snapshot (see
+    /// [`Index::get_recent`]); keys without a row are absent from the map.
+    pub(crate) fn positions_recent(
+        &mut self,
+        keys: &[Key],
+    ) -> Result<std::collections::HashMap<Key, Position>> {
+        self.renew_aged_snapshot()?;
+        let mut found = std::collections::HashMap::with_capacity(keys.len());
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT o.key, o.pack, o.offset FROM rarray(?1) r CROSS JOIN objects o ON o.key = r.value",
+            )
+            .map_err(|e| self.err(e))?;
+        for chunk in sorted.chunks(KNOWN_KEYS_PER_QUERY) {
+            let mut rows = st.query([key_array(chunk)]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let (key, pack, offset): (Vec<u8>, i64, i64) = (
+                    r.get(0).map_err(|e| self.err(e))?,
+                    r.get(1).map_err(|e| self.err(e))?,
+                    r.get(2).map_err(|e| self.err(e))?,
+                );
+                let at = Position {
+                    pack: nonneg(pack, "pack", &self.path)?,
+                    offset: nonneg(offset, "offset", &self.path)?,
+                };
+                found.insert(key_of(key, &self.path)?, at);
+            }
+        }
+        Ok(found)
     }
 
     /// Begins a fresh read snapshot when there is none or the current one is past its age.
@@ -737,49 +797,40 @@ impl IndexTx<'_> {
         }
     }
 
-    /// Sets `key`'s row, replacing one already there (rebuild).
-    pub(crate) fn put(&self, key: &Key, row: &IndexRow) -> Result<()> {
-        self.write_row(
-            "INSERT OR REPLACE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            key,
-            row,
-        )
-    }
-
-    /// Points `key`'s row at a moved copy of its record (repack, merge); a key without a row
-    /// (nothing to move) is left alone. Cheaper than a replace: the row is rewritten in place.
-    pub(crate) fn move_row(&self, key: &Key, row: &IndexRow) -> Result<()> {
-        self.write_row(
-            "UPDATE objects SET pack = ?2, offset = ?3, raw_len = ?4, stored_len = ?5, flags = ?6 WHERE key = ?1",
-            key,
-            row,
-        )
-    }
-
     /// Inserts a row for a key the index does not have yet; a row already there wins (its
     /// record stays the one live copy, the new one is garbage).
     pub(crate) fn put_new(&self, key: &Key, row: &IndexRow) -> Result<()> {
-        self.write_row(
-            "INSERT OR IGNORE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            key,
-            row,
-        )
+        self.write_rows(RowWrite::New, std::iter::once((key, row)))
     }
 
-    /// Runs one of the row statements above: ?1 key, ?2 pack, ?3 offset, ?4 raw length, ?5
-    /// stored length (NULL when uncompressed, which keeps rows small), ?6 flags.
-    fn write_row(&self, sql: &str, key: &Key, row: &IndexRow) -> Result<()> {
+    /// Writes many rows with one prepared statement: looking the statement up in the cache
+    /// once per row cost more than some of the inserts.
+    pub(crate) fn write_rows<'k>(
+        &self,
+        how: RowWrite,
+        rows: impl IntoIterator<Item = (&'k Key, &'k IndexRow)>,
+    ) -> Result<()> {
+        // ?1 key, ?2 pack, ?3 offset, ?4 raw length, ?5 stored length (NULL when uncompressed,
+        // which keeps rows small), ?6 flags.
+        let sql = match how {
+            RowWrite::Replace => "INSERT OR REPLACE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            RowWrite::New => "INSERT OR IGNORE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            // Cheaper than a replace: the row is rewritten in place.
+            RowWrite::Move => "UPDATE objects SET pack = ?2, offset = ?3, raw_len = ?4, stored_len = ?5, flags = ?6 WHERE key = ?1",
+        };
         let mut st = self.tx.prepare_cached(sql).map_err(|e| self.err(e))?;
-        let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
-        st.execute(params![
-            &key.as_bytes()[..],
-            row.pack as i64,
-            row.offset as i64,
-            row.raw_len as i64,
-            stored,
-            row.flags as i64
-        ])
-        .map_err(|e| self.err(e))?;
+        for (key, row) in rows {
+            let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
+            st.execute(params![
+                &key.as_bytes()[..],
+                row.pack as i64,
+                row.offset as i64,
+                row.raw_len as i64,
+                stored,
+                row.flags as i64
+            ])
+            .map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 
@@ -809,12 +860,20 @@ impl IndexTx<'_> {
         read_high_water(&self.tx).map_err(|e| self.err(e))
     }
 
-    pub(crate) fn remove(&self, key: &Key) -> Result<bool> {
+    /// Removes the rows of `keys`. In key order, with one prepared statement: about twice as
+    /// fast as one `DELETE .. IN rarray(..)`, which first copies the list into a temporary
+    /// index, or as the same deletes in random order (measured on 4000 of 40,000 rows).
+    pub(crate) fn remove_many(&self, keys: &[Key]) -> Result<()> {
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
         let mut st = self
             .tx
             .prepare_cached("DELETE FROM objects WHERE key = ?1")
             .map_err(|e| self.err(e))?;
-        Ok(st.execute([&key.as_bytes()[..]]).map_err(|e| self.err(e))? > 0)
+        for key in &sorted {
+            st.execute([&key.as_bytes()[..]]).map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn put_pack(&self, p: &PackRow) -> Result<()> {
@@ -849,21 +908,26 @@ impl IndexTx<'_> {
         Ok(())
     }
 
-    pub(crate) fn put_tombstone(&self, t: &TombstoneRow) -> Result<()> {
+    pub(crate) fn put_tombstones<'t>(
+        &self,
+        tombstones: impl IntoIterator<Item = &'t TombstoneRow>,
+    ) -> Result<()> {
         let mut st = self
             .tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO tombstones(pack, offset, key, before_pack, before_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(|e| self.err(e))?;
-        st.execute(params![
-            t.at.pack as i64,
-            t.at.offset as i64,
-            &t.key.as_bytes()[..],
-            t.before.pack as i64,
-            t.before.offset as i64
-        ])
-        .map_err(|e| self.err(e))?;
+        for t in tombstones {
+            st.execute(params![
+                t.at.pack as i64,
+                t.at.offset as i64,
+                &t.key.as_bytes()[..],
+                t.before.pack as i64,
+                t.before.offset as i64
+            ])
+            .map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use crate::format::{
     RECORD_TRAILER_BYTES,
 };
 use crate::fsutil;
-use crate::index::{Index, IndexRow, PackRow, TombstoneRow};
+use crate::index::{Index, IndexRow, PackRow, RowWrite, TombstoneRow};
 use crate::key::{HashAlgorithm, Key};
 
 /// Folder of the pack files inside a store.
@@ -890,16 +890,9 @@ impl<'a> Appender<'a> {
             });
             let staged = index.begin().and_then(|tx| {
                 let mut stage = || -> Result<()> {
-                    for (key, row) in pending_rows {
-                        if moves {
-                            tx.move_row(key, row)?;
-                        } else {
-                            tx.put_new(key, row)?;
-                        }
-                    }
-                    for t in pending_tombstones {
-                        tx.put_tombstone(t)?;
-                    }
+                    let how = if moves { RowWrite::Move } else { RowWrite::New };
+                    tx.write_rows(how, pending_rows.iter().map(|(k, r)| (k, r)))?;
+                    tx.put_tombstones(pending_tombstones)?;
                     for p in &packs {
                         tx.put_pack(&PackRow {
                             id: p.id,
