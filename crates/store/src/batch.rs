@@ -32,7 +32,7 @@ use crate::format::{
     PACK_FORMAT_VERSION, PACK_HEADER_BYTES, RECORD_HEADER_BYTES, RECORD_TRAILER_BYTES,
 };
 use crate::fsutil;
-use crate::index::{IndexRow, PackRow};
+use crate::index::{IndexRow, PackRow, RowWrite};
 use crate::key::Key;
 use crate::loose::{SANDBOX_DIR, STREAM_CHUNK_BYTES};
 use crate::pack::{self, PACKS_DIR};
@@ -280,19 +280,21 @@ impl WriteBatch<'_> {
             fsutil::fsync_dir(&root.join(PACKS_DIR))?;
             let by_key: std::collections::HashMap<Key, &Entry> =
                 self.entries.iter().map(|e| (e.key, e)).collect();
-            for (key, _) in &table {
-                let Some(e) = by_key.get(key) else { continue };
-                tx.put_new(
-                    key,
-                    &IndexRow {
+            let rows: Vec<(Key, IndexRow)> = table
+                .iter()
+                .filter_map(|(key, _)| {
+                    let e = by_key.get(key)?;
+                    let row = IndexRow {
                         pack: id,
                         offset: e.offset,
                         raw_len: e.raw_len,
                         stored_len: e.raw_len,
                         flags: 0,
-                    },
-                )?;
-            }
+                    };
+                    Some((*key, row))
+                })
+                .collect();
+            tx.write_rows(RowWrite::New, rows.iter().map(|(k, r)| (k, r)))?;
             tx.put_pack(&PackRow {
                 id,
                 sealed: true,

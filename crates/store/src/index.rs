@@ -149,6 +149,26 @@ CREATE TABLE IF NOT EXISTS tombstones (
 ) WITHOUT ROWID;
 ";
 
+/// Rows one `INSERT` statement of [`IndexTx::write_rows`] carries.
+const ROWS_PER_INSERT: usize = 16;
+
+/// Binds one object row to the six parameters from `first` on: key, pack, offset, raw length,
+/// stored length (NULL when equal to the raw length), flags.
+fn bind_row(
+    st: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    key: &Key,
+    row: &IndexRow,
+) -> rusqlite::Result<()> {
+    let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
+    st.raw_bind_parameter(first, &key.as_bytes()[..])?;
+    st.raw_bind_parameter(first + 1, row.pack as i64)?;
+    st.raw_bind_parameter(first + 2, row.offset as i64)?;
+    st.raw_bind_parameter(first + 3, row.raw_len as i64)?;
+    st.raw_bind_parameter(first + 4, stored)?;
+    st.raw_bind_parameter(first + 5, row.flags as i64)
+}
+
 /// Keys a bulk membership query binds at most at once.
 const KNOWN_KEYS_PER_QUERY: usize = 4096;
 
@@ -363,6 +383,13 @@ impl Index {
             }
         }
         Ok(found)
+    }
+
+    /// For each of `keys`, whether the index has it, in a snapshot begun now: it sees every
+    /// commit made before this call.
+    pub(crate) fn known_fresh(&mut self, keys: &[Key]) -> Result<Vec<bool>> {
+        self.begin_snapshot()?;
+        known_keys(&self.conn, keys).map_err(|e| self.err(e))
     }
 
     /// Begins a fresh read snapshot when there is none or the current one is past its age.
@@ -797,12 +824,6 @@ impl IndexTx<'_> {
         }
     }
 
-    /// Inserts a row for a key the index does not have yet; a row already there wins (its
-    /// record stays the one live copy, the new one is garbage).
-    pub(crate) fn put_new(&self, key: &Key, row: &IndexRow) -> Result<()> {
-        self.write_rows(RowWrite::New, std::iter::once((key, row)))
-    }
-
     /// Writes many rows with one prepared statement: looking the statement up in the cache
     /// once per row cost more than some of the inserts.
     pub(crate) fn write_rows<'k>(
@@ -810,26 +831,51 @@ impl IndexTx<'_> {
         how: RowWrite,
         rows: impl IntoIterator<Item = (&'k Key, &'k IndexRow)>,
     ) -> Result<()> {
-        // ?1 key, ?2 pack, ?3 offset, ?4 raw length, ?5 stored length (NULL when uncompressed,
-        // which keeps rows small), ?6 flags.
-        let sql = match how {
-            RowWrite::Replace => "INSERT OR REPLACE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            RowWrite::New => "INSERT OR IGNORE INTO objects(key, pack, offset, raw_len, stored_len, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            // Cheaper than a replace: the row is rewritten in place.
-            RowWrite::Move => "UPDATE objects SET pack = ?2, offset = ?3, raw_len = ?4, stored_len = ?5, flags = ?6 WHERE key = ?1",
+        // Per row: key, pack, offset, raw length, stored length (NULL when uncompressed, which
+        // keeps rows small), flags.
+        let insert = match how {
+            RowWrite::Replace => "INSERT OR REPLACE",
+            RowWrite::New => "INSERT OR IGNORE",
+            RowWrite::Move => {
+                // Cheaper than a replace: the row is rewritten in place.
+                let mut st = self
+                    .tx
+                    .prepare_cached("UPDATE objects SET pack = ?2, offset = ?3, raw_len = ?4, stored_len = ?5, flags = ?6 WHERE key = ?1")
+                    .map_err(|e| self.err(e))?;
+                for (key, row) in rows {
+                    bind_row(&mut st, 1, key, row).map_err(|e| self.err(e))?;
+                    st.raw_execute().map_err(|e| self.err(e))?;
+                }
+                return Ok(());
+            }
         };
-        let mut st = self.tx.prepare_cached(sql).map_err(|e| self.err(e))?;
-        for (key, row) in rows {
-            let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
-            st.execute(params![
-                &key.as_bytes()[..],
-                row.pack as i64,
-                row.offset as i64,
-                row.raw_len as i64,
-                stored,
-                row.flags as i64
-            ])
+        // Several rows per statement: a sixth less time per row than one row per statement
+        // (measured on a million sorted rows). Rows go in input order, so of two rows with
+        // the same key the first stays (`New`) or the last (`Replace`), as one by one.
+        let values = |n: usize| vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ");
+        let columns = "objects(key, pack, offset, raw_len, stored_len, flags)";
+        let mut many = self
+            .tx
+            .prepare_cached(&format!(
+                "{insert} INTO {columns} VALUES {}",
+                values(ROWS_PER_INSERT)
+            ))
             .map_err(|e| self.err(e))?;
+        let mut one = self
+            .tx
+            .prepare_cached(&format!("{insert} INTO {columns} VALUES {}", values(1)))
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(&Key, &IndexRow)> = rows.into_iter().collect();
+        let mut groups = rows.chunks_exact(ROWS_PER_INSERT);
+        for group in &mut groups {
+            for (n, (key, row)) in group.iter().enumerate() {
+                bind_row(&mut many, 1 + 6 * n, key, row).map_err(|e| self.err(e))?;
+            }
+            many.raw_execute().map_err(|e| self.err(e))?;
+        }
+        for (key, row) in groups.remainder() {
+            bind_row(&mut one, 1, key, row).map_err(|e| self.err(e))?;
+            one.raw_execute().map_err(|e| self.err(e))?;
         }
         Ok(())
     }

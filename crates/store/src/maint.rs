@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{Position, RecordKind, FRAME_RAW_BYTES, PACK_FLAG_BATCH, PACK_HEADER_BYTES};
 use crate::fsutil;
 use crate::index::{Index, IndexRow, Kills, PackRow, RowWrite, TombstoneRow, INDEX_FILE};
-use crate::key::Key;
+use crate::key::{Key, KeySet};
 use crate::loose::{self, STREAM_CHUNK_BYTES};
 use crate::pack::{self, Appender, NewRecord, PACKS_DIR};
 use crate::progress::{Progress, Unit};
@@ -378,7 +378,7 @@ impl<'s> Maintenance<'s> {
                                 &name,
                                 store.config().hash,
                                 policy,
-                                &HashSet::new(),
+                                &KeySet::default(),
                                 Some(key),
                             )?
                             .1
@@ -485,6 +485,10 @@ impl<'s> Maintenance<'s> {
     /// Writes objects straight into packs (bulk import). Returns keys in input order. Objects
     /// already in the store are not written again; dedup asks the index per object instead of
     /// loading every key into memory.
+    ///
+    /// Objects go in chunks through three stages that overlap: the next chunk is read and
+    /// hashed (on every core), its keys are looked up in the index (on a second thread, through
+    /// the store's reader connection), while the current chunk is appended.
     pub fn write_packed(
         &self,
         sources: &mut dyn Iterator<Item = Result<Source>>,
@@ -496,62 +500,66 @@ impl<'s> Maintenance<'s> {
         let policy = self.policy(opts);
         p.start("write", None, Unit::Objects);
         let result = self.with_appender(HashSet::new(), |index, app| {
-            let mut keys = Vec::new();
-            // Keys written by this call since its last commit, not yet visible in the index.
-            let mut session: HashSet<Key> = HashSet::new();
-            let mut pending_bytes = 0u64;
-            loop {
-                let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
-                let mut large: Vec<(usize, Source)> = Vec::new();
-                let base = keys.len();
-                for (i, src) in (&mut *sources).take(PARALLEL_CHUNK_OBJECTS).enumerate() {
-                    match src? {
-                        Source::Bytes(b) => small.push((base + i, b)),
-                        Source::File(path) => {
-                            let len = fs::metadata(&path).at("stat", &path)?.len();
-                            if len <= IN_MEMORY_OBJECT_BYTES_MAX {
-                                small.push((base + i, fs::read(&path).at("read", &path)?));
-                            } else {
-                                large.push((base + i, Source::File(path)));
-                            }
-                        }
-                        Source::Reader { reader, size_hint }
-                            if size_hint > IN_MEMORY_OBJECT_BYTES_MAX =>
-                        {
-                            large.push((base + i, Source::Reader { reader, size_hint }))
-                        }
-                        Source::Reader { mut reader, .. } => {
-                            let mut b = Vec::new();
-                            reader.read_to_end(&mut b).at("read source", "reader")?;
-                            small.push((base + i, b));
+            std::thread::scope(|scope| {
+                let (to_check, check_in) = std::sync::mpsc::sync_channel::<Vec<Key>>(1);
+                let (check_out, checked) = std::sync::mpsc::sync_channel::<Result<Vec<bool>>>(1);
+                scope.spawn(move || {
+                    for chunk_keys in check_in {
+                        // A fresh snapshot per chunk: it sees every commit this call made
+                        // before the chunk was sent (see `committed_lately` below).
+                        let known = store.index().known_fresh(&chunk_keys);
+                        if check_out.send(known).is_err() {
+                            break;
                         }
                     }
-                }
-                let n = small.len() + large.len();
-                if n == 0 {
-                    break;
-                }
-                keys.resize(base + n, Key::from_bytes([0; 32]));
-                let prepared: Vec<(usize, Key, u64, std::io::Result<compress::Encoded>)> = small
-                    .into_par_iter()
-                    .map(|(i, b)| {
-                        let key = hash.hash(&b);
-                        let raw_len = b.len() as u64;
-                        let enc = match policy {
-                            Compression::None => Ok(compress::Encoded {
-                                payload: b,
-                                compressed: false,
-                            }),
-                            _ => compress::encode(&b, policy),
-                        };
-                        (i, key, raw_len, enc)
-                    })
-                    .collect();
-                let chunk_keys: Vec<Key> = prepared.iter().map(|p| p.1).collect();
-                let known = index.known_recent(&chunk_keys)?;
-                for ((i, key, raw_len, enc), known) in prepared.into_iter().zip(known) {
+                });
+                self.write_packed_chunks(sources, hash, policy, p, index, app, &to_check, &checked)
+            })
+        });
+        p.finish();
+        result
+    }
+
+    /// The main loop of [`Maintenance::write_packed`]; `to_check`/`checked` talk to its lookup
+    /// thread, which answers each chunk's keys in order.
+    #[allow(clippy::too_many_arguments)]
+    fn write_packed_chunks(
+        &self,
+        sources: &mut dyn Iterator<Item = Result<Source>>,
+        hash: crate::key::HashAlgorithm,
+        policy: Compression,
+        p: &dyn Progress,
+        index: &mut Index,
+        app: &mut Appender<'s>,
+        to_check: &std::sync::mpsc::SyncSender<Vec<Key>>,
+        checked: &std::sync::mpsc::Receiver<Result<Vec<bool>>>,
+    ) -> Result<Vec<Key>> {
+        let lookup_thread_gone =
+            || Error::InvalidArgument("write_packed: lookup thread ended".into());
+        let mut keys = Vec::new();
+        // Keys written by this call since its last commit, not yet visible in the index.
+        let mut session = KeySet::default();
+        // Keys of the commit before: a chunk is looked up one step ahead, so its lookup may
+        // have run just before that commit and missed them. Commits before that one are
+        // always visible to it: the lookup of a chunk starts only after the previous chunk
+        // (and any commit it made) is done.
+        let mut committed_lately = KeySet::default();
+        let mut pending_bytes = 0u64;
+        let mut current: Option<ReadChunk> = None;
+        loop {
+            let next = read_chunk(sources, keys.len(), hash, policy)?;
+            if let Some(next) = &next {
+                keys.resize(next.base + next.n, Key::from_bytes([0; 32]));
+                let chunk_keys = next.prepared.iter().map(|p| p.1).collect();
+                to_check
+                    .send(chunk_keys)
+                    .map_err(|_| lookup_thread_gone())?;
+            }
+            if let Some(chunk) = current.take() {
+                let known = checked.recv().map_err(|_| lookup_thread_gone())??;
+                for ((i, key, raw_len, enc), known) in chunk.prepared.into_iter().zip(known) {
                     keys[i] = key;
-                    if known || session.contains(&key) {
+                    if known || session.contains(&key) || committed_lately.contains(&key) {
                         continue;
                     }
                     let enc = enc.map_err(|e| Error::io("compress", key.to_hex(), e))?;
@@ -559,7 +567,7 @@ impl<'s> Maintenance<'s> {
                     app.append_encoded(index, key, raw_len, &enc)?;
                     session.insert(key);
                 }
-                for (i, src) in large {
+                for (i, src) in chunk.large {
                     let (mut reader, name): (Box<dyn Read>, String) = match src {
                         Source::File(path) => (
                             Box::new(File::open(&path).at("open", &path)?),
@@ -568,6 +576,7 @@ impl<'s> Maintenance<'s> {
                         Source::Reader { reader, .. } => (reader, "reader".to_string()),
                         Source::Bytes(_) => continue,
                     };
+                    // Large objects ask the maintenance connection, which sees every commit.
                     let (key, outcome) = append_stream(
                         app,
                         index,
@@ -584,17 +593,19 @@ impl<'s> Maintenance<'s> {
                         pending_bytes += stored_len;
                     }
                 }
-                p.advance(n as u64);
+                p.advance(chunk.n as u64);
                 if pending_bytes >= COMMIT_BYTES || app.pending() >= COMMIT_RECORDS {
                     app.commit(index, &mut |_| Ok(()))?;
-                    session.clear();
+                    committed_lately = std::mem::take(&mut session);
                     pending_bytes = 0;
                 }
             }
-            Ok(keys)
-        });
-        p.finish();
-        result
+            match next {
+                Some(next) => current = Some(next),
+                None => break,
+            }
+        }
+        Ok(keys)
     }
 
     /// Deletes objects (loose and packed). Returns the keys that existed, in input order.
@@ -1239,7 +1250,7 @@ fn append_stream(
     name: &str,
     hash: crate::key::HashAlgorithm,
     policy: Compression,
-    session: &HashSet<Key>,
+    session: &KeySet,
     expect: Option<Key>,
 ) -> Result<(Key, Streamed)> {
     let level = match policy {
@@ -1328,4 +1339,71 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// One chunk of [`Maintenance::write_packed`]'s input: small objects read, hashed and encoded
+/// (`(input index, key, raw length, encoded)`), large ones still to be streamed.
+struct ReadChunk {
+    base: usize,
+    n: usize,
+    prepared: Vec<(usize, Key, u64, std::io::Result<compress::Encoded>)>,
+    large: Vec<(usize, Source)>,
+}
+
+/// Takes up to [`PARALLEL_CHUNK_OBJECTS`] sources, reads the small ones into memory and hashes
+/// and encodes them on every core. `None` when the sources are exhausted.
+fn read_chunk(
+    sources: &mut dyn Iterator<Item = Result<Source>>,
+    base: usize,
+    hash: crate::key::HashAlgorithm,
+    policy: Compression,
+) -> Result<Option<ReadChunk>> {
+    let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut large: Vec<(usize, Source)> = Vec::new();
+    for (i, src) in sources.take(PARALLEL_CHUNK_OBJECTS).enumerate() {
+        match src? {
+            Source::Bytes(b) => small.push((base + i, b)),
+            Source::File(path) => {
+                let len = fs::metadata(&path).at("stat", &path)?.len();
+                if len <= IN_MEMORY_OBJECT_BYTES_MAX {
+                    small.push((base + i, fs::read(&path).at("read", &path)?));
+                } else {
+                    large.push((base + i, Source::File(path)));
+                }
+            }
+            Source::Reader { reader, size_hint } if size_hint > IN_MEMORY_OBJECT_BYTES_MAX => {
+                large.push((base + i, Source::Reader { reader, size_hint }))
+            }
+            Source::Reader { mut reader, .. } => {
+                let mut b = Vec::new();
+                reader.read_to_end(&mut b).at("read source", "reader")?;
+                small.push((base + i, b));
+            }
+        }
+    }
+    let n = small.len() + large.len();
+    if n == 0 {
+        return Ok(None);
+    }
+    let prepared = small
+        .into_par_iter()
+        .map(|(i, b)| {
+            let key = hash.hash(&b);
+            let raw_len = b.len() as u64;
+            let enc = match policy {
+                Compression::None => Ok(compress::Encoded {
+                    payload: b,
+                    compressed: false,
+                }),
+                _ => compress::encode(&b, policy),
+            };
+            (i, key, raw_len, enc)
+        })
+        .collect();
+    Ok(Some(ReadChunk {
+        base,
+        n,
+        prepared,
+        large,
+    }))
 }

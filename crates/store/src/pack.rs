@@ -875,7 +875,10 @@ impl<'a> Appender<'a> {
             Self::flush_buf(p)?;
         }
         // In key order, each B-tree page is visited once per commit instead of once per row.
-        self.pending_rows.sort_by_key(|(k, _)| *k);
+        // Ties (the same key appended twice) keep append order, as a stable sort would: the
+        // unstable sort moves less memory, which mattered at a million rows.
+        self.pending_rows
+            .sort_unstable_by_key(|(key, row)| (*key, row.position()));
         let packs: Vec<&OpenPack> = self.full.iter().chain(self.open.iter()).collect();
         let (pending_rows, pending_tombstones, moves) =
             (&self.pending_rows, &self.pending_tombstones, self.moves);

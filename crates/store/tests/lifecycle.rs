@@ -642,3 +642,73 @@ fn pack_and_clean_remove_empty_prefix_folders_and_puts_make_them_again() {
     let report = m.validate(&NoProgress).expect("validate");
     assert!(report.is_ok(), "{:?}", report.problems);
 }
+
+/// A delete of more keys than one bulk lookup binds (4096), with repeats, unknown keys and
+/// loose copies mixed in: the bulk lookup, the sorted row removal and the loose listing must
+/// agree with what a key-by-key delete would do.
+#[test]
+fn bulk_delete_across_lookup_chunks_matches_key_by_key_semantics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = InitOptions {
+        pack_size_target_bytes: 1 << 20,
+        ..InitOptions::default()
+    };
+    let store = Store::init(&dir.path().join("s"), &opts).expect("init");
+    let n = 9000u64;
+    let contents: Vec<Vec<u8>> = (0..n).map(|i| content(i, 24 + (i as usize % 40))).collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let mut sources = contents.iter().map(|c| Ok(Source::Bytes(c.clone())));
+    let keys = m
+        .write_packed(&mut sources, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    // Some objects are loose only, some both loose and packed.
+    let loose_only: Vec<Key> = (0..50)
+        .map(|i| store.put(&content(100_000 + i, 64)).expect("put"))
+        .collect();
+    for k in keys.iter().take(30) {
+        let c = &contents[keys.iter().position(|x| x == k).expect("key")];
+        assert_eq!(store.put(c).expect("put"), *k);
+    }
+    let unknown: Vec<Key> = (0..20)
+        .map(|i| store.config().hash.hash(&content(200_000 + i, 10)))
+        .collect();
+
+    // Every other packed key, all loose-only keys, unknown keys, and repeats.
+    let mut doomed: Vec<Key> = keys.iter().copied().step_by(2).collect();
+    doomed.extend(&loose_only);
+    doomed.extend(&unknown);
+    doomed.extend(keys.iter().copied().step_by(2).take(100));
+    assert!(doomed.len() > 4096, "must span more than one bulk lookup");
+    let existed = m.delete(&doomed).expect("delete");
+
+    let mut expected = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for k in &doomed {
+        if seen.insert(*k) && !unknown.contains(k) {
+            expected.push(*k);
+        }
+    }
+    assert_eq!(existed, expected, "existing keys, input order, once each");
+    let check = |store: &Store, when: &str| {
+        for (i, (k, c)) in keys.iter().zip(&contents).enumerate() {
+            match store.get(k) {
+                Ok(v) => {
+                    assert!(i % 2 == 1, "{when}: deleted object {i} readable");
+                    assert_eq!(&v, c, "{when}: wrong bytes for object {i}");
+                }
+                Err(e) => assert!(i % 2 == 0 && e.is_not_found(), "{when}: object {i}: {e}"),
+            }
+        }
+        for k in &loose_only {
+            assert!(
+                !store.has(k).expect("has"),
+                "{when}: loose object {k} survived"
+            );
+        }
+    };
+    check(&store, "after delete");
+    let v = m.validate(&NoProgress).expect("validate");
+    assert!(v.is_ok(), "{:?}", v.problems);
+    m.rebuild_index(&NoProgress).expect("rebuild");
+    check(&store, "after rebuild");
+}
