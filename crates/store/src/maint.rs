@@ -624,8 +624,9 @@ impl<'s> Maintenance<'s> {
                 .then(|| loose::list_loose(store.path(), store.config().loose_prefix_len))
                 .transpose()?
                 .map(|v| v.into_iter().collect());
-            // One statement for all the lookups, one for all the row removals: per-key
-            // statements were most of a bulk delete's time.
+            // One statement for all the lookups, and the row removals in key order (see
+            // `remove_many`): looking keys up one statement at a time was most of a bulk
+            // delete's time.
             let positions = index.positions_recent(keys)?;
             let mut packed = Vec::new();
             for key in keys {
