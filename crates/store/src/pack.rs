@@ -414,9 +414,10 @@ pub(crate) struct Appender<'a> {
     pending_tombstones: Vec<TombstoneRow>,
     /// Packs that filled up during this batch; sealed at the next commit.
     full: Vec<OpenPack>,
-    /// Rows committed by this appender move the key's row (records moved by repack); by
-    /// default a row already in the index wins, because a write batch may have committed the
-    /// same key meanwhile and its record must stay the one live copy.
+    /// Rows committed by this appender replace the key's row (records moved by repack; see
+    /// [`RowWrite::Replace`] for why that is a move); by default a row already in the index
+    /// wins, because a write batch may have committed the same key meanwhile and its record
+    /// must stay the one live copy.
     moves: bool,
 }
 
@@ -893,7 +894,11 @@ impl<'a> Appender<'a> {
             });
             let staged = index.begin().and_then(|tx| {
                 let mut stage = || -> Result<()> {
-                    let how = if moves { RowWrite::Move } else { RowWrite::New };
+                    let how = if moves {
+                        RowWrite::Replace
+                    } else {
+                        RowWrite::New
+                    };
                     tx.write_rows(how, pending_rows.iter().map(|(k, r)| (k, r)))?;
                     tx.put_tombstones(pending_tombstones)?;
                     for p in &packs {
