@@ -153,6 +153,36 @@ CREATE TABLE IF NOT EXISTS tombstones (
 /// Rows one `INSERT` statement of [`IndexTx::write_rows`] carries.
 const ROWS_PER_INSERT: usize = 16;
 
+/// Runs `head VALUES (..), (..), ..` over `items`, [`ROWS_PER_INSERT`] of them per statement
+/// (the rest one by one): a sixth less time per row than one row per statement (measured on a
+/// million sorted rows). Items go in order, so of two rows with the same key the first stays
+/// (`OR IGNORE`) or the last (`OR REPLACE`), as one by one. `bind` binds one item to the
+/// `columns` parameters from its first index on.
+fn insert_grouped<T>(
+    conn: &Connection,
+    head: &str,
+    columns: usize,
+    items: &[T],
+    bind: &dyn Fn(&mut rusqlite::CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let one_row = format!("({})", vec!["?"; columns].join(", "));
+    let values = |n: usize| vec![one_row.as_str(); n].join(", ");
+    let mut many = conn.prepare_cached(&format!("{head} VALUES {}", values(ROWS_PER_INSERT)))?;
+    let mut one = conn.prepare_cached(&format!("{head} VALUES {}", values(1)))?;
+    let mut groups = items.chunks_exact(ROWS_PER_INSERT);
+    for group in &mut groups {
+        for (n, item) in group.iter().enumerate() {
+            bind(&mut many, 1 + columns * n, item)?;
+        }
+        many.raw_execute()?;
+    }
+    for item in groups.remainder() {
+        bind(&mut one, 1, item)?;
+        one.raw_execute()?;
+    }
+    Ok(())
+}
+
 /// Binds one object row to the six parameters from `first` on: key, pack, offset, raw length,
 /// stored length (NULL when equal to the raw length), flags.
 fn bind_row(
@@ -848,35 +878,15 @@ impl IndexTx<'_> {
             RowWrite::Replace => "INSERT OR REPLACE",
             RowWrite::New => "INSERT OR IGNORE",
         };
-        // Several rows per statement: a sixth less time per row than one row per statement
-        // (measured on a million sorted rows). Rows go in input order, so of two rows with
-        // the same key the first stays (`New`) or the last (`Replace`), as one by one.
-        let values = |n: usize| vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ");
-        let columns = "objects(key, pack, offset, raw_len, stored_len, flags)";
-        let mut many = self
-            .tx
-            .prepare_cached(&format!(
-                "{insert} INTO {columns} VALUES {}",
-                values(ROWS_PER_INSERT)
-            ))
-            .map_err(|e| self.err(e))?;
-        let mut one = self
-            .tx
-            .prepare_cached(&format!("{insert} INTO {columns} VALUES {}", values(1)))
-            .map_err(|e| self.err(e))?;
         let rows: Vec<(&Key, &IndexRow)> = rows.into_iter().collect();
-        let mut groups = rows.chunks_exact(ROWS_PER_INSERT);
-        for group in &mut groups {
-            for (n, (key, row)) in group.iter().enumerate() {
-                bind_row(&mut many, 1 + 6 * n, key, row).map_err(|e| self.err(e))?;
-            }
-            many.raw_execute().map_err(|e| self.err(e))?;
-        }
-        for (key, row) in groups.remainder() {
-            bind_row(&mut one, 1, key, row).map_err(|e| self.err(e))?;
-            one.raw_execute().map_err(|e| self.err(e))?;
-        }
-        Ok(())
+        insert_grouped(
+            &self.tx,
+            &format!("{insert} INTO objects(key, pack, offset, raw_len, stored_len, flags)"),
+            6,
+            &rows,
+            &|st, first, (key, row)| bind_row(st, first, key, row),
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Whether pack `id` is still only reserved (see [`PackRow::reserved`]).
@@ -957,23 +967,21 @@ impl IndexTx<'_> {
         &self,
         tombstones: impl IntoIterator<Item = &'t TombstoneRow>,
     ) -> Result<()> {
-        let mut st = self
-            .tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO tombstones(pack, offset, key, before_pack, before_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(|e| self.err(e))?;
-        for t in tombstones {
-            st.execute(params![
-                t.at.pack as i64,
-                t.at.offset as i64,
-                &t.key.as_bytes()[..],
-                t.before.pack as i64,
-                t.before.offset as i64
-            ])
-            .map_err(|e| self.err(e))?;
-        }
-        Ok(())
+        let tombstones: Vec<&TombstoneRow> = tombstones.into_iter().collect();
+        insert_grouped(
+            &self.tx,
+            "INSERT OR REPLACE INTO tombstones(pack, offset, key, before_pack, before_offset)",
+            5,
+            &tombstones,
+            &|st, first, t| {
+                st.raw_bind_parameter(first, t.at.pack as i64)?;
+                st.raw_bind_parameter(first + 1, t.at.offset as i64)?;
+                st.raw_bind_parameter(first + 2, &t.key.as_bytes()[..])?;
+                st.raw_bind_parameter(first + 3, t.before.pack as i64)?;
+                st.raw_bind_parameter(first + 4, t.before.offset as i64)
+            },
+        )
+        .map_err(|e| self.err(e))
     }
 
     pub(crate) fn clear_all(&self) -> Result<()> {
