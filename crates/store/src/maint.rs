@@ -770,7 +770,8 @@ impl<'s> Maintenance<'s> {
                         pack::check_header(&header, key, irow)?;
                         match compression {
                             None => {
-                                app.append_raw_record(index, &header, payload)?;
+                                let record = &rec[..header.record_len() as usize];
+                                app.append_verified_record(index, &header, record)?;
                             }
                             Some(policy) => {
                                 let raw = if header.is_compressed() {

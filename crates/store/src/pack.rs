@@ -724,32 +724,39 @@ impl<'a> Appender<'a> {
         Ok((key, Some(row.position())))
     }
 
-    /// Copies an existing, verified record verbatim (repack keeps compression as is).
-    pub(crate) fn append_raw_record(
+    /// Appends an object record that [`format::decode_record`] already checked, byte for byte:
+    /// a record holds no position of its own, so its moved copy is the same bytes, and neither
+    /// its header nor its checksum needs computing again.
+    pub(crate) fn append_verified_record(
         &mut self,
         index: &mut Index,
         header: &RecordHeader,
-        payload: &[u8],
+        record: &[u8],
     ) -> Result<Position> {
-        match header.kind {
-            RecordKind::Object => self.append(
-                index,
-                &NewRecord {
-                    key: header.key,
-                    raw_len: header.raw_len,
-                    compressed: header.is_compressed(),
-                    payload,
-                },
-            ),
-            RecordKind::Tombstone => {
-                let before =
-                    format::decode_tombstone(payload).map_err(|reason| Error::CorruptPack {
-                        pack: 0,
-                        reason: reason.to_string(),
-                    })?;
-                self.append_tombstone(index, header.key, before)
-            }
+        self.ensure_open(index)?;
+        let open = self.open_pack()?;
+        let offset = open.len;
+        if open.buf.len() + record.len() > WRITE_BUFFER_BYTES {
+            Self::flush_buf(open)?;
         }
+        if record.len() > WRITE_BUFFER_BYTES {
+            open.file
+                .write_all_at(record, offset)
+                .at("write pack", &open.path)?;
+            open.buf_at = offset + record.len() as u64;
+        } else {
+            open.buf.extend_from_slice(record);
+        }
+        open.len += record.len() as u64;
+        let row = IndexRow {
+            pack: open.id,
+            offset,
+            raw_len: header.raw_len,
+            stored_len: header.stored_len,
+            flags: header.flags,
+        };
+        self.pending_rows.push((header.key, row));
+        Ok(row.position())
     }
 
     /// Copies the record at `row` of `src` verbatim in constant memory, checking its header
