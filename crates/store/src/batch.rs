@@ -294,7 +294,7 @@ impl WriteBatch<'_> {
                     Some((*key, row))
                 })
                 .collect();
-            tx.write_rows(RowWrite::New, rows.iter().map(|(k, r)| (k, r)))?;
+            tx.write_rows(RowWrite::New, &rows)?;
             tx.put_pack(&PackRow {
                 id,
                 sealed: true,

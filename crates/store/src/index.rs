@@ -183,24 +183,7 @@ fn insert_grouped<T>(
     Ok(())
 }
 
-/// Binds one object row to the six parameters from `first` on: key, pack, offset, raw length,
-/// stored length (NULL when equal to the raw length), flags.
-fn bind_row(
-    st: &mut rusqlite::CachedStatement<'_>,
-    first: usize,
-    key: &Key,
-    row: &IndexRow,
-) -> rusqlite::Result<()> {
-    let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
-    st.raw_bind_parameter(first, &key.as_bytes()[..])?;
-    st.raw_bind_parameter(first + 1, row.pack as i64)?;
-    st.raw_bind_parameter(first + 2, row.offset as i64)?;
-    st.raw_bind_parameter(first + 3, row.raw_len as i64)?;
-    st.raw_bind_parameter(first + 4, stored)?;
-    st.raw_bind_parameter(first + 5, row.flags as i64)
-}
-
-/// Keys a bulk membership query binds at most at once.
+/// Keys a bulk lookup binds at most at once.
 const KNOWN_KEYS_PER_QUERY: usize = 4096;
 
 /// `keys` as the value of one `rarray` parameter: SQLite then handles the whole list inside
@@ -867,24 +850,26 @@ impl IndexTx<'_> {
 
     /// Writes many rows with one prepared statement: looking the statement up in the cache
     /// once per row cost more than some of the inserts.
-    pub(crate) fn write_rows<'k>(
-        &self,
-        how: RowWrite,
-        rows: impl IntoIterator<Item = (&'k Key, &'k IndexRow)>,
-    ) -> Result<()> {
-        // Per row: key, pack, offset, raw length, stored length (NULL when uncompressed, which
-        // keeps rows small), flags.
+    pub(crate) fn write_rows(&self, how: RowWrite, rows: &[(Key, IndexRow)]) -> Result<()> {
         let insert = match how {
             RowWrite::Replace => "INSERT OR REPLACE",
             RowWrite::New => "INSERT OR IGNORE",
         };
-        let rows: Vec<(&Key, &IndexRow)> = rows.into_iter().collect();
         insert_grouped(
             &self.tx,
             &format!("{insert} INTO objects(key, pack, offset, raw_len, stored_len, flags)"),
             6,
-            &rows,
-            &|st, first, (key, row)| bind_row(st, first, key, row),
+            rows,
+            &|st, first, (key, row)| {
+                // The stored length is NULL when equal to the raw length: smaller rows.
+                let stored = (row.stored_len != row.raw_len).then_some(row.stored_len as i64);
+                st.raw_bind_parameter(first, &key.as_bytes()[..])?;
+                st.raw_bind_parameter(first + 1, row.pack as i64)?;
+                st.raw_bind_parameter(first + 2, row.offset as i64)?;
+                st.raw_bind_parameter(first + 3, row.raw_len as i64)?;
+                st.raw_bind_parameter(first + 4, stored)?;
+                st.raw_bind_parameter(first + 5, row.flags as i64)
+            },
         )
         .map_err(|e| self.err(e))
     }
@@ -963,16 +948,12 @@ impl IndexTx<'_> {
         Ok(())
     }
 
-    pub(crate) fn put_tombstones<'t>(
-        &self,
-        tombstones: impl IntoIterator<Item = &'t TombstoneRow>,
-    ) -> Result<()> {
-        let tombstones: Vec<&TombstoneRow> = tombstones.into_iter().collect();
+    pub(crate) fn put_tombstones(&self, tombstones: &[TombstoneRow]) -> Result<()> {
         insert_grouped(
             &self.tx,
             "INSERT OR REPLACE INTO tombstones(pack, offset, key, before_pack, before_offset)",
             5,
-            &tombstones,
+            tombstones,
             &|st, first, t| {
                 st.raw_bind_parameter(first, t.at.pack as i64)?;
                 st.raw_bind_parameter(first + 1, t.at.offset as i64)?;

@@ -163,36 +163,6 @@ impl fmt::Debug for Key {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn known_vectors() {
-        // Published digests of the empty string.
-        assert_eq!(
-            HashAlgorithm::Blake3.hash(b"").to_hex(),
-            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
-        assert_eq!(
-            HashAlgorithm::Sha256.hash(b"").to_hex(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        let mut h = HashAlgorithm::Sha256.hasher();
-        h.update(b"ab");
-        h.update(b"c");
-        assert_eq!(h.finish(), HashAlgorithm::Sha256.hash(b"abc"));
-    }
-
-    #[test]
-    fn parse_rejects_bad_text() {
-        assert!("xyz".parse::<Key>().is_err(), "short non-hex must fail");
-        let k = HashAlgorithm::Blake3.hash(b"x");
-        assert_eq!(k.to_hex().parse::<Key>().expect("round trip"), k);
-        assert_eq!(k.to_hex().to_uppercase().parse::<Key>().expect("upper"), k);
-    }
-}
-
 /// A set of keys hashed cheaply: a key is already a uniform hash, so its first 8 bytes, mixed
 /// with a per-process random seed, are as good as SipHash over all 32 (which was a few percent
 /// of a million-object import). The seed and the final multiply keep the bucket of a key
@@ -249,5 +219,35 @@ impl std::hash::Hasher for KeySetHasher {
         // The high bits of the product depend on every input bit: move them where hash tables
         // take the bucket from.
         self.state.rotate_left(32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vectors() {
+        // Published digests of the empty string.
+        assert_eq!(
+            HashAlgorithm::Blake3.hash(b"").to_hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert_eq!(
+            HashAlgorithm::Sha256.hash(b"").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let mut h = HashAlgorithm::Sha256.hasher();
+        h.update(b"ab");
+        h.update(b"c");
+        assert_eq!(h.finish(), HashAlgorithm::Sha256.hash(b"abc"));
+    }
+
+    #[test]
+    fn parse_rejects_bad_text() {
+        assert!("xyz".parse::<Key>().is_err(), "short non-hex must fail");
+        let k = HashAlgorithm::Blake3.hash(b"x");
+        assert_eq!(k.to_hex().parse::<Key>().expect("round trip"), k);
+        assert_eq!(k.to_hex().to_uppercase().parse::<Key>().expect("upper"), k);
     }
 }

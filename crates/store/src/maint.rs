@@ -1053,13 +1053,14 @@ impl<'s> Maintenance<'s> {
             tx.set_pack_id_high_water(max.max(index_high_water))?;
         }
         tx.put_tombstones(&tombstones)?;
-        let live: Vec<(&Key, &IndexRow)> = latest
-            .iter()
+        let latest_len = latest.len();
+        let live: Vec<(Key, IndexRow)> = latest
+            .into_iter()
             .filter(|(key, row)| !kills.kills(key, row.position()))
             .collect();
-        report.dead_records += (latest.len() - live.len()) as u64;
+        report.dead_records += (latest_len - live.len()) as u64;
         report.objects += live.len() as u64;
-        tx.write_rows(RowWrite::Replace, live)?;
+        tx.write_rows(RowWrite::Replace, &live)?;
         tx.commit()?;
         drop(index);
         self.store.index().end_snapshot()?;

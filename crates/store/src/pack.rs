@@ -609,51 +609,59 @@ impl<'a> Appender<'a> {
 
     /// Appends an object record; visible to readers only after [`Appender::commit`].
     pub(crate) fn append(&mut self, index: &mut Index, rec: &NewRecord<'_>) -> Result<Position> {
-        self.ensure_open(index)?;
-        let flags = if rec.compressed { FLAG_ZSTD } else { 0 };
         let header = RecordHeader {
             kind: RecordKind::Object,
-            flags,
+            flags: if rec.compressed { FLAG_ZSTD } else { 0 },
             hash: self.hash,
             raw_len: rec.raw_len,
             stored_len: rec.payload.len() as u64,
             key: rec.key,
         };
-        let open = self.open_pack()?;
-        let offset = open.len;
         let hb = header.encode();
         let mut sum = RecordChecksum::new(&hb);
         sum.update(rec.payload);
-        if open.buf.len() + rec.payload.len() > WRITE_BUFFER_BYTES {
+        self.append_object_bytes(index, &header, &[&hb, rec.payload, &sum.finish()])
+    }
+
+    /// Writes the bytes of one object record (given in `parts`, in order) at the end of the
+    /// open pack and keeps its row for the next commit. Records that do not fit the write
+    /// buffer go straight to the file.
+    fn append_object_bytes(
+        &mut self,
+        index: &mut Index,
+        header: &RecordHeader,
+        parts: &[&[u8]],
+    ) -> Result<Position> {
+        self.ensure_open(index)?;
+        let open = self.open_pack()?;
+        let offset = open.len;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if open.buf.len() + len > WRITE_BUFFER_BYTES {
             Self::flush_buf(open)?;
         }
-        if rec.payload.len() > WRITE_BUFFER_BYTES {
-            // Large payloads go straight to the file instead of through the buffer.
-            open.file
-                .write_all_at(&hb, offset)
-                .at("write pack", &open.path)?;
-            open.file
-                .write_all_at(rec.payload, offset + hb.len() as u64)
-                .at("write pack", &open.path)?;
-            let t = offset + hb.len() as u64 + rec.payload.len() as u64;
-            open.file
-                .write_all_at(&sum.finish(), t)
-                .at("write pack", &open.path)?;
-            open.buf_at = t + RECORD_TRAILER_BYTES as u64;
+        if len > WRITE_BUFFER_BYTES {
+            let mut at = offset;
+            for part in parts {
+                open.file
+                    .write_all_at(part, at)
+                    .at("write pack", &open.path)?;
+                at += part.len() as u64;
+            }
+            open.buf_at = at;
         } else {
-            open.buf.extend_from_slice(&hb);
-            open.buf.extend_from_slice(rec.payload);
-            open.buf.extend_from_slice(&sum.finish());
+            for part in parts {
+                open.buf.extend_from_slice(part);
+            }
         }
-        open.len += header.record_len();
+        open.len += len as u64;
         let row = IndexRow {
             pack: open.id,
             offset,
-            raw_len: rec.raw_len,
+            raw_len: header.raw_len,
             stored_len: header.stored_len,
-            flags,
+            flags: header.flags,
         };
-        self.pending_rows.push((rec.key, row));
+        self.pending_rows.push((header.key, row));
         Ok(row.position())
     }
 
@@ -733,30 +741,7 @@ impl<'a> Appender<'a> {
         header: &RecordHeader,
         record: &[u8],
     ) -> Result<Position> {
-        self.ensure_open(index)?;
-        let open = self.open_pack()?;
-        let offset = open.len;
-        if open.buf.len() + record.len() > WRITE_BUFFER_BYTES {
-            Self::flush_buf(open)?;
-        }
-        if record.len() > WRITE_BUFFER_BYTES {
-            open.file
-                .write_all_at(record, offset)
-                .at("write pack", &open.path)?;
-            open.buf_at = offset + record.len() as u64;
-        } else {
-            open.buf.extend_from_slice(record);
-        }
-        open.len += record.len() as u64;
-        let row = IndexRow {
-            pack: open.id,
-            offset,
-            raw_len: header.raw_len,
-            stored_len: header.stored_len,
-            flags: header.flags,
-        };
-        self.pending_rows.push((header.key, row));
-        Ok(row.position())
+        self.append_object_bytes(index, header, &[record])
     }
 
     /// Copies the record at `row` of `src` verbatim in constant memory, checking its header
@@ -906,7 +891,7 @@ impl<'a> Appender<'a> {
                     } else {
                         RowWrite::New
                     };
-                    tx.write_rows(how, pending_rows.iter().map(|(k, r)| (k, r)))?;
+                    tx.write_rows(how, pending_rows)?;
                     tx.put_tombstones(pending_tombstones)?;
                     for p in &packs {
                         tx.put_pack(&PackRow {
