@@ -162,9 +162,18 @@ impl Steps {
         bytes: u64,
         f: impl FnOnce() -> BenchResult<T>,
     ) -> BenchResult<T> {
+        let clock_start = monotonic_seconds();
         let start = Instant::now();
         let out = f().map_err(|e| format!("step {name}: {e}"))?;
         let seconds = start.elapsed().as_secs_f64();
+        if std::env::var_os("BASIN_BENCH_STEP_CLOCK").is_some() {
+            // For `perf record -k CLOCK_MONOTONIC` then `perf report --time START,END`: the
+            // profile of one step.
+            eprintln!(
+                "  step-clock {name} {clock_start:.6},{:.6}",
+                monotonic_seconds()
+            );
+        }
         self.record(name, seconds, objects, bytes);
         Ok(out)
     }
@@ -176,6 +185,17 @@ impl Steps {
             json!({"seconds": seconds, "objects": objects, "bytes": bytes}),
         );
     }
+}
+
+/// CLOCK_MONOTONIC in seconds, the clock `perf record -k CLOCK_MONOTONIC` stamps samples with.
+fn monotonic_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> BenchResult<()> {

@@ -252,6 +252,14 @@ def build(results: Path) -> str:
         start, end = (p.read_text(encoding='ascii').strip() for p in load_files)
         lines.append(f'Load average (1/5/15 min) at the start: {start}; at the end: {end} (2 vCPUs; other jobs may share '
                      'the machine and its disk).')
+    cpu_files = [results / f'cpu_{when}.txt' for when in ('start', 'end')]
+    if all(p.exists() for p in cpu_files):
+        # /proc/stat "cpu" line: user nice system idle iowait irq softirq steal ...
+        start, end = ([int(x) for x in p.read_text(encoding='ascii').split()[1:9]] for p in cpu_files)
+        delta = [b - a for a, b in zip(start, end)]
+        if sum(delta) > 0:
+            lines.append(f'CPU time stolen by the hypervisor over the run: {100 * delta[7] / sum(delta):.1f} % '
+                         '(the higher, the noisier every figure above).')
     lines.append('Targets missed: ' + (', '.join(t.misses) if t.misses else 'none'))
     return '\n'.join(lines)
 

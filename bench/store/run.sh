@@ -46,6 +46,8 @@ results="$work/results-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$results"
 # The machine may be shared: keep the load at the start with the results, the report prints it.
 cut -d' ' -f1-3 /proc/loadavg >"$results/loadavg_start.txt"
+# CPU time the hypervisor gave to others (steal) over the run: the report prints its share.
+head -1 /proc/stat >"$results/cpu_start.txt"
 
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import disk_objectstore' 2>/dev/null; then
     echo "== creating the disk-objectstore virtualenv in $venv" >&2
@@ -101,5 +103,6 @@ python3 "$here/limits.py" --data "$work/data.bin" --dir "$work/limits" \
 
 rm -f "$work/data.bin" "$work/million.bin"
 cut -d' ' -f1-3 /proc/loadavg >"$results/loadavg_end.txt"
+head -1 /proc/stat >"$results/cpu_end.txt"
 python3 "$here/report.py" "$results" | tee "$results/table.md"
 echo "(results in $results)" >&2

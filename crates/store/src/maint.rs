@@ -17,7 +17,10 @@ use rayon::prelude::*;
 use crate::compress;
 use crate::config::Compression;
 use crate::error::{Error, IoContext, Result};
-use crate::format::{Position, RecordKind, FRAME_RAW_BYTES, PACK_FLAG_BATCH, PACK_HEADER_BYTES};
+use crate::format::{
+    Position, RecordKind, FRAME_RAW_BYTES, PACK_FLAG_BATCH, PACK_HEADER_BYTES,
+    RECORD_OVERHEAD_BYTES,
+};
 use crate::fsutil;
 use crate::index::{Index, IndexRow, Kills, PackRow, RowWrite, TombstoneRow, INDEX_FILE};
 use crate::key::{Key, KeySet};
@@ -615,42 +618,42 @@ impl<'s> Maintenance<'s> {
         let mut existed = Vec::new();
         let mut loose_paths = Vec::new();
         self.with_appender(HashSet::new(), |index, app| {
-            // One snapshot from now on: write batches of other processes commit meanwhile, and
-            // whatever they add after this point is newer than the delete.
-            index.begin_snapshot()?;
             // Many keys: one listing of loose/ instead of a stat per key. A loose write landing
             // after the listing is newer than the delete, and stays.
             let listed: Option<HashSet<Key>> = (keys.len() >= DELETE_LISTING_KEYS_MIN)
                 .then(|| loose::list_loose(store.path(), store.config().loose_prefix_len))
                 .transpose()?
                 .map(|v| v.into_iter().collect());
-            // One statement for all the lookups, and the row removals in key order (see
-            // `remove_many`): looking keys up one statement at a time was most of a bulk
-            // delete's time.
-            let positions = index.positions_recent(keys)?;
-            let mut packed = Vec::new();
+            // The tombstones go to the pack opened now, before the write transaction: opening
+            // a pack may commit to the index by itself.
+            app.open_now(index)?;
+            // Rows are looked up and removed under the write lock, held to the commit: no
+            // write batch commits between a lookup and its removal, and
+            // whatever one commits later is newer than the delete. The tombstones are durable
+            // before the removals are (`commit_in` syncs the pack first).
+            let tx = index.begin()?;
+            let positions = tx.take_rows(keys)?;
             for key in keys {
                 if !seen.insert(*key) {
                     continue;
                 }
                 let live = positions.get(key);
-                let in_pack = live.is_some();
                 let in_loose = match &listed {
                     Some(set) => set.contains(key),
                     None => store.loose_path(key).exists(),
                 };
                 if let Some(live) = live {
-                    app.append_delete_tombstone(index, *key, *live)?;
-                    packed.push(*key);
+                    app.append_delete_tombstone_to_open(*key, *live)?;
                 }
                 if in_loose {
                     loose_paths.push(store.loose_path(key));
                 }
-                if in_pack || in_loose {
+                if live.is_some() || in_loose {
                     existed.push(*key);
                 }
             }
-            app.commit(index, &mut |tx| tx.remove_many(&packed))
+            app.commit_in(tx, &mut |_| Ok(()))?;
+            app.seal_filled(index)
         })?;
         fsutil::remove_files(&loose_paths);
         for lp in &loose_paths {
@@ -753,58 +756,78 @@ impl<'s> Maintenance<'s> {
                     app.copy_record(index, &file, key, irow)?;
                     report.objects_moved += 1;
                 }
-                pack::for_each_record(
-                    &file,
-                    row.id,
-                    &rows,
-                    REPACK_SPAN_BYTES,
-                    &mut |key, irow, rec| {
-                        let (header, payload) =
-                            crate::format::decode_record(rec).map_err(|reason| {
-                                Error::CorruptRecord {
-                                    pack: irow.pack,
-                                    offset: irow.offset,
-                                    reason,
+                match compression {
+                    None => pack::for_each_span_read_ahead(
+                        &file,
+                        row.id,
+                        &rows,
+                        REPACK_SPAN_BYTES,
+                        &mut |span_rows, start, buf| {
+                            // Records that lie next to each other are copied as one run.
+                            let mut run = Vec::new();
+                            let (mut run_at, mut run_end) = (0usize, 0usize);
+                            for (key, irow) in span_rows {
+                                let at = (irow.offset - start) as usize;
+                                let len = (RECORD_OVERHEAD_BYTES + irow.stored_len) as usize;
+                                let (header, _) = verified_record(&buf[at..at + len], key, irow)?;
+                                if !run.is_empty() && at != run_end {
+                                    app.append_verified_records(
+                                        index,
+                                        &run,
+                                        &buf[run_at..run_end],
+                                    )?;
+                                    run.clear();
                                 }
-                            })?;
-                        pack::check_header(&header, key, irow)?;
-                        match compression {
-                            None => {
-                                let record = &rec[..header.record_len() as usize];
-                                app.append_verified_record(index, &header, record)?;
+                                if run.is_empty() {
+                                    run_at = at;
+                                }
+                                run_end = at + len;
+                                run.push(header);
+                                report.objects_moved += 1;
                             }
-                            Some(policy) => {
-                                let raw = if header.is_compressed() {
-                                    compress::decompress_all(payload, header.raw_len).map_err(
-                                        |detail| Error::CorruptObject {
-                                            key: *key,
-                                            location: format!(
-                                                "pack {} offset {}",
-                                                irow.pack, irow.offset
-                                            ),
-                                            detail,
-                                        },
-                                    )?
-                                } else {
-                                    payload.to_vec()
-                                };
-                                let enc = compress::encode(&raw, policy)
-                                    .map_err(|e| Error::io("compress", key.to_hex(), e))?;
-                                app.append(
-                                    index,
-                                    &NewRecord {
+                            if !run.is_empty() {
+                                app.append_verified_records(index, &run, &buf[run_at..run_end])?;
+                            }
+                            Ok(())
+                        },
+                    )?,
+                    Some(policy) => pack::for_each_record(
+                        &file,
+                        row.id,
+                        &rows,
+                        REPACK_SPAN_BYTES,
+                        &mut |key, irow, rec| {
+                            let (header, payload) = verified_record(rec, key, irow)?;
+                            let raw = if header.is_compressed() {
+                                compress::decompress_all(payload, header.raw_len).map_err(
+                                    |detail| Error::CorruptObject {
                                         key: *key,
-                                        raw_len: header.raw_len,
-                                        compressed: enc.compressed,
-                                        payload: &enc.payload,
+                                        location: format!(
+                                            "pack {} offset {}",
+                                            irow.pack, irow.offset
+                                        ),
+                                        detail,
                                     },
-                                )?;
-                            }
-                        }
-                        report.objects_moved += 1;
-                        Ok(())
-                    },
-                )?;
+                                )?
+                            } else {
+                                payload.to_vec()
+                            };
+                            let enc = compress::encode(&raw, policy)
+                                .map_err(|e| Error::io("compress", key.to_hex(), e))?;
+                            app.append(
+                                index,
+                                &NewRecord {
+                                    key: *key,
+                                    raw_len: header.raw_len,
+                                    compressed: enc.compressed,
+                                    payload: &enc.payload,
+                                },
+                            )?;
+                            report.objects_moved += 1;
+                            Ok(())
+                        },
+                    )?,
+                }
                 for t in tombstones.iter().filter(|t| t.at.pack == row.id) {
                     // Needed while some pack that stays could hold a record it kills.
                     if keep_min_pack.is_some_and(|m| m <= t.before.pack) {
@@ -1180,6 +1203,23 @@ fn rebuild_scan_pack(
 
 /// Reads and encodes one loose object for packing. `Ok(None)`: the file is gone.
 /// `Err("corrupt:...")`: its content does not match its name. `Err(other)`: unreadable now.
+/// Decodes a record read for a move and checks it: its checksum, and that its header matches
+/// the index row that pointed at it.
+fn verified_record<'b>(
+    rec: &'b [u8],
+    key: &Key,
+    irow: &IndexRow,
+) -> Result<(crate::format::RecordHeader, &'b [u8])> {
+    let (header, payload) =
+        crate::format::decode_record(rec).map_err(|reason| Error::CorruptRecord {
+            pack: irow.pack,
+            offset: irow.offset,
+            reason,
+        })?;
+    pack::check_header(&header, key, irow)?;
+    Ok((header, payload))
+}
+
 fn prepare_loose(
     store: &Store,
     key: &Key,

@@ -712,3 +712,86 @@ fn bulk_delete_across_lookup_chunks_matches_key_by_key_semantics() {
     m.rebuild_index(&NoProgress).expect("rebuild");
     check(&store, "after rebuild");
 }
+
+/// Repack copies live records in runs (neighbours in the old pack go out in one write, short
+/// runs through the write buffer) over several read spans read ahead on a second thread; a
+/// damaged record stops it with an error naming where, and the store stays as it was.
+#[test]
+fn repack_moves_runs_across_read_spans_and_stops_at_a_damaged_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::init(&dir.path().join("s"), &InitOptions::default()).expect("init");
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    // 2400 × 5000 bytes: 12 MB, more than one 8 MiB read span.
+    let objects: Vec<Vec<u8>> = (0..2400).map(|i| content(70_000 + i, 5000)).collect();
+    let mut it = objects.iter().map(|c| Ok(Source::Bytes(c.clone())));
+    let keys = m
+        .write_packed(&mut it, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    // Gaps of every size: runs of one record (below the direct-write size), runs of several,
+    // and a long run with no gap at all at the end.
+    let doomed: Vec<Key> = (0..2000)
+        .filter(|i| i % 7 == 0 || (i % 50 == 1 || i % 50 == 3))
+        .map(|i| keys[i])
+        .collect();
+    m.delete(&doomed).expect("delete");
+    let doomed_set: std::collections::HashSet<Key> = doomed.iter().copied().collect();
+    let survivors: Vec<usize> = (0..keys.len())
+        .filter(|i| !doomed_set.contains(&keys[*i]))
+        .collect();
+    let all = RepackOptions {
+        all: true,
+        ..RepackOptions::default()
+    };
+    let report = m.repack(&all, &NoProgress).expect("repack");
+    assert_eq!(report.objects_moved, survivors.len() as u64);
+    for &i in &survivors {
+        assert_eq!(store.get(&keys[i]).expect("get"), objects[i], "object {i}");
+    }
+    for k in &doomed {
+        assert!(
+            store.get(k).is_err_and(|e| e.is_not_found()),
+            "{k} came back"
+        );
+    }
+    let clean = m.validate(&NoProgress).expect("validate");
+    assert!(clean.is_ok(), "{:?}", clean.problems);
+
+    // Damage one survivor's payload, past the first read span, then repack again.
+    let victim = keys[survivors[survivors.len() - 10]];
+    let Some(basin_store::ObjectMeta {
+        location: basin_store::Location::Packed { pack, offset },
+        ..
+    }) = store.meta(&victim).expect("meta")
+    else {
+        panic!("{victim} is not packed");
+    };
+    assert!(offset > 8 << 20, "victim at {offset} is in the first span");
+    let path = store.path().join("packs").join(format!("{pack}.pack"));
+    let mut bytes = std::fs::read(&path).expect("read pack");
+    bytes[offset as usize + basin_store::format::RECORD_HEADER_BYTES + 100] ^= 0x08;
+    std::fs::write(&path, &bytes).expect("write pack");
+    let err = m
+        .repack(&all, &NoProgress)
+        .expect_err("repack over a damaged record");
+    assert!(err.is_corruption(), "{err}");
+    let told = err.to_string();
+    assert!(
+        told.contains(&format!("pack {pack} offset {offset}")),
+        "error does not say where: {told}"
+    );
+    // Nothing moved for good: every other object reads back, the damaged one is an error, and
+    // validate names only the damaged record.
+    for &i in &survivors {
+        match store.get(&keys[i]) {
+            Ok(b) => assert_eq!(b, objects[i], "object {i}"),
+            Err(e) => assert!(keys[i] == victim && e.is_corruption(), "object {i}: {e}"),
+        }
+    }
+    let after = m.validate(&NoProgress).expect("validate");
+    let problems: Vec<String> = after.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].contains(&format!("pack {pack} offset {offset}")),
+        "{problems:#?}"
+    );
+}
