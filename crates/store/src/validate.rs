@@ -809,7 +809,7 @@ fn check_rows(
     // Records come in offset order from the walk; rows are put in offset order here, so each
     // row finds its record by advancing one cursor.
     debug_assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
-    rows.sort_by_key(|(_, r)| r.offset);
+    rows.sort_unstable_by_key(|(k, r)| (r.offset, *k));
     // Records a row of the same key points at: indexed without a lookup.
     let mut reached = vec![false; records.len()];
     let mut cursor = 0usize;
