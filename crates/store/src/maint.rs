@@ -489,9 +489,10 @@ impl<'s> Maintenance<'s> {
     /// already in the store are not written again; dedup asks the index per object instead of
     /// loading every key into memory.
     ///
-    /// Objects go in chunks through three stages that overlap: the next chunk is read and
-    /// hashed (on every core), its keys are looked up in the index (on a second thread, through
-    /// the store's reader connection), while the current chunk is appended.
+    /// Objects go in chunks through three stages that overlap: while the caller's thread
+    /// appends one chunk, the keys of the next are looked up in the index (on a second thread,
+    /// through the store's reader connection), and the one after that is hashed (on rayon's
+    /// threads). Reading the sources stays on the caller's thread.
     pub fn write_packed(
         &self,
         sources: &mut dyn Iterator<Item = Result<Source>>,
@@ -542,22 +543,45 @@ impl<'s> Maintenance<'s> {
         let mut keys = Vec::new();
         // Keys written by this call since its last commit, not yet visible in the index.
         let mut session = KeySet::default();
-        // Keys of the commit before: a chunk is looked up one step ahead, so its lookup may
-        // have run just before that commit and missed them. Commits before that one are
-        // always visible to it: the lookup of a chunk starts only after the previous chunk
-        // (and any commit it made) is done.
+        // Keys of the commit before: a chunk is looked up while the chunk before it is
+        // appended, so its lookup may have run just before the commit that chunk made, and
+        // missed it. Commits before that one are always visible to it: the lookup of a chunk
+        // starts only after the chunk two before it (and any commit it made) is done.
         let mut committed_lately = KeySet::default();
         let mut pending_bytes = 0u64;
+        // Three chunks in flight: `current` is appended (its lookup was sent a round ago),
+        // `hashed` is looked up meanwhile, and the chunk after it is hashed on rayon's threads.
+        let mut taken_objects = 0usize;
         let mut current: Option<ReadChunk> = None;
+        let mut hashed: Option<ReadChunk> = match take_chunk(sources, taken_objects)? {
+            Some(t) => {
+                taken_objects += t.n;
+                Some(t.hash_here(hash, policy))
+            }
+            None => None,
+        };
         loop {
-            let next = read_chunk(sources, keys.len(), hash, policy)?;
-            if let Some(next) = &next {
-                keys.resize(next.base + next.n, Key::from_bytes([0; 32]));
-                let chunk_keys = next.prepared.iter().map(|p| p.1).collect();
+            // Sent only now that the chunk before `current` is appended and committed.
+            if let Some(h) = &hashed {
+                keys.resize(h.base + h.n, Key::from_bytes([0; 32]));
+                let chunk_keys = h.prepared.iter().map(|p| p.1).collect();
                 to_check
                     .send(chunk_keys)
                     .map_err(|_| lookup_thread_gone())?;
             }
+            let hashing = match take_chunk(sources, taken_objects)? {
+                Some(t) => {
+                    taken_objects += t.n;
+                    // Called from one of rayon's own threads, this one would block waiting for
+                    // a task queued behind it: hash in place instead, without the overlap.
+                    Some(if rayon::current_thread_index().is_some() {
+                        Hashing::Done(t.hash_here(hash, policy))
+                    } else {
+                        Hashing::OnPool(t.hash_on_pool(hash, policy))
+                    })
+                }
+                None => None,
+            };
             if let Some(chunk) = current.take() {
                 let known = checked.recv().map_err(|_| lookup_thread_gone())??;
                 for ((i, key, raw_len, enc), known) in chunk.prepared.into_iter().zip(known) {
@@ -603,9 +627,14 @@ impl<'s> Maintenance<'s> {
                     pending_bytes = 0;
                 }
             }
-            match next {
-                Some(next) => current = Some(next),
-                None => break,
+            current = hashed.take();
+            hashed = match hashing {
+                Some(Hashing::OnPool(h)) => Some(h.wait()?),
+                Some(Hashing::Done(c)) => Some(c),
+                None => None,
+            };
+            if current.is_none() && hashed.is_none() {
+                break;
             }
         }
         Ok(keys)
@@ -1390,23 +1419,91 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// One chunk of [`Maintenance::write_packed`]'s input: small objects read, hashed and encoded
-/// (`(input index, key, raw length, encoded)`), large ones still to be streamed.
+/// A small object of [`Maintenance::write_packed`]'s input, read, hashed and encoded:
+/// (input index, key, raw length, encoded).
+type PreparedObject = (usize, Key, u64, std::io::Result<compress::Encoded>);
+
+/// One chunk of [`Maintenance::write_packed`]'s input: small objects read, hashed and encoded,
+/// large ones still to be streamed.
 struct ReadChunk {
     base: usize,
     n: usize,
-    prepared: Vec<(usize, Key, u64, std::io::Result<compress::Encoded>)>,
+    prepared: Vec<PreparedObject>,
     large: Vec<(usize, Source)>,
 }
 
-/// Takes up to [`PARALLEL_CHUNK_OBJECTS`] sources, reads the small ones into memory and hashes
-/// and encodes them on every core. `None` when the sources are exhausted.
-fn read_chunk(
+/// A chunk being hashed, or already hashed where it could not be handed to the pool.
+enum Hashing {
+    OnPool(HashingChunk),
+    Done(ReadChunk),
+}
+
+/// One chunk of input taken from the sources: small objects read into memory, not yet hashed.
+struct TakenChunk {
+    base: usize,
+    n: usize,
+    small: Vec<(usize, Vec<u8>)>,
+    large: Vec<(usize, Source)>,
+}
+
+/// A chunk whose small objects are being hashed on rayon's threads (see
+/// [`TakenChunk::hash_on_pool`]).
+struct HashingChunk {
+    base: usize,
+    n: usize,
+    large: Vec<(usize, Source)>,
+    prepared: std::sync::mpsc::Receiver<Vec<PreparedObject>>,
+}
+
+impl TakenChunk {
+    /// Hashes and encodes the small objects on every core, and waits for them.
+    fn hash_here(self, hash: crate::key::HashAlgorithm, policy: Compression) -> ReadChunk {
+        ReadChunk {
+            base: self.base,
+            n: self.n,
+            prepared: prepare_small(self.small, hash, policy),
+            large: self.large,
+        }
+    }
+
+    /// Starts hashing and encoding the small objects on rayon's threads and returns at once,
+    /// so that the caller's thread can append the chunk before meanwhile.
+    fn hash_on_pool(self, hash: crate::key::HashAlgorithm, policy: Compression) -> HashingChunk {
+        let (done, prepared) = std::sync::mpsc::sync_channel(1);
+        let small = self.small;
+        rayon::spawn(move || {
+            // The receiver is gone only when the caller already failed.
+            let _ = done.send(prepare_small(small, hash, policy));
+        });
+        HashingChunk {
+            base: self.base,
+            n: self.n,
+            large: self.large,
+            prepared,
+        }
+    }
+}
+
+impl HashingChunk {
+    fn wait(self) -> Result<ReadChunk> {
+        let prepared = self.prepared.recv().map_err(|_| {
+            Error::InvalidArgument("write_packed: a hashing task ended without its result".into())
+        })?;
+        Ok(ReadChunk {
+            base: self.base,
+            n: self.n,
+            prepared,
+            large: self.large,
+        })
+    }
+}
+
+/// Takes up to [`PARALLEL_CHUNK_OBJECTS`] sources and reads the small ones into memory; `base`
+/// is the input index of the first. `None` when the sources are exhausted.
+fn take_chunk(
     sources: &mut dyn Iterator<Item = Result<Source>>,
     base: usize,
-    hash: crate::key::HashAlgorithm,
-    policy: Compression,
-) -> Result<Option<ReadChunk>> {
+) -> Result<Option<TakenChunk>> {
     let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
     let mut large: Vec<(usize, Source)> = Vec::new();
     for (i, src) in sources.take(PARALLEL_CHUNK_OBJECTS).enumerate() {
@@ -1434,7 +1531,21 @@ fn read_chunk(
     if n == 0 {
         return Ok(None);
     }
-    let prepared = small
+    Ok(Some(TakenChunk {
+        base,
+        n,
+        small,
+        large,
+    }))
+}
+
+/// Hashes and encodes small objects on every core.
+fn prepare_small(
+    small: Vec<(usize, Vec<u8>)>,
+    hash: crate::key::HashAlgorithm,
+    policy: Compression,
+) -> Vec<PreparedObject> {
+    small
         .into_par_iter()
         .map(|(i, b)| {
             let key = hash.hash(&b);
@@ -1448,11 +1559,5 @@ fn read_chunk(
             };
             (i, key, raw_len, enc)
         })
-        .collect();
-    Ok(Some(ReadChunk {
-        base,
-        n,
-        prepared,
-        large,
-    }))
+        .collect()
 }

@@ -795,3 +795,76 @@ fn repack_moves_runs_across_read_spans_and_stops_at_a_damaged_record() {
         "{problems:#?}"
     );
 }
+
+/// write_packed hashes one chunk, looks up the next and appends a third at once: a repeat of an
+/// object in the same chunk, the next one or one further on is written once, keys come back in
+/// input order, and the same holds when the caller is itself one of rayon's threads (where the
+/// hashing must not be queued behind the caller).
+#[test]
+fn write_packed_writes_repeats_across_chunks_in_flight_once_even_inside_a_rayon_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::init(&dir.path().join("s"), &InitOptions::default()).expect("init");
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    // Chunks are 512 objects: repeats 1, 511, 512, 513, 1024 and 1500 places later land in
+    // the same chunk, the next one, and the one after.
+    let build = |first: u64, n: u64| -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = (0..n)
+            .map(|i| content(first + i, 100 + (i as usize % 900)))
+            .collect();
+        for (at, back) in [
+            (5usize, 1usize),
+            (600, 511),
+            (700, 512),
+            (800, 513),
+            (1100, 1024),
+            (1700, 1500),
+        ] {
+            v[at] = v[at - back].clone();
+        }
+        v
+    };
+    let first = build(90_000, 1800);
+    let distinct = |v: &[Vec<u8>]| v.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+    let mut it = first.iter().map(|c| Ok(Source::Bytes(c.clone())));
+    let keys = m
+        .write_packed(&mut it, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    assert_eq!(keys.len(), first.len());
+    for (k, c) in keys.iter().zip(&first) {
+        assert_eq!(*k, basin_store::HashAlgorithm::Blake3.hash(c));
+        assert_eq!(&store.get(k).expect("get"), c);
+    }
+    let report = m.validate(&NoProgress).expect("validate");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.objects_checked,
+        distinct(&first),
+        "a repeat was written twice"
+    );
+
+    // Again from inside a one-thread pool, half of it repeating objects already stored.
+    let mut second = build(95_000, 1800);
+    for i in (0..1800).step_by(2) {
+        second[i] = first[i].clone();
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let keys2 = pool.install(|| {
+        let mut it = second.iter().map(|c| Ok(Source::Bytes(c.clone())));
+        m.write_packed(&mut it, &PackOptions::default(), &NoProgress)
+            .expect("write_packed in a pool")
+    });
+    for (k, c) in keys2.iter().zip(&second) {
+        assert_eq!(&store.get(k).expect("get"), c);
+    }
+    let all: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
+    let report = m.validate(&NoProgress).expect("validate");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.objects_checked,
+        distinct(&all),
+        "a repeat was written twice"
+    );
+}
