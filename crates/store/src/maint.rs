@@ -656,10 +656,10 @@ impl<'s> Maintenance<'s> {
             // The tombstones go to the pack opened now, before the write transaction: opening
             // a pack may commit to the index by itself.
             app.open_now(index)?;
-            // Rows are looked up and removed under the write lock, held to the commit: no
-            // write batch commits between a lookup and its removal, and
-            // whatever one commits later is newer than the delete. The tombstones are durable
-            // before the removals are (`commit_in` syncs the pack first).
+            // Rows are looked up and removed under the write lock, held to the commit: no write
+            // batch commits between a lookup and its removal, and whatever one commits later is
+            // newer than the delete. The tombstones are durable before the removals are
+            // (`commit_in` syncs the pack first).
             let tx = index.begin()?;
             let positions = tx.take_rows(keys)?;
             for key in keys {

@@ -1009,7 +1009,7 @@ impl<'a> Appender<'a> {
     /// Commits, then seals the open pack if `seal_open` (repack output) and releases it.
     pub(crate) fn finish(mut self, index: &mut Index, seal_open: bool) -> Result<()> {
         // Most callers committed everything already: another commit would only sync the pack
-        // and the index once more, for nothing (a sixth of a small delete's time).
+        // and commit to the index once more, for nothing.
         if self.pending() > 0 || !self.full.is_empty() {
             self.commit(index, &mut |_| Ok(()))?;
         }
