@@ -1108,8 +1108,9 @@ pub(crate) fn plan_spans(
     spans
 }
 
-/// Reads the records at `rows` (all in `pack`, sorted by offset) with few large reads and hands
-/// each one's bytes (header, payload, trailer; not yet verified) to `visit`.
+/// Reads the records at `rows` (all in `pack`, sorted by offset) with few large reads (see
+/// [`for_each_span_read_ahead`]) and hands each one's bytes (header, payload, trailer; not yet
+/// verified) to `visit`.
 pub(crate) fn for_each_record(
     file: &File,
     pack: u64,
@@ -1117,31 +1118,33 @@ pub(crate) fn for_each_record(
     span_bytes_max: u64,
     visit: &mut RecordVisit<'_>,
 ) -> Result<()> {
-    let mut buf = Vec::new();
-    for (i, end_i, start, end) in plan_spans(rows, span_bytes_max) {
-        check_fits(file, &rows[i].1, end - start)?;
-        buf.resize((end - start) as usize, 0);
-        read_exact_at(file, &mut buf, start, pack)?;
-        for (key, row) in &rows[i..end_i] {
-            let at = (row.offset - start) as usize;
-            visit(
-                key,
-                row,
-                &buf[at..at + (format::RECORD_OVERHEAD_BYTES + row.stored_len) as usize],
-            )?;
-        }
-    }
-    Ok(())
+    for_each_span_read_ahead(
+        file,
+        pack,
+        rows,
+        span_bytes_max,
+        &mut |span_rows, start, buf| {
+            for (key, row) in span_rows {
+                let at = (row.offset - start) as usize;
+                visit(
+                    key,
+                    row,
+                    &buf[at..at + (format::RECORD_OVERHEAD_BYTES + row.stored_len) as usize],
+                )?;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Receives one span of [`for_each_span_read_ahead`]: its rows (sorted by offset), the pack
 /// offset of its first byte, and its bytes (records not yet verified).
 pub(crate) type SpanVisit<'a> = dyn FnMut(&[(Key, IndexRow)], u64, &[u8]) -> Result<()> + 'a;
 
-/// Reads the records at `rows` (all in `pack`, sorted by offset) span by span, as
-/// [`for_each_record`] does, and hands each span to `visit`, while a second thread reads the
-/// next span: reading (the kernel's copy out of the page cache) and whatever `visit` does with
-/// the bytes use both cores. Two span buffers in all.
+/// Reads the records at `rows` (all in `pack`, sorted by offset) span by span (see
+/// [`plan_spans`]) and hands each span to `visit`, while a second thread reads the next span:
+/// reading (the kernel's copy out of the page cache) and whatever `visit` does with the bytes
+/// use both cores. Two span buffers in all.
 pub(crate) fn for_each_span_read_ahead(
     file: &File,
     pack: u64,
