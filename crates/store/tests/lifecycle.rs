@@ -824,7 +824,19 @@ fn write_packed_writes_repeats_across_chunks_in_flight_once_even_inside_a_rayon_
         v
     };
     let first = build(90_000, 1800);
-    let distinct = |v: &[Vec<u8>]| v.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+    // The store is valid and holds one record per distinct object of `objects`.
+    let written_once = |objects: &[Vec<u8>]| {
+        let distinct = objects
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len() as u64;
+        let report = m.validate(&NoProgress).expect("validate");
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(
+            report.objects_checked, distinct,
+            "a repeat was written twice"
+        );
+    };
     let mut it = first.iter().map(|c| Ok(Source::Bytes(c.clone())));
     let keys = m
         .write_packed(&mut it, &PackOptions::default(), &NoProgress)
@@ -834,13 +846,7 @@ fn write_packed_writes_repeats_across_chunks_in_flight_once_even_inside_a_rayon_
         assert_eq!(*k, basin_store::HashAlgorithm::Blake3.hash(c));
         assert_eq!(&store.get(k).expect("get"), c);
     }
-    let report = m.validate(&NoProgress).expect("validate");
-    assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!(
-        report.objects_checked,
-        distinct(&first),
-        "a repeat was written twice"
-    );
+    written_once(&first);
 
     // Again from inside a one-thread pool, half of it repeating objects already stored.
     let mut second = build(95_000, 1800);
@@ -859,12 +865,5 @@ fn write_packed_writes_repeats_across_chunks_in_flight_once_even_inside_a_rayon_
     for (k, c) in keys2.iter().zip(&second) {
         assert_eq!(&store.get(k).expect("get"), c);
     }
-    let all: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
-    let report = m.validate(&NoProgress).expect("validate");
-    assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!(
-        report.objects_checked,
-        distinct(&all),
-        "a repeat was written twice"
-    );
+    written_once(&first.iter().chain(&second).cloned().collect::<Vec<_>>());
 }
