@@ -466,7 +466,7 @@ impl<'s> Maintenance<'s> {
                             .write(true)
                             .open(&path)
                             .at("open pack", &path)?;
-                        pack::seal(&mut index, file, row.id, &path, row.end_bytes)?;
+                        pack::seal(&mut index, &file, row.id, &path, row.end_bytes)?;
                     }
                 }
             }

@@ -391,7 +391,8 @@ pub(crate) struct NewRecord<'a> {
 
 struct OpenPack {
     id: u64,
-    file: File,
+    /// Shared with the write-behind thread while it writes buffers of this pack.
+    file: std::sync::Arc<File>,
     path: PathBuf,
     /// End of everything written (buffered bytes included).
     len: u64,
@@ -417,6 +418,8 @@ pub(crate) struct Appender<'a> {
     pending_tombstones: Vec<TombstoneRow>,
     /// Packs that filled up during this batch; sealed at the next commit.
     full: Vec<OpenPack>,
+    /// Writes full write buffers while the next one fills.
+    behind: fsutil::WriteBehind,
     /// Rows committed by this appender replace the key's row (records moved by repack; see
     /// [`RowWrite::Replace`] for why that is a move); by default a row already in the index
     /// wins, because a write batch may have committed the same key meanwhile and its record
@@ -424,7 +427,13 @@ pub(crate) struct Appender<'a> {
     moves: bool,
 }
 
-const WRITE_BUFFER_BYTES: usize = 4 << 20;
+/// Size of each write buffer. Three are in use at once (one filling, two with the write-behind
+/// thread), and each is fresh memory the first time: 1 MiB each touches less of it than one
+/// 4 MiB buffer did, which matters where the host charges for first touches (see
+/// bench/store/README.md, "Noise"), and the write calls stay large.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Bytes written straight to the pack between two starts of their writeback.
+const WRITEBACK_STEP_BYTES: u64 = 4 << 20;
 /// Runs of records at least this long are written straight to the pack, not copied into the
 /// write buffer first: above this, the copy costs more than the extra write call.
 const DIRECT_RUN_BYTES_MIN: usize = 16 << 10;
@@ -447,6 +456,7 @@ impl<'a> Appender<'a> {
             pending_rows: Vec::new(),
             pending_tombstones: Vec::new(),
             full: Vec::new(),
+            behind: fsutil::WriteBehind::new(WRITE_BUFFER_BYTES),
             moves: false,
         }
     }
@@ -566,18 +576,19 @@ impl<'a> Appender<'a> {
         };
         self.open = Some(OpenPack {
             id,
-            file,
+            file: std::sync::Arc::new(file),
             path,
             len,
             buf_at: len,
-            buf: Vec::new(),
+            buf: self.behind.empty_buffer(),
             writeback_from: len,
         });
         Ok(())
     }
 
-    fn flush_buf(open: &mut OpenPack) -> Result<()> {
-        fsutil::flush_write_buffer(&open.file, &open.path, &mut open.buf, &mut open.buf_at)
+    /// Hands the write buffer of `open` to the write-behind thread (see [`fsutil::WriteBehind`]).
+    fn flush_buf(behind: &mut fsutil::WriteBehind, open: &mut OpenPack) -> Result<()> {
+        behind.submit(&open.file, &open.path, &mut open.buf, &mut open.buf_at)
     }
 
     /// The pack being appended to (an internal error if none is open).
@@ -587,12 +598,23 @@ impl<'a> Appender<'a> {
             .ok_or_else(|| Error::InvalidArgument("no open pack".into()))
     }
 
-    /// The open pack with its write buffer flushed, for writes that bypass the buffer.
+    /// The open pack with its write buffer written, for writes that bypass the buffer. The
+    /// buffer is written on this thread: handing a part-filled buffer to the write-behind
+    /// thread and waiting for it costs a round trip between threads per direct write, which
+    /// made repack (a direct write every few records) a third slower.
     fn open_for_direct_write(&mut self, index: &mut Index) -> Result<&mut OpenPack> {
         self.ensure_open(index)?;
         let open = self.open_pack()?;
-        Self::flush_buf(open)?;
+        fsutil::flush_write_buffer(&open.file, &open.path, &mut open.buf, &mut open.buf_at)?;
         Ok(open)
+    }
+
+    /// Truncates the open pack back to `len`, after the writes in flight have landed (one
+    /// landing later would extend the file again).
+    fn truncate_open(&mut self, len: u64) -> Result<()> {
+        self.behind.drain()?;
+        let open = self.open_pack()?;
+        open.file.set_len(len).at("truncate pack", &open.path)
     }
 
     /// Appends an object encoded by [`crate::compress::encode`].
@@ -640,11 +662,14 @@ impl<'a> Appender<'a> {
         parts: &[&[u8]],
     ) -> Result<Position> {
         self.ensure_open(index)?;
-        let open = self.open_pack()?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
         let offset = open.len;
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if open.buf.len() + len > WRITE_BUFFER_BYTES {
-            Self::flush_buf(open)?;
+            Self::flush_buf(&mut self.behind, open)?;
         }
         if len > WRITE_BUFFER_BYTES {
             let mut at = offset;
@@ -701,8 +726,7 @@ impl<'a> Appender<'a> {
         };
         if !keep(&key, index)? {
             // Nobody points at these bytes: give them back rather than leave a hole.
-            let open = self.open_pack()?;
-            open.file.set_len(offset).at("truncate pack", &open.path)?;
+            self.truncate_open(offset)?;
             return Ok((key, None));
         }
         let flags = if compressed { FLAG_ZSTD } else { 0 };
@@ -774,7 +798,7 @@ impl<'a> Appender<'a> {
             .at("write pack", &open.path)?;
         open.len += bytes.len() as u64;
         open.buf_at = open.len;
-        if open.len - open.writeback_from >= WRITE_BUFFER_BYTES as u64 {
+        if open.len - open.writeback_from >= WRITEBACK_STEP_BYTES {
             fsutil::start_writeback(
                 &open.file,
                 open.writeback_from,
@@ -825,7 +849,7 @@ impl<'a> Appender<'a> {
         let mut trailer = [0u8; RECORD_TRAILER_BYTES];
         read_exact_at(src, &mut trailer, row.offset + body, row.pack)?;
         if crc.finalize().to_le_bytes() != trailer {
-            open.file.set_len(offset).at("truncate pack", &open.path)?;
+            self.truncate_open(offset)?;
             return Err(Error::CorruptRecord {
                 pack: row.pack,
                 offset: row.offset,
@@ -900,7 +924,10 @@ impl<'a> Appender<'a> {
         before_of: &dyn Fn(Position) -> Position,
     ) -> Result<Position> {
         let hash = self.hash;
-        let open = self.open_pack()?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
         let at = Position {
             pack: open.id,
             offset: open.len,
@@ -918,7 +945,7 @@ impl<'a> Appender<'a> {
         let mut rec = Vec::with_capacity(header.record_len() as usize);
         format::encode_record(&header, &payload, &mut rec);
         if open.buf.len() + rec.len() > WRITE_BUFFER_BYTES {
-            Self::flush_buf(open)?;
+            Self::flush_buf(&mut self.behind, open)?;
         }
         open.buf.extend_from_slice(&rec);
         open.len += rec.len() as u64;
@@ -947,8 +974,9 @@ impl<'a> Appender<'a> {
         extra: &mut dyn FnMut(&crate::index::IndexTx<'_>) -> Result<()>,
     ) -> Result<()> {
         for p in self.full.iter_mut().chain(self.open.iter_mut()) {
-            Self::flush_buf(p)?;
+            Self::flush_buf(&mut self.behind, p)?;
         }
+        self.behind.drain()?;
         // In key order, each B-tree page is visited once per commit instead of once per row.
         // Ties (the same key appended twice) keep append order, as a stable sort would: the
         // unstable sort moves less memory, which mattered at a million rows.
@@ -1001,7 +1029,7 @@ impl<'a> Appender<'a> {
     /// Seals the packs that filled up (after a commit made their rows durable).
     pub(crate) fn seal_filled(&mut self, index: &mut Index) -> Result<()> {
         for p in std::mem::take(&mut self.full) {
-            seal(index, p.file, p.id, &p.path, p.len)?;
+            seal(index, &p.file, p.id, &p.path, p.len)?;
         }
         Ok(())
     }
@@ -1024,7 +1052,7 @@ impl<'a> Appender<'a> {
                 return Ok(());
             }
             if seal_open || p.len >= self.pack_size_target_bytes {
-                seal(index, p.file, p.id, &p.path, p.len)?;
+                seal(index, &p.file, p.id, &p.path, p.len)?;
             }
         }
         Ok(())
@@ -1032,6 +1060,8 @@ impl<'a> Appender<'a> {
 
     /// Drops uncommitted records (on error): truncates the open pack back to its committed end.
     pub(crate) fn abandon(mut self, index: &mut Index) {
+        // Writes still in flight would land past the truncation.
+        let _ = self.behind.drain();
         let packs = index.packs().unwrap_or_default();
         for p in self.full.drain(..).chain(self.open.take()) {
             if let Some(row) = packs.iter().find(|r| r.id == p.id) {
@@ -1043,7 +1073,7 @@ impl<'a> Appender<'a> {
 
 /// Seals a pack: writes its table (from the committed index rows) and footer, fdatasyncs it,
 /// and records it as sealed.
-pub(crate) fn seal(index: &mut Index, file: File, id: u64, path: &Path, len: u64) -> Result<()> {
+pub(crate) fn seal(index: &mut Index, file: &File, id: u64, path: &Path, len: u64) -> Result<()> {
     let mut entries: Vec<(Key, u64)> = index
         .rows_in_pack(id)?
         .into_iter()
@@ -1069,7 +1099,7 @@ pub(crate) fn seal(index: &mut Index, file: File, id: u64, path: &Path, len: u64
         .at("write pack table", path)?;
     file.write_all_at(&footer.encode(), len + table.len() as u64)
         .at("write pack footer", path)?;
-    fsutil::datasync(&file, path)?;
+    fsutil::datasync(file, path)?;
     let end = len + table.len() as u64 + FOOTER_BYTES as u64;
     let tx = index.begin()?;
     tx.put_pack(&PackRow {
