@@ -765,6 +765,11 @@ impl<'s> Maintenance<'s> {
         p: &dyn Progress,
     ) -> Result<()> {
         let store = self.store;
+        // Unlinks of packs by an earlier repack become durable now, before tombstones are
+        // dropped because those packs are gone: a pack a crash brought back after that would
+        // hold records no tombstone kills any more (deleted objects, alive again). Usually a
+        // no-op: any fsync since then has committed the file system's journal with them.
+        fsutil::fsync_dir(&store.path().join(PACKS_DIR))?;
         let rewriting: HashSet<u64> = candidates.iter().map(|r| r.id).collect();
         // The packs being rewritten count as present: if the process dies after the index
         // switch but before their files are unlinked, the tombstones carried forward still
@@ -879,7 +884,12 @@ impl<'s> Maintenance<'s> {
                 report.packs_rewritten += 1;
                 p.advance(1);
             }
-            fsutil::fsync_dir(&store.path().join(PACKS_DIR))?;
+            // No fsync of packs/ for the unlinks here (the next repack makes them durable
+            // before it relies on them, see above). Until then, an old pack that a crash brings
+            // back is a stray whose every record the index accounts for (moved, or killed by a
+            // tombstone carried forward), which clean removes. This fsync was most of a
+            // repack's tail: the journal commit it forces waits for the discard of the freed
+            // blocks on file systems mounted `-o discard` (20–40 ms for a 158 MB pack here).
             Ok(())
         });
         p.finish();
