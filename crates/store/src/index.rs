@@ -887,15 +887,13 @@ impl IndexTx<'_> {
     /// the same deletes in random order. `DELETE .. RETURNING` per key, one seek instead of
     /// two, took longer still: SQLite runs each such statement through a temporary table
     /// (measured on 4000 of 40,000 rows).
-    pub(crate) fn take_rows(
-        &self,
-        keys: &[Key],
-    ) -> Result<std::collections::HashMap<Key, Position>> {
+    pub(crate) fn take_rows(&self, keys: &[Key]) -> Result<crate::key::KeyMap<Position>> {
         let mut sorted = keys.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
         let path = &self.path;
-        let mut taken = std::collections::HashMap::with_capacity(sorted.len());
+        let mut taken =
+            crate::key::KeyMap::with_capacity_and_hasher(sorted.len(), Default::default());
         let select = format!("SELECT o.key, o.pack, o.offset {ROWS_OF_KEYS_JOIN}");
         for_rows_of_keys(&self.tx, path, &select, &sorted, &mut |r| {
             let at = Position {

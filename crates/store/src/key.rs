@@ -169,6 +169,9 @@ impl fmt::Debug for Key {
 /// unpredictable, so crafted contents cannot pile keys into one bucket.
 pub(crate) type KeySet = std::collections::HashSet<Key, KeyHashing>;
 
+/// A map from keys, hashed as [`KeySet`] hashes them.
+pub(crate) type KeyMap<V> = std::collections::HashMap<Key, V, KeyHashing>;
+
 /// The [`std::hash::BuildHasher`] of [`KeySet`].
 #[derive(Clone, Copy)]
 pub(crate) struct KeyHashing {

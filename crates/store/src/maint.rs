@@ -650,13 +650,13 @@ impl<'s> Maintenance<'s> {
     /// Deletes objects (loose and packed). Returns the keys that existed, in input order.
     pub fn delete(&self, keys: &[Key]) -> Result<Vec<Key>> {
         let store = self.store;
-        let mut seen = HashSet::new();
+        let mut seen = KeySet::default();
         let mut existed = Vec::new();
         let mut loose_paths = Vec::new();
         self.with_appender(HashSet::new(), |index, app| {
             // Many keys: one listing of loose/ instead of a stat per key. A loose write landing
             // after the listing is newer than the delete, and stays.
-            let listed: Option<HashSet<Key>> = (keys.len() >= DELETE_LISTING_KEYS_MIN)
+            let listed: Option<KeySet> = (keys.len() >= DELETE_LISTING_KEYS_MIN)
                 .then(|| loose::list_loose(store.path(), store.config().loose_prefix_len))
                 .transpose()?
                 .map(|v| v.into_iter().collect());
