@@ -238,6 +238,7 @@ fn index_file_bytes(dir: &Path) -> BenchResult<u64> {
 fn pack_options() -> PackOptions {
     PackOptions {
         compression: Some(Compression::None),
+        commit_bytes: None,
     }
 }
 

@@ -29,7 +29,8 @@ use crate::pack::{self, Appender, NewRecord, PACKS_DIR};
 use crate::progress::{Progress, Unit};
 use crate::store::{Store, LOCKS_DIR, MAINTENANCE_LOCK};
 
-/// Bytes packed between index commits by `pack_loose` (each commit = fdatasync of the pack + an
+/// Bytes packed between index commits by `pack_loose` unless [`PackOptions::commit_bytes`] says
+/// otherwise (each commit = fdatasync of the pack + an
 /// index fsync, after which the loose copies go: it bounds the bytes stored twice).
 const COMMIT_BYTES: u64 = 128 << 20;
 /// Bytes appended between index commits by `write_packed`, which frees nothing at a commit.
@@ -150,6 +151,11 @@ pub enum PackSelection {
 pub struct PackOptions {
     /// `None`: the store's configured policy.
     pub compression: Option<Compression>,
+    /// Bytes appended between two index commits; `None`: 128 MiB for `pack_loose`, 512 MiB
+    /// for `write_packed`. A commit makes what came before it durable and visible to readers
+    /// (and lets `pack_loose` remove the loose copies), at the price of an fdatasync and of
+    /// rewriting most index pages when keys are random.
+    pub commit_bytes: Option<u64>,
 }
 
 /// What `pack_loose` did.
@@ -343,6 +349,7 @@ impl<'s> Maintenance<'s> {
         keys.sort_unstable();
         keys.dedup();
         let policy = self.policy(opts);
+        let commit_bytes = opts.commit_bytes.unwrap_or(COMMIT_BYTES);
         let mut report = PackReport::default();
         p.start("pack", Some(keys.len() as u64), Unit::Objects);
         let result = self.with_appender(HashSet::new(), |index, app| {
@@ -414,7 +421,7 @@ impl<'s> Maintenance<'s> {
                     }
                     p.advance(1);
                 }
-                if pending_bytes >= COMMIT_BYTES || app.pending() >= COMMIT_RECORDS {
+                if pending_bytes >= commit_bytes || app.pending() >= COMMIT_RECORDS {
                     app.commit(index, &mut |_| Ok(()))?;
                     report.loose_removed += remove_loose(store, &to_remove);
                     to_remove.clear();
@@ -509,6 +516,7 @@ impl<'s> Maintenance<'s> {
         let store = self.store;
         let hash = store.config().hash;
         let policy = self.policy(opts);
+        let commit_bytes = opts.commit_bytes.unwrap_or(WRITE_PACKED_COMMIT_BYTES);
         p.start("write", None, Unit::Objects);
         let result = self.with_appender(HashSet::new(), |index, app| {
             std::thread::scope(|scope| {
@@ -524,7 +532,17 @@ impl<'s> Maintenance<'s> {
                         }
                     }
                 });
-                self.write_packed_chunks(sources, hash, policy, p, index, app, &to_check, &checked)
+                self.write_packed_chunks(
+                    sources,
+                    hash,
+                    policy,
+                    commit_bytes,
+                    p,
+                    index,
+                    app,
+                    &to_check,
+                    &checked,
+                )
             })
         });
         p.finish();
@@ -539,6 +557,7 @@ impl<'s> Maintenance<'s> {
         sources: &mut dyn Iterator<Item = Result<Source>>,
         hash: crate::key::HashAlgorithm,
         policy: Compression,
+        commit_bytes: u64,
         p: &dyn Progress,
         index: &mut Index,
         app: &mut Appender<'s>,
@@ -628,7 +647,7 @@ impl<'s> Maintenance<'s> {
                     }
                 }
                 p.advance(chunk.n as u64);
-                if pending_bytes >= WRITE_PACKED_COMMIT_BYTES || app.pending() >= COMMIT_RECORDS {
+                if pending_bytes >= commit_bytes || app.pending() >= COMMIT_RECORDS {
                     app.commit(index, &mut |_| Ok(()))?;
                     committed_lately = std::mem::take(&mut session);
                     pending_bytes = 0;

@@ -73,7 +73,14 @@ fn maint(store: &Store) -> Maintenance<'_> {
 
 fn pack_with(store: &Store, sel: PackSelection, compression: Option<Compression>) -> PackReport {
     maint(store)
-        .pack_loose(&sel, &PackOptions { compression }, &NoProgress)
+        .pack_loose(
+            &sel,
+            &PackOptions {
+                compression,
+                commit_bytes: None,
+            },
+            &NoProgress,
+        )
         .expect("pack_loose")
 }
 
@@ -640,6 +647,7 @@ fn b10_round_trip_every_path() {
                 &mut it,
                 &PackOptions {
                     compression: policy,
+                    commit_bytes: None,
                 },
                 &NoProgress,
             )

@@ -243,6 +243,8 @@ impl Run {
                 };
                 let opts = PackOptions {
                     compression: compression(*c),
+                    // Small, so that one call commits several times.
+                    commit_bytes: Some(8 << 10),
                 };
                 let r = self
                     .maint()
@@ -275,6 +277,8 @@ impl Run {
                 let mut it = ids.iter().map(|id| Ok(Source::Bytes(content(*id))));
                 let opts = PackOptions {
                     compression: compression(*c),
+                    // Small, so that one call commits several times.
+                    commit_bytes: Some(8 << 10),
                 };
                 let keys = m
                     .write_packed(&mut it, &opts, &NoProgress)

@@ -128,7 +128,10 @@ pub fn write_packed(
     let mut it = contents
         .iter()
         .map(|c| Ok(basin_store::Source::Bytes(c.clone())));
-    let opts = basin_store::PackOptions { compression };
+    let opts = basin_store::PackOptions {
+        compression,
+        commit_bytes: None,
+    };
     m.write_packed(&mut it, &opts, &NoProgress)
         .expect("write_packed")
 }

@@ -235,6 +235,12 @@ fn random_compression(rng: &mut StdRng) -> Option<Compression> {
     }
 }
 
+/// Small commit intervals half the time: a kill then lands between the commits of one call too.
+fn random_commit_bytes(rng: &mut StdRng) -> Option<u64> {
+    rng.random_bool(0.5)
+        .then(|| rng.random_range(16 << 10..1 << 20))
+}
+
 fn put_one(store: &Store, spec: &ObjectSpec) -> Result<Key> {
     store
         .put(&spec.bytes())
@@ -714,6 +720,7 @@ fn maintainer(
                     let selection = random_selection(&mut rng, &known);
                     let opts = PackOptions {
                         compression: random_compression(&mut rng),
+                        commit_bytes: random_commit_bytes(&mut rng),
                     };
                     m.pack_loose(&selection, &opts, &NoProgress)
                         .during(|| format!("pack_loose {selection:?}"))?;
@@ -821,6 +828,7 @@ fn op(
                 let selection = random_selection(&mut rng, &keys);
                 let opts = PackOptions {
                     compression: random_compression(&mut rng),
+                    commit_bytes: random_commit_bytes(&mut rng),
                 };
                 announce(&format!("begin {name}"));
                 let started = Instant::now();
@@ -861,6 +869,7 @@ fn op(
                 let m = lock(&store)?;
                 let opts = PackOptions {
                     compression: random_compression(&mut rng),
+                    commit_bytes: random_commit_bytes(&mut rng),
                 };
                 announce(&format!("begin {name}"));
                 let started = Instant::now();

@@ -25,6 +25,7 @@ pub fn pack(args: PackArgs, global: &Global) -> anyhow::Result<ExitCode> {
     };
     let opts = PackOptions {
         compression: args.compression,
+        commit_bytes: None,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
@@ -57,6 +58,7 @@ pub fn import(args: ImportArgs, global: &Global) -> anyhow::Result<ExitCode> {
     // Sources are hashed as they are written.
     let opts = PackOptions {
         compression: args.compression,
+        commit_bytes: None,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
