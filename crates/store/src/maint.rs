@@ -29,9 +29,9 @@ use crate::pack::{self, Appender, NewRecord, PACKS_DIR};
 use crate::progress::{Progress, Unit};
 use crate::store::{Store, LOCKS_DIR, MAINTENANCE_LOCK};
 
-/// Bytes packed between index commits by `pack_loose` unless [`PackOptions::commit_bytes`] says
-/// otherwise (each commit = fdatasync of the pack + an
-/// index fsync, after which the loose copies go: it bounds the bytes stored twice).
+/// Bytes packed between index commits by `pack_loose`, unless [`PackOptions::commit_bytes`]
+/// says otherwise. Each commit is an fdatasync of the pack and an index fsync, after which the
+/// loose copies go: it bounds the bytes stored twice.
 const COMMIT_BYTES: u64 = 128 << 20;
 /// Bytes appended between index commits by `write_packed`, which frees nothing at a commit.
 /// Keys of a bulk import are random, so every commit rewrites about every index page: the
