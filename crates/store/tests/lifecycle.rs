@@ -797,6 +797,32 @@ fn repack_moves_runs_across_read_spans_and_stops_at_a_damaged_record() {
     );
 }
 
+/// `n` objects numbered from `first`, where the object `at` is a repeat of the one `back` places
+/// before it, for each `(at, back)` of `repeats`.
+fn objects_with_repeats(first: u64, n: u64, repeats: &[(usize, usize)]) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = (0..n)
+        .map(|i| content(first + i, 100 + (i as usize % 900)))
+        .collect();
+    for &(at, back) in repeats {
+        v[at] = v[at - back].clone();
+    }
+    v
+}
+
+/// The store validates and holds one record per distinct object of `objects`.
+fn assert_written_once(m: &basin_store::Maintenance<'_>, objects: &[Vec<u8>]) {
+    let distinct = objects
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    let report = m.validate(&NoProgress).expect("validate");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.objects_checked, distinct,
+        "a repeat was written twice"
+    );
+}
+
 /// write_packed hashes one chunk, looks up the next and appends a third at once: a repeat of an
 /// object in the same chunk, the next one or one further on is written once, keys come back in
 /// input order, and the same holds when the caller is itself one of rayon's threads (where the
@@ -808,36 +834,17 @@ fn write_packed_writes_repeats_across_chunks_in_flight_once_even_inside_a_rayon_
     let m = store.maintenance(LockWait::Fail).expect("lock");
     // Chunks are 512 objects: repeats 1, 511, 512, 513, 1024 and 1500 places later land in
     // the same chunk, the next one, and the one after.
-    let build = |first: u64, n: u64| -> Vec<Vec<u8>> {
-        let mut v: Vec<Vec<u8>> = (0..n)
-            .map(|i| content(first + i, 100 + (i as usize % 900)))
-            .collect();
-        for (at, back) in [
-            (5usize, 1usize),
-            (600, 511),
-            (700, 512),
-            (800, 513),
-            (1100, 1024),
-            (1700, 1500),
-        ] {
-            v[at] = v[at - back].clone();
-        }
-        v
-    };
+    let repeats = [
+        (5usize, 1usize),
+        (600, 511),
+        (700, 512),
+        (800, 513),
+        (1100, 1024),
+        (1700, 1500),
+    ];
+    let build = |first: u64, n: u64| objects_with_repeats(first, n, &repeats);
     let first = build(90_000, 1800);
-    // The store is valid and holds one record per distinct object of `objects`.
-    let written_once = |objects: &[Vec<u8>]| {
-        let distinct = objects
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len() as u64;
-        let report = m.validate(&NoProgress).expect("validate");
-        assert!(report.is_ok(), "{:?}", report.problems);
-        assert_eq!(
-            report.objects_checked, distinct,
-            "a repeat was written twice"
-        );
-    };
+    let written_once = |objects: &[Vec<u8>]| assert_written_once(&m, objects);
     let mut it = first.iter().map(|c| Ok(Source::Bytes(c.clone())));
     let keys = m
         .write_packed(&mut it, &PackOptions::default(), &NoProgress)
@@ -877,20 +884,19 @@ fn write_packed_committing_after_every_chunk_writes_repeats_once_and_keeps_every
     // A commit after every chunk (512 objects): a chunk's lookup runs while the chunk before
     // it is appended, so it may miss that chunk's commit; repeats one and two chunks back
     // must still be written once.
-    let mut objects: Vec<Vec<u8>> = (0..2600u64)
-        .map(|i| content(70_000 + i, 200 + (i as usize % 700)))
-        .collect();
-    for (at, back) in [
-        (520usize, 10usize),
-        (900, 511),
-        (1100, 512),
-        (1300, 513),
-        (1700, 1024),
-        (2100, 1100),
-        (2500, 2000),
-    ] {
-        objects[at] = objects[at - back].clone();
-    }
+    let objects = objects_with_repeats(
+        70_000,
+        2600,
+        &[
+            (520, 10),
+            (900, 511),
+            (1100, 512),
+            (1300, 513),
+            (1700, 1024),
+            (2100, 1100),
+            (2500, 2000),
+        ],
+    );
     let opts = PackOptions {
         commit_bytes: Some(1),
         ..PackOptions::default()
@@ -903,14 +909,5 @@ fn write_packed_committing_after_every_chunk_writes_repeats_once_and_keeps_every
     for (k, c) in keys.iter().zip(&objects) {
         assert_eq!(&store.get(k).expect("get"), c);
     }
-    let distinct = objects
-        .iter()
-        .collect::<std::collections::HashSet<_>>()
-        .len() as u64;
-    let report = m.validate(&NoProgress).expect("validate");
-    assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!(
-        report.objects_checked, distinct,
-        "a repeat was written twice across commits"
-    );
+    assert_written_once(&m, &objects);
 }
