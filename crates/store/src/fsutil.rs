@@ -203,13 +203,8 @@ impl WriteBehind {
             .spawn(move || {
                 for mut job in jobs {
                     let result =
-                        std::os::unix::fs::FileExt::write_all_at(&*job.file, &job.buf, job.at)
-                            .at("write", &job.path)
-                            .map(|()| {
-                                start_writeback(&job.file, job.at, job.buf.len() as u64);
-                                job.buf.clear();
-                                job.buf
-                            });
+                        flush_write_buffer(&job.file, &job.path, &mut job.buf, &mut job.at)
+                            .map(|()| job.buf);
                     if done.send(result).is_err() {
                         break;
                     }

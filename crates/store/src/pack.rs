@@ -381,6 +381,10 @@ fn find_next_header(file: &File, pack: u64, from: u64, end: u64) -> Result<Optio
     Ok(None)
 }
 
+fn no_open_pack() -> Error {
+    Error::InvalidArgument("no open pack".into())
+}
+
 /// A record to append, already encoded.
 pub(crate) struct NewRecord<'a> {
     pub key: Key,
@@ -476,10 +480,7 @@ impl<'a> Appender<'a> {
             if open.len < self.pack_size_target_bytes {
                 return Ok(());
             }
-            let full = self
-                .open
-                .take()
-                .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+            let full = self.open.take().ok_or_else(no_open_pack)?;
             self.full.push(full);
         }
         // Only ever append to the newest pack: positions (pack id, offset) must follow write
@@ -593,9 +594,17 @@ impl<'a> Appender<'a> {
 
     /// The pack being appended to (an internal error if none is open).
     fn open_pack(&mut self) -> Result<&mut OpenPack> {
-        self.open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))
+        self.open.as_mut().ok_or_else(no_open_pack)
+    }
+
+    /// The open pack, its write buffer first handed to the write-behind thread if `len` more
+    /// bytes would not fit in it.
+    fn open_with_room(&mut self, len: usize) -> Result<&mut OpenPack> {
+        let open = self.open.as_mut().ok_or_else(no_open_pack)?;
+        if open.buf.len() + len > WRITE_BUFFER_BYTES {
+            Self::flush_buf(&mut self.behind, open)?;
+        }
+        Ok(open)
     }
 
     /// The open pack with its write buffer written, for writes that bypass the buffer. The
@@ -662,15 +671,9 @@ impl<'a> Appender<'a> {
         parts: &[&[u8]],
     ) -> Result<Position> {
         self.ensure_open(index)?;
-        let open = self
-            .open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
-        let offset = open.len;
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if open.buf.len() + len > WRITE_BUFFER_BYTES {
-            Self::flush_buf(&mut self.behind, open)?;
-        }
+        let open = self.open_with_room(len)?;
+        let offset = open.len;
         if len > WRITE_BUFFER_BYTES {
             let mut at = offset;
             for part in parts {
@@ -924,10 +927,7 @@ impl<'a> Appender<'a> {
         before_of: &dyn Fn(Position) -> Position,
     ) -> Result<Position> {
         let hash = self.hash;
-        let open = self
-            .open
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("no open pack".into()))?;
+        let open = self.open_pack()?;
         let at = Position {
             pack: open.id,
             offset: open.len,
@@ -944,9 +944,7 @@ impl<'a> Appender<'a> {
         };
         let mut rec = Vec::with_capacity(header.record_len() as usize);
         format::encode_record(&header, &payload, &mut rec);
-        if open.buf.len() + rec.len() > WRITE_BUFFER_BYTES {
-            Self::flush_buf(&mut self.behind, open)?;
-        }
+        let open = self.open_with_room(rec.len())?;
         open.buf.extend_from_slice(&rec);
         open.len += rec.len() as u64;
         self.pending_tombstones
