@@ -594,6 +594,22 @@ impl Index {
     }
 
     /// Ids reserved by write batches that have not published them (see [`PackRow::reserved`]).
+    /// Every pack id the index has a row for, reserved or published, from one read. Asking
+    /// [`Index::packs`] and then [`Index::reserved_packs`] can miss a write batch's pack that
+    /// turns from reserved to published between the two.
+    pub(crate) fn pack_ids(&mut self) -> Result<Vec<u64>> {
+        Ok(self.all_pack_rows()?.into_iter().map(|p| p.id).collect())
+    }
+
+    /// The published pack rows and the reserved ids, from one read (see [`Index::pack_ids`]).
+    pub(crate) fn packs_and_reserved(&mut self) -> Result<(Vec<PackRow>, Vec<u64>)> {
+        let (reserved, packs): (Vec<PackRow>, Vec<PackRow>) = self
+            .all_pack_rows()?
+            .into_iter()
+            .partition(|p| p.is_reserved());
+        Ok((packs, reserved.into_iter().map(|p| p.id).collect()))
+    }
+
     pub(crate) fn reserved_packs(&mut self) -> Result<Vec<u64>> {
         Ok(self
             .all_pack_rows()?

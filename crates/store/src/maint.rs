@@ -1016,9 +1016,10 @@ impl<'s> Maintenance<'s> {
         // and the unlink of the old pack, or by an emptied pack. Removed only when the index
         // accounts for every object record in them; otherwise they may hold the only copy of
         // something, and are left for rebuild-index (validate reports them).
-        let mut known: HashSet<u64> = index.packs()?.iter().map(|r| r.id).collect();
-        // A batch publishing right now has its file in place before its rows.
-        known.extend(index.reserved_packs()?);
+        // Reserved ids count: a batch publishing right now has its file in place before its
+        // rows. One read, or a batch's pack turning from reserved to published in between
+        // would be missed by both.
+        let known: HashSet<u64> = index.pack_ids()?.into_iter().collect();
         // Read only when a stray pack turns up: every tombstone row is a few milliseconds per
         // 4000, most of a clean that finds nothing.
         let mut kills: Option<Kills> = None;
@@ -1042,8 +1043,11 @@ impl<'s> Maintenance<'s> {
             }
             let mut accounted = true;
             for (key, row) in &records {
+                // Accounted for: killed, or live in another pack. A row pointing into this very
+                // pack means the index does know it after all: never remove it then.
                 let killed = kills.kills(key, row.position());
-                if !killed && index.get_recent(key)?.is_none() {
+                let elsewhere = index.get_recent(key)?.is_some_and(|r| r.pack != id);
+                if !killed && !elsewhere {
                     accounted = false;
                     break;
                 }

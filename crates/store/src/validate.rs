@@ -265,13 +265,9 @@ impl Maintenance<'_> {
         let hash = store.config().hash;
         let mut report = ValidationReport::default();
         let mut index = self.index();
-        let packs = index.packs().unwrap_or_default();
-        // Ids a write batch is publishing right now (or a crash left to `clean`).
-        let reserved: HashSet<u64> = index
-            .reserved_packs()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        // Reserved: ids a write batch is publishing right now (or a crash left to `clean`).
+        let (packs, reserved) = index.packs_and_reserved().unwrap_or_default();
+        let reserved: HashSet<u64> = reserved.into_iter().collect();
 
         // Loose objects, and names under loose/ that are not objects.
         let mut loose_keys = Vec::new();
@@ -341,12 +337,7 @@ impl Maintenance<'_> {
             .filter(|id| !known.contains(id) && !reserved.contains(id))
             .collect();
         if !unknown.is_empty() {
-            let now: HashSet<u64> = index
-                .packs()?
-                .iter()
-                .map(|r| r.id)
-                .chain(index.reserved_packs()?)
-                .collect();
+            let now: HashSet<u64> = index.pack_ids()?.into_iter().collect();
             for id in unknown {
                 if !now.contains(&id) {
                     problems.push(Problem::PackNotIndexed { pack: id });
@@ -481,13 +472,7 @@ fn read_index_side(index: &mut Index) -> IndexSide {
     indexed.sort_unstable();
     indexed.dedup();
     let tombstones = index.tombstones().unwrap_or_default();
-    let packs_after_rows = index
-        .packs()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| r.id)
-        .chain(index.reserved_packs().unwrap_or_default())
-        .collect();
+    let packs_after_rows = index.pack_ids().unwrap_or_default().into_iter().collect();
     IndexSide {
         problems,
         indexed,
