@@ -14,7 +14,9 @@ pub const CONFIG_FILE: &str = "basin-store.toml";
 
 /// Store layout version this library writes and reads. Bump on any change of the folder layout,
 /// index schema or pack format, and add a line to docs/format.md's version log.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+pub const STORE_FORMAT_VERSION: u32 = 3;
+/// The first format whose index has `gone` (deleted keys whose rows remain until maintenance).
+pub(crate) const GONE_FORMAT_VERSION: u32 = 3;
 
 /// Default pack size target: a pack is sealed once it reaches this size.
 pub const PACK_SIZE_TARGET_BYTES_DEFAULT: u64 = 4 << 30;

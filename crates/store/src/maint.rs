@@ -15,7 +15,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 
 use crate::compress;
-use crate::config::Compression;
+use crate::config::{Compression, GONE_FORMAT_VERSION};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
     Position, RecordKind, FRAME_RAW_BYTES, PACK_FLAG_BATCH, PACK_HEADER_BYTES,
@@ -246,6 +246,8 @@ pub struct CleanReport {
     pub loose_copies_removed: u64,
     pub tail_bytes_truncated: u64,
     pub temp_files_removed: u64,
+    /// Index rows of deleted objects removed (`delete` leaves them to maintenance).
+    pub deleted_rows_folded: u64,
     pub index_bytes_before: u64,
     pub index_bytes_after: u64,
 }
@@ -687,7 +689,13 @@ impl<'s> Maintenance<'s> {
             // newer than the delete. The tombstones are durable before the removals are
             // (`commit_in` syncs the pack first).
             let tx = index.begin()?;
-            let positions = tx.take_rows(keys)?;
+            // Stores of format 2 are read by older versions, which know nothing of `gone`: there
+            // the rows go at once.
+            let positions = if store.config().format_version >= GONE_FORMAT_VERSION {
+                tx.mark_gone(keys)?
+            } else {
+                tx.take_rows(keys)?
+            };
             for key in keys {
                 if !seen.insert(*key) {
                     continue;
@@ -807,8 +815,9 @@ impl<'s> Maintenance<'s> {
                 let path = pack::pack_path(store.path(), row.id);
                 report.bytes_before += fsutil::file_len_or_zero(&path);
                 let file = File::open(&path).at("open pack", &path)?;
-                let (huge, rows): (Vec<_>, Vec<_>) = index
-                    .rows_in_pack(row.id)?
+                // Rows of deleted keys (gone, not yet folded) stay behind and go with the pack.
+                let (live, dead) = index.rows_in_pack_and_dead(row.id)?;
+                let (huge, rows): (Vec<_>, Vec<_>) = live
                     .into_iter()
                     .partition(|(_, r)| r.stored_len > IN_MEMORY_OBJECT_BYTES_MAX);
                 // Records too large to hold in memory are copied as they are, compression kept.
@@ -897,7 +906,10 @@ impl<'s> Maintenance<'s> {
                     }
                 }
                 let id = row.id;
-                app.commit(index, &mut |tx| tx.remove_pack(id))?;
+                app.commit(index, &mut |tx| {
+                    tx.drop_dead_rows(id, &dead)?;
+                    tx.remove_pack(id)
+                })?;
                 store.forget_pack_handle(id);
                 fs::remove_file(&path).at("remove old pack", &path)?;
                 report.packs_rewritten += 1;
@@ -1068,6 +1080,12 @@ impl<'s> Maintenance<'s> {
                 fs::remove_file(e.path()).at("remove temporary file", e.path())?;
                 report.temp_files_removed += 1;
             }
+        }
+        // The deletes `delete` left to maintenance (see `IndexTx::mark_gone`).
+        if index.gone_any()? {
+            let tx = index.begin()?;
+            report.deleted_rows_folded = tx.fold_gone()?;
+            tx.commit()?;
         }
         index.checkpoint_and_vacuum(opts.vacuum)?;
         drop(index);

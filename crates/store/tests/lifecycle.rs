@@ -948,3 +948,151 @@ fn clean_keeps_a_pack_file_the_object_rows_point_into_even_without_its_pack_row(
         assert_eq!(&fresh.get(k).expect("object still readable"), c);
     }
 }
+
+/// A delete marks keys gone and leaves their rows to maintenance: every read leaves them out at
+/// once, a later write of the same content brings the object back whichever way it arrives,
+/// and clean folds the rest. A store of format 2 (which older versions also read) deletes its
+/// rows at once instead.
+#[test]
+fn deleted_keys_wait_in_gone_for_maintenance_and_come_back_when_written_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One pack: no merge of a retired pack folds gone rows before clean does.
+    let store = Store::init(&dir.path().join("s"), &InitOptions::default()).expect("init");
+    let objects: Vec<(Key, Vec<u8>)> = (0..60)
+        .map(|i| {
+            let c = content(1000 + i, 200 + (i as usize * 53) % 2000);
+            (store.put(&c).expect("put"), c)
+        })
+        .collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack");
+    let doomed: Vec<&(Key, Vec<u8>)> = objects.iter().take(20).collect();
+    let doomed_keys: Vec<Key> = doomed.iter().map(|(k, _)| *k).collect();
+    assert_eq!(m.delete(&doomed_keys).expect("delete").len(), 20);
+    assert_eq!(store.stats().expect("stats").packed_objects, 40);
+    let listed = store.list().expect("list");
+    assert_eq!(listed.len(), 40, "list must leave deleted keys out");
+    let has = store.has_many(&doomed_keys).expect("has_many");
+    assert!(has.iter().all(|h| !h), "has_many after delete: {has:?}");
+    let mut read = 0;
+    store
+        .read_many(&doomed_keys, &mut |k, got| {
+            match got {
+                Ok(_) => read += 1,
+                Err(e) => assert!(e.is_not_found(), "read_many {k}: {e}"),
+            }
+            Ok(())
+        })
+        .expect("read_many");
+    assert_eq!(read, 0, "read_many returned deleted objects");
+
+    // Back by three roads: a write batch, write_packed, and a loose put packed later.
+    let mut batch = store.batch().expect("batch");
+    for (k, c) in &doomed[0..3] {
+        assert_eq!(batch.put(c).expect("batch put"), *k);
+    }
+    batch.commit().expect("batch commit");
+    let direct: Vec<Source> = doomed[3..6]
+        .iter()
+        .map(|(_, c)| Source::Bytes(c.clone()))
+        .collect();
+    m.write_packed(
+        &mut direct.into_iter().map(Ok),
+        &PackOptions::default(),
+        &NoProgress,
+    )
+    .expect("write_packed");
+    let check = |store: &Store, when: &str, back: usize| {
+        for (i, (k, c)) in objects.iter().enumerate() {
+            match store.get(k) {
+                Ok(v) => {
+                    assert!(
+                        !(back..20).contains(&i),
+                        "{when}: deleted object {i} came back"
+                    );
+                    assert_eq!(&v, c, "{when}: wrong bytes for object {i}");
+                }
+                Err(e) => {
+                    assert!(
+                        (back..20).contains(&i) && e.is_not_found(),
+                        "{when}: {i}: {e}"
+                    )
+                }
+            }
+        }
+        let packed = store.stats().expect("stats").packed_objects;
+        assert_eq!(packed, 40 + back as u64, "{when}");
+    };
+    check(&store, "after the writes", 6);
+    let v = m.validate(&NoProgress).expect("validate");
+    assert!(v.is_ok(), "before clean: {:?}", v.problems);
+    // No pack was dropped since the delete: every mark not undone by a write is still there.
+    let cleaned = m
+        .clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean");
+    assert_eq!(cleaned.deleted_rows_folded, 14, "{cleaned:?}");
+    check(&store, "after clean", 6);
+    let again = m
+        .clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean 2");
+    assert_eq!(again.deleted_rows_folded, 0, "{again:?}");
+
+    // Deleting a revived object again, and the third road back (a loose put, packed); then a
+    // repack that drops the packs of the dead rows, which leaves clean nothing to fold.
+    let still_gone: Vec<Key> = doomed[6..20].iter().map(|(k, _)| *k).collect();
+    assert_eq!(m.delete(&still_gone).expect("delete again").len(), 0);
+    assert_eq!(
+        m.delete(&doomed_keys[0..1]).expect("delete revived").len(),
+        1
+    );
+    for (k, c) in doomed[..1].iter().chain(&doomed[6..9]) {
+        assert_eq!(store.put(c).expect("put again"), *k);
+    }
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack again");
+    check(&store, "after loose writes", 9);
+    let all = RepackOptions {
+        all: true,
+        ..RepackOptions::default()
+    };
+    let repacked = m.repack(&all, &NoProgress).expect("repack");
+    assert!(repacked.packs_rewritten > 0, "{repacked:?}");
+    check(&store, "after repack", 9);
+    let cleaned = m
+        .clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean 3");
+    assert_eq!(
+        cleaned.deleted_rows_folded, 0,
+        "repack --all left dead rows: {cleaned:?}"
+    );
+    let v = m.validate(&NoProgress).expect("validate");
+    assert!(v.is_ok(), "after repack: {:?}", v.problems);
+    m.rebuild_index(&NoProgress).expect("rebuild");
+    check(&store, "after rebuild", 9);
+    drop(m);
+
+    // Format 2: the rows go with the delete, nothing waits for clean.
+    let root = dir.path().join("s");
+    drop(store);
+    let cfg = root.join(basin_store::CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let v2 = text.replace(
+        &format!("format_version = {}", basin_store::STORE_FORMAT_VERSION),
+        "format_version = 2",
+    );
+    assert_ne!(v2, text, "config must carry format_version: {text}");
+    std::fs::write(&cfg, v2).expect("write config");
+    let store = Store::open(&root).expect("open as format 2");
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let more: Vec<Key> = objects[20..30].iter().map(|(k, _)| *k).collect();
+    assert_eq!(m.delete(&more).expect("delete in format 2").len(), 10);
+    assert_eq!(store.stats().expect("stats").packed_objects, 39);
+    let cleaned = m
+        .clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean");
+    assert_eq!(cleaned.deleted_rows_folded, 0, "{cleaned:?}");
+    for k in &more {
+        assert!(store.get(k).expect_err("deleted").is_not_found());
+    }
+}
