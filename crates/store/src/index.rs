@@ -545,11 +545,7 @@ impl Index {
     /// of every key most of its time again), `filtered` otherwise.
     fn begin_scan(&mut self, plain: &'static str, filtered: &'static str) -> Result<&'static str> {
         self.begin_snapshot()?;
-        Ok(if gone_any(&self.conn).map_err(|e| self.err(e))? {
-            filtered
-        } else {
-            plain
-        })
+        Ok(if self.snapshot_gone { filtered } else { plain })
     }
 
     /// Whether any key is gone (deleted, its row not yet folded), as of now.
@@ -776,19 +772,17 @@ impl Index {
     /// Live rows of one pack, in offset order, and the keys of its dead rows (gone keys), from
     /// one snapshot. Each row is checked against the gone keys in memory: a probe of `gone` per
     /// row would cost a repack of every pack a tenth more.
-    pub(crate) fn rows_in_pack_and_dead(
-        &mut self,
-        pack: u64,
-    ) -> Result<PackRows> {
+    pub(crate) fn rows_in_pack_and_dead(&mut self, pack: u64) -> Result<PackRows> {
         self.begin_snapshot()?;
         let scanned = self.scan_pack(pack);
         self.end_snapshot()?;
         scanned
     }
 
+    /// [`Index::rows_in_pack_and_dead`] inside the snapshot it began.
     fn scan_pack(&self, pack: u64) -> Result<PackRows> {
         let mut gone = crate::key::KeySet::default();
-        if gone_any(&self.conn).map_err(|e| self.err(e))? {
+        if self.snapshot_gone {
             let mut st = self
                 .conn
                 .prepare_cached("SELECT key FROM gone")
