@@ -745,9 +745,19 @@ impl<'s> Maintenance<'s> {
         let (candidates, all_packs) = {
             let mut index = self.index();
             let packs = index.packs()?;
-            let live = index.live_bytes_per_pack()?;
+            // Every pack is a candidate then: no need to sum every row's bytes.
+            let every = opts.all || opts.compression.is_some();
+            let live = if every {
+                HashMap::new()
+            } else {
+                index.live_bytes_per_pack()?
+            };
             let mut c = Vec::new();
             for row in &packs {
+                if every {
+                    c.push(*row);
+                    continue;
+                }
                 let path = pack::pack_path(store.path(), row.id);
                 let file = File::open(&path).at("open pack", &path)?;
                 let records =
@@ -759,11 +769,7 @@ impl<'s> Maintenance<'s> {
                 } else {
                     garbage as f64 / records as f64
                 };
-                if opts.all
-                    || opts.compression.is_some()
-                    || (ratio >= opts.garbage_ratio_min && garbage > 0)
-                    || live_bytes == 0
-                {
+                if (ratio >= opts.garbage_ratio_min && garbage > 0) || live_bytes == 0 {
                     c.push(*row);
                 }
             }
