@@ -251,14 +251,15 @@ const ROWS_OF_LIVE_KEYS_JOIN: &str = concat!(
     live!()
 );
 
-/// The join of a list of keys to their live rows, as `conn` sees the index: while no key is
-/// gone, the plain join (a probe of `gone` per row costs `has_many` a tenth of its time).
-fn rows_of_keys_join(conn: &Connection, path: &Path) -> Result<&'static str> {
-    Ok(if gone_any(conn).map_err(|e| index_err(path, e))? {
+/// The join of a list of keys to their live rows: while no key is gone (`any_gone` false, as
+/// the reading transaction sees it), the plain join (a probe of `gone` per row costs
+/// `has_many` a tenth of its time).
+fn rows_of_keys_join(any_gone: bool) -> &'static str {
+    if any_gone {
         ROWS_OF_LIVE_KEYS_JOIN
     } else {
         ROWS_OF_KEYS_JOIN
-    })
+    }
 }
 
 /// Whether `gone` has any key, as `conn` sees it.
@@ -267,10 +268,11 @@ fn gone_any(conn: &Connection) -> rusqlite::Result<bool> {
         .query_row([], |r| r.get(0))
 }
 
-/// For each of `keys`, whether `objects` has a row for it.
-fn known_keys(conn: &Connection, path: &Path, keys: &[Key]) -> Result<Vec<bool>> {
+/// For each of `keys`, whether `objects` has a live row for it (`any_gone`: see
+/// [`rows_of_keys_join`]).
+fn known_keys(conn: &Connection, path: &Path, keys: &[Key], any_gone: bool) -> Result<Vec<bool>> {
     let mut found = crate::key::KeySet::default();
-    let select = format!("SELECT o.key {}", rows_of_keys_join(conn, path)?);
+    let select = format!("SELECT o.key {}", rows_of_keys_join(any_gone));
     for_rows_of_keys(conn, path, &select, keys, &mut |r| {
         found.insert(key_of(column(r, 0, path)?, path)?);
         Ok(())
@@ -424,14 +426,14 @@ impl Index {
     /// [`Index::get_recent`]): one statement for the whole list instead of one per key.
     pub(crate) fn known_recent(&mut self, keys: &[Key]) -> Result<Vec<bool>> {
         self.renew_aged_snapshot()?;
-        known_keys(&self.conn, &self.path, keys)
+        known_keys(&self.conn, &self.path, keys, self.snapshot_gone)
     }
 
     /// For each of `keys`, whether the index has it, in a snapshot begun now: it sees every
     /// commit made before this call.
     pub(crate) fn known_fresh(&mut self, keys: &[Key]) -> Result<Vec<bool>> {
         self.begin_snapshot()?;
-        known_keys(&self.conn, &self.path, keys)
+        known_keys(&self.conn, &self.path, keys, self.snapshot_gone)
     }
 
     /// Begins a fresh read snapshot when there is none or the current one is past its age.
@@ -481,10 +483,10 @@ impl Index {
         self.lookup(key, true)
     }
 
-    /// The live row of `key`; `gone_any` false promises that no key is gone in the current
+    /// The live row of `key`; `any_gone` false promises that no key is gone in the current
     /// read transaction.
-    fn lookup(&self, key: &Key, gone_any: bool) -> Result<Option<IndexRow>> {
-        let sql = if gone_any {
+    fn lookup(&self, key: &Key, any_gone: bool) -> Result<Option<IndexRow>> {
+        let sql = if any_gone {
             concat!(
                 "SELECT pack, offset, raw_len, stored_len, flags FROM objects o WHERE o.key = ?1 AND ",
                 live!()
@@ -1001,7 +1003,7 @@ impl IndexTx<'_> {
     /// (an `INSERT OR IGNORE` would keep the dead row). Moves never need this: they only move
     /// live rows.
     fn revive(&self, rows: &[(Key, IndexRow)]) -> Result<()> {
-        if !gone_any(&self.tx).map_err(|e| self.err(e))? {
+        if !self.any_gone()? {
             return Ok(());
         }
         let keys: Vec<Key> = rows.iter().map(|(k, _)| *k).collect();
@@ -1039,7 +1041,12 @@ impl IndexTx<'_> {
 
     /// For each of `keys`, whether the index has a row for it (as this transaction sees it).
     pub(crate) fn known(&self, keys: &[Key]) -> Result<Vec<bool>> {
-        known_keys(&self.tx, &self.path, keys)
+        known_keys(&self.tx, &self.path, keys, self.any_gone()?)
+    }
+
+    /// Whether any key is gone, as this transaction sees it.
+    fn any_gone(&self) -> Result<bool> {
+        gone_any(&self.tx).map_err(|e| self.err(e))
     }
 
     /// [`Index::pack_id_high_water`] inside this transaction.
@@ -1098,7 +1105,7 @@ impl IndexTx<'_> {
         let path = &self.path;
         let mut taken =
             crate::key::KeyMap::with_capacity_and_hasher(sorted.len(), Default::default());
-        let join = rows_of_keys_join(&self.tx, path)?;
+        let join = rows_of_keys_join(self.any_gone()?);
         let select = format!("SELECT o.key, o.pack, o.offset {join}");
         for_rows_of_keys(&self.tx, path, &select, &sorted, &mut |r| {
             let at = Position {
