@@ -817,6 +817,8 @@ impl<'s> Maintenance<'s> {
         let result = self.with_appender(rewriting.clone(), |index, app| {
             app.set_moves();
             let tombstones = index.tombstones()?;
+            // Read buffers kept from one pack to the next.
+            let mut span_buffers = Vec::new();
             for row in candidates {
                 let path = pack::pack_path(store.path(), row.id);
                 report.bytes_before += fsutil::file_len_or_zero(&path);
@@ -837,7 +839,8 @@ impl<'s> Maintenance<'s> {
                         row.id,
                         &rows,
                         REPACK_SPAN_BYTES,
-                        &mut |span_rows, start, buf| {
+                        &mut span_buffers,
+                        &mut |span_rows, start, buf, writes| {
                             // Records that lie next to each other are copied as one run.
                             let mut run = Vec::new();
                             let (mut run_at, mut run_end) = (0usize, 0usize);
@@ -849,7 +852,9 @@ impl<'s> Maintenance<'s> {
                                     app.append_verified_records(
                                         index,
                                         &run,
-                                        &buf[run_at..run_end],
+                                        buf,
+                                        run_at..run_end,
+                                        writes,
                                     )?;
                                     run.clear();
                                 }
@@ -861,7 +866,13 @@ impl<'s> Maintenance<'s> {
                                 report.objects_moved += 1;
                             }
                             if !run.is_empty() {
-                                app.append_verified_records(index, &run, &buf[run_at..run_end])?;
+                                app.append_verified_records(
+                                    index,
+                                    &run,
+                                    buf,
+                                    run_at..run_end,
+                                    writes,
+                                )?;
                             }
                             Ok(())
                         },

@@ -403,9 +403,6 @@ struct OpenPack {
     /// Start of the write buffer in the file.
     buf_at: u64,
     buf: Vec<u8>,
-    /// Where bytes written straight to the file (not through `buf`) have had no writeback
-    /// started yet.
-    writeback_from: u64,
 }
 
 /// Appends records to packs for one maintenance session, committing index rows only after the
@@ -436,11 +433,6 @@ pub(crate) struct Appender<'a> {
 /// 4 MiB buffer did, which matters where the host charges for first touches (see
 /// bench/store/README.md, "Noise"), and the write calls stay large.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
-/// Bytes written straight to the pack between two starts of their writeback.
-const WRITEBACK_STEP_BYTES: u64 = 4 << 20;
-/// Runs of records at least this long are written straight to the pack, not copied into the
-/// write buffer first: above this, the copy costs more than the extra write call.
-const DIRECT_RUN_BYTES_MIN: usize = 16 << 10;
 
 impl<'a> Appender<'a> {
     pub(crate) fn new(
@@ -582,7 +574,6 @@ impl<'a> Appender<'a> {
             len,
             buf_at: len,
             buf: self.behind.empty_buffer(),
-            writeback_from: len,
         });
         Ok(())
     }
@@ -767,17 +758,27 @@ impl<'a> Appender<'a> {
     }
 
     /// Appends object records that [`format::decode_record`] already checked and that lie next
-    /// to each other in `bytes` (`headers` in order), byte for byte: a record holds no position
-    /// of its own, so its moved copy is the same bytes, and neither its header nor its checksum
-    /// needs computing again. A long run goes to the file with one call, straight from
-    /// `bytes`, instead of through the write buffer: one copy of the bytes fewer.
+    /// to each other in `span[run]` (`headers` in order), byte for byte: a record holds no
+    /// position of its own, so its moved copy is the same bytes, and neither its header nor its
+    /// checksum needs computing again. The run gets its place at the end of the pack here and
+    /// is pushed onto `deferred`, for the caller to write straight from `span` (no copy into
+    /// the write buffer), on another thread and together with the runs next to it: every
+    /// deferred write must have landed before the next [`Appender::commit`].
     pub(crate) fn append_verified_records(
         &mut self,
         index: &mut Index,
         headers: &[RecordHeader],
-        bytes: &[u8],
+        span: &[u8],
+        run: std::ops::Range<usize>,
+        deferred: &mut Vec<SpanWrite>,
     ) -> Result<()> {
         let total: u64 = headers.iter().map(|h| h.record_len()).sum();
+        let bytes = span.get(run.clone()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "run {run:?} outside a span of {} bytes",
+                span.len()
+            ))
+        })?;
         if total != bytes.len() as u64 {
             return Err(Error::InvalidArgument(format!(
                 "{} records of {total} bytes given as {} bytes",
@@ -785,30 +786,20 @@ impl<'a> Appender<'a> {
                 bytes.len()
             )));
         }
-        if bytes.len() < DIRECT_RUN_BYTES_MIN {
-            let mut at = 0usize;
-            for h in headers {
-                let len = h.record_len() as usize;
-                self.append_object_bytes(index, h, &[&bytes[at..at + len]])?;
-                at += len;
-            }
-            return Ok(());
-        }
-        let open = self.open_for_direct_write(index)?;
+        self.ensure_open(index)?;
+        let open = self.open.as_mut().ok_or_else(no_open_pack)?;
+        // Whatever the write buffer holds goes first, to the write-behind thread: its bytes lie
+        // before the run's place.
+        Self::flush_buf(&mut self.behind, open)?;
         let mut offset = open.len;
-        open.file
-            .write_all_at(bytes, offset)
-            .at("write pack", &open.path)?;
+        deferred.push(SpanWrite {
+            file: open.file.clone(),
+            path: open.path.clone(),
+            at: offset,
+            range: run,
+        });
         open.len += bytes.len() as u64;
         open.buf_at = open.len;
-        if open.len - open.writeback_from >= WRITEBACK_STEP_BYTES {
-            fsutil::start_writeback(
-                &open.file,
-                open.writeback_from,
-                open.len - open.writeback_from,
-            );
-            open.writeback_from = open.len;
-        }
         let pack = open.id;
         for h in headers {
             let row = IndexRow {
@@ -1151,7 +1142,8 @@ pub(crate) fn for_each_record(
         pack,
         rows,
         span_bytes_max,
-        &mut |span_rows, start, buf| {
+        &mut Vec::new(),
+        &mut |span_rows, start, buf, _| {
             for (key, row) in span_rows {
                 let at = (row.offset - start) as usize;
                 visit(
@@ -1165,21 +1157,43 @@ pub(crate) fn for_each_record(
     )
 }
 
+/// Bytes of a span to write to a pack once its visitor is done with them: `range` of the span's
+/// buffer, at `at` in `file` (see [`for_each_span_read_ahead`]).
+pub(crate) struct SpanWrite {
+    pub file: std::sync::Arc<File>,
+    pub path: PathBuf,
+    pub at: u64,
+    pub range: std::ops::Range<usize>,
+}
+
 /// Receives one span of [`for_each_span_read_ahead`]: its rows (sorted by offset), the pack
-/// offset of its first byte, and its bytes (records not yet verified).
-pub(crate) type SpanVisit<'a> = dyn FnMut(&[(Key, IndexRow)], u64, &[u8]) -> Result<()> + 'a;
+/// offset of its first byte, its bytes (records not yet verified), and a list to push writes
+/// of those bytes onto.
+pub(crate) type SpanVisit<'a> =
+    dyn FnMut(&[(Key, IndexRow)], u64, &[u8], &mut Vec<SpanWrite>) -> Result<()> + 'a;
+
+/// Span buffers in use at once: one being read into, one being visited, one being written from.
+const SPAN_BUFFERS: usize = 3;
 
 /// Reads the records at `rows` (all in `pack`, sorted by offset) span by span (see
-/// [`plan_spans`]) and hands each span to `visit`, while a second thread reads the next span:
-/// reading (the kernel's copy out of the page cache) and whatever `visit` does with the bytes
-/// use both cores. Two span buffers in all.
+/// [`plan_spans`]) and hands each span to `visit`, as a pipeline over three threads: one reads
+/// the next span while `visit` looks at this one, and one does the writes `visit` asked for
+/// from the span before. Reading and writing are both the kernel copying bytes (out of the page
+/// cache, into fresh pages of it), the largest costs of a repack; here they leave the thread
+/// that checks records and keeps the index rows, and the two cores share them.
+///
+/// Every write has landed (or failed, and the error is returned) when this returns. The span
+/// buffers come from `pool` and go back to it, so that a caller visiting several packs touches
+/// their memory once (fresh pages cost more than the copy into them on these VMs).
 pub(crate) fn for_each_span_read_ahead(
     file: &File,
     pack: u64,
     rows: &[(Key, IndexRow)],
     span_bytes_max: u64,
+    pool: &mut Vec<Vec<u8>>,
     visit: &mut SpanVisit<'_>,
 ) -> Result<()> {
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
     let spans = plan_spans(rows, span_bytes_max);
     let read_span = |i: usize, start: u64, end: u64, mut buf: Vec<u8>| -> Result<Vec<u8>> {
         check_fits(file, &rows[i].1, end - start)?;
@@ -1187,32 +1201,112 @@ pub(crate) fn for_each_span_read_ahead(
         read_exact_at(file, &mut buf, start, pack)?;
         Ok(buf)
     };
+    type Job = (Vec<u8>, Vec<SpanWrite>);
+    let write_failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| -> Result<()> {
-        let (filled_tx, filled) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(1);
-        let (emptied, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        // Room for every buffer in every channel: a send never waits, so a stage that stops
+        // (an error) never leaves another blocked on it.
+        let (filled_tx, filled) = sync_channel::<Result<Vec<u8>>>(SPAN_BUFFERS);
+        let (emptied, empty_rx) = sync_channel::<Vec<u8>>(SPAN_BUFFERS);
+        let (to_writer, jobs): (SyncSender<Job>, Receiver<Job>) = sync_channel(SPAN_BUFFERS);
         let spans_read = &spans;
         let read_span = &read_span;
-        scope.spawn(move || {
+        // The reader ends with the buffers handed back after its last read, for the pool.
+        let reader = scope.spawn(move || {
             for &(i, _, start, end) in spans_read {
-                let Ok(buf) = empty_rx.recv() else { return };
+                let Ok(buf) = empty_rx.recv() else {
+                    return Vec::new();
+                };
                 if filled_tx.send(read_span(i, start, end, buf)).is_err() {
-                    return;
+                    return Vec::new();
                 }
             }
+            drop(filled_tx);
+            empty_rx.iter().collect::<Vec<_>>()
         });
-        // Dropping the channels (an error below) ends the reader at its next send or receive.
-        for _ in 0..2 {
-            let _ = emptied.send(Vec::new());
+        let writer_emptied = emptied.clone();
+        let failed = &write_failed;
+        // After a failed write the writer still hands every buffer back (unwritten): a buffer
+        // it kept could be the one the reader waits for while this thread waits for the reader.
+        let writer = scope.spawn(move || -> Result<()> {
+            let mut result = Ok(());
+            for (buf, writes) in jobs {
+                if result.is_ok() {
+                    result = write_span(&buf, &writes);
+                    failed.store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+                }
+                let _ = writer_emptied.send(buf);
+            }
+            result
+        });
+        for _ in 0..SPAN_BUFFERS {
+            let _ = emptied.send(pool.pop().unwrap_or_default());
         }
-        for &(i, end_i, start, _) in &spans {
-            let buf = filled.recv().map_err(|_| {
-                Error::InvalidArgument("pack read-ahead thread ended early".into())
-            })??;
-            visit(&rows[i..end_i], start, &buf)?;
-            let _ = emptied.send(buf);
+        let visited = (|| -> Result<()> {
+            for &(i, end_i, start, _) in &spans {
+                if write_failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The writer's join below returns its error.
+                    break;
+                }
+                let buf = filled.recv().map_err(|_| {
+                    Error::InvalidArgument("pack read-ahead thread ended early".into())
+                })??;
+                let mut writes = Vec::new();
+                visit(&rows[i..end_i], start, &buf, &mut writes)?;
+                if writes.is_empty() {
+                    let _ = emptied.send(buf);
+                } else if to_writer.send((buf, writes)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        // Closing the channels ends the writer after its last job and the reader after it.
+        drop(to_writer);
+        drop(emptied);
+        drop(filled);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::InvalidArgument("pack write thread panicked".into())));
+        if let Ok(buffers) = reader.join() {
+            pool.extend(buffers);
         }
-        Ok(())
+        written?;
+        visited
     })
+}
+
+/// Does the writes of one span (see [`for_each_span_read_ahead`]), then starts their writeback
+/// so that the commit's fdatasync finds the bytes already on their way.
+fn write_span(buf: &[u8], writes: &[SpanWrite]) -> Result<()> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let mut i = 0;
+    while i < writes.len() {
+        // Writes that follow each other in one pack (a pack filling up starts another) go in
+        // one vectored call, then get their writeback started together.
+        let (file, path, from) = (&writes[i].file, &writes[i].path, writes[i].at);
+        let mut to = from;
+        parts.clear();
+        while i < writes.len()
+            && std::sync::Arc::ptr_eq(&writes[i].file, file)
+            && writes[i].at == to
+        {
+            let w = &writes[i];
+            let bytes = buf.get(w.range.clone()).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "write of {:?} outside a span of {} bytes",
+                    w.range,
+                    buf.len()
+                ))
+            })?;
+            parts.push(bytes);
+            to += bytes.len() as u64;
+            i += 1;
+        }
+        fsutil::write_all_vectored_at(file, &parts, from).at("write pack", path)?;
+        fsutil::start_writeback(file, from, to - from);
+    }
+    Ok(())
 }
 
 /// Where valid records end in a sealed pack: the table offset.
@@ -1233,6 +1327,114 @@ pub(crate) fn records_end(row: &PackRow, file: &File) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows of records of `record_bytes` each (overhead included), back to back in one file.
+    fn back_to_back_rows(count: u64, record_bytes: u64) -> Vec<(Key, IndexRow)> {
+        (0..count)
+            .map(|i| {
+                let mut key = [0u8; crate::key::KEY_BYTES];
+                key[..8].copy_from_slice(&i.to_be_bytes());
+                let row = IndexRow {
+                    pack: 1,
+                    offset: i * record_bytes,
+                    raw_len: record_bytes - format::RECORD_OVERHEAD_BYTES,
+                    stored_len: record_bytes - format::RECORD_OVERHEAD_BYTES,
+                    flags: 0,
+                };
+                (Key::from_bytes(key), row)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn span_pipeline_writes_every_span_and_keeps_its_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src");
+        let record_bytes = 1000u64;
+        let rows = back_to_back_rows(50, record_bytes);
+        let src: Vec<u8> = (0..50 * record_bytes)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&src_path, &src).unwrap();
+        let dst_path = dir.path().join("dst");
+        let dst = std::sync::Arc::new(File::create(&dst_path).unwrap());
+        let mut pool = Vec::new();
+        let mut spans = 0;
+        // Spans of 4 records; each span's second half is written, in reverse order of spans.
+        for_each_span_read_ahead(
+            &File::open(&src_path).unwrap(),
+            1,
+            &rows,
+            4 * record_bytes,
+            &mut pool,
+            &mut |span_rows, start, buf, writes| {
+                assert_eq!(buf.len() as u64, span_rows.len() as u64 * record_bytes);
+                assert_eq!(buf, &src[start as usize..start as usize + buf.len()]);
+                let half = buf.len() / 2;
+                writes.push(SpanWrite {
+                    file: dst.clone(),
+                    path: dst_path.clone(),
+                    at: 100_000 - start - buf.len() as u64 + half as u64,
+                    range: half..buf.len(),
+                });
+                spans += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(spans, 13, "50 records in spans of 4");
+        let written = std::fs::read(&dst_path).unwrap();
+        assert_eq!(written.len(), 100_000);
+        for (i, chunk) in src.chunks(4 * record_bytes as usize).enumerate() {
+            let start = i * 4 * record_bytes as usize;
+            let half = chunk.len() / 2;
+            let at = 100_000 - start - chunk.len() + half;
+            assert_eq!(
+                &written[at..at + chunk.len() - half],
+                &chunk[half..],
+                "span {i}"
+            );
+        }
+        assert_eq!(
+            pool.len(),
+            SPAN_BUFFERS,
+            "every buffer comes back to the pool"
+        );
+    }
+
+    #[test]
+    fn span_pipeline_returns_a_failed_write_instead_of_waiting_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src");
+        let rows = back_to_back_rows(40, 100);
+        std::fs::write(&src_path, vec![5u8; 4000]).unwrap();
+        let dst_path = dir.path().join("read-only");
+        std::fs::write(&dst_path, b"x").unwrap();
+        // Opened for reading only: every write fails, and every span asks for one, so the
+        // writer fails while the reader and the visitor are still going.
+        let dst = std::sync::Arc::new(File::open(&dst_path).unwrap());
+        let mut pool = Vec::new();
+        let err = for_each_span_read_ahead(
+            &File::open(&src_path).unwrap(),
+            1,
+            &rows,
+            100,
+            &mut pool,
+            &mut |_, start, buf, writes| {
+                writes.push(SpanWrite {
+                    file: dst.clone(),
+                    path: dst_path.clone(),
+                    at: start,
+                    range: 0..buf.len(),
+                });
+                Ok(())
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("read-only"), "the error names the file: {err}");
+        assert_eq!(std::fs::read(&dst_path).unwrap(), b"x");
+    }
 
     #[test]
     fn pack_names() {
