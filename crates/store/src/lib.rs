@@ -29,6 +29,7 @@
 mod batch;
 mod compress;
 mod config;
+mod direct;
 mod error;
 pub mod format;
 mod fsutil;

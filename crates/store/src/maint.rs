@@ -195,6 +195,12 @@ pub struct RepackOptions {
     pub garbage_ratio_min: f64,
     /// Recompress while rewriting (`None`: keep each record as it is).
     pub compression: Option<Compression>,
+    /// Write the moved records around the page cache (`O_DIRECT`, where the file system takes
+    /// it), as databases write compactions: a repack then neither pushes out of the cache
+    /// what readers use nor pays the kernel's copy into new cache pages. Reads of moved
+    /// objects come from the disk until cached again. Records that are recompressed go
+    /// through the page cache either way.
+    pub bypass_page_cache: bool,
 }
 
 impl Default for RepackOptions {
@@ -203,6 +209,7 @@ impl Default for RepackOptions {
             all: false,
             garbage_ratio_min: 0.2,
             compression: None,
+            bypass_page_cache: true,
         }
     }
 }
@@ -494,7 +501,8 @@ impl<'s> Maintenance<'s> {
                 continue;
             }
             let mut r = RepackReport::default();
-            self.rewrite_packs(&group, &all_packs, compression, &mut r, p)?;
+            // Just written and about to be read: through the page cache.
+            self.rewrite_packs(&group, &all_packs, compression, false, &mut r, p)?;
             report.packs_merged += r.packs_rewritten;
             report.objects_merged += r.objects_moved;
         }
@@ -778,7 +786,14 @@ impl<'s> Maintenance<'s> {
         if candidates.is_empty() {
             return Ok(report);
         }
-        self.rewrite_packs(&candidates, &all_packs, opts.compression, &mut report, p)?;
+        self.rewrite_packs(
+            &candidates,
+            &all_packs,
+            opts.compression,
+            opts.bypass_page_cache,
+            &mut report,
+            p,
+        )?;
         let mut index = self.index();
         index.checkpoint_and_vacuum(false)?;
         for r in index.packs()? {
@@ -794,6 +809,7 @@ impl<'s> Maintenance<'s> {
         candidates: &[PackRow],
         all_packs: &[PackRow],
         compression: Option<Compression>,
+        bypass_page_cache: bool,
         report: &mut RepackReport,
         p: &dyn Progress,
     ) -> Result<()> {
@@ -840,6 +856,7 @@ impl<'s> Maintenance<'s> {
                         &rows,
                         REPACK_SPAN_BYTES,
                         &mut span_buffers,
+                        bypass_page_cache,
                         &mut |span_rows, start, buf, writes| {
                             // Records that lie next to each other are copied as one run.
                             let mut run = Vec::new();

@@ -10,6 +10,7 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::direct::DirectRuns;
 use crate::error::{Error, IoContext, Result};
 use crate::format::{
     self, Footer, PackHeader, Position, RecordChecksum, RecordHeader, RecordKind, FLAG_ZSTD,
@@ -787,10 +788,13 @@ impl<'a> Appender<'a> {
             )));
         }
         self.ensure_open(index)?;
+        // Every byte before the run's place lands first: the run is written from the start of
+        // the block it begins in (see [`crate::direct`]), and no other write may touch that
+        // block meanwhile. In a repack the write buffer is empty here (tombstones follow the
+        // runs of a pack), so this costs nothing.
+        self.behind.drain()?;
         let open = self.open.as_mut().ok_or_else(no_open_pack)?;
-        // Whatever the write buffer holds goes first, to the write-behind thread: its bytes lie
-        // before the run's place.
-        Self::flush_buf(&mut self.behind, open)?;
+        fsutil::flush_write_buffer(&open.file, &open.path, &mut open.buf, &mut open.buf_at)?;
         let mut offset = open.len;
         deferred.push(SpanWrite {
             file: open.file.clone(),
@@ -1143,6 +1147,7 @@ pub(crate) fn for_each_record(
         rows,
         span_bytes_max,
         &mut Vec::new(),
+        false,
         &mut |span_rows, start, buf, _| {
             for (key, row) in span_rows {
                 let at = (row.offset - start) as usize;
@@ -1178,11 +1183,15 @@ const SPAN_BUFFERS: usize = 3;
 /// Reads the records at `rows` (all in `pack`, sorted by offset) span by span (see
 /// [`plan_spans`]) and hands each span to `visit`, as a pipeline over three threads: one reads
 /// the next span while `visit` looks at this one, and one does the writes `visit` asked for
-/// from the span before. Reading and writing are both the kernel copying bytes (out of the page
-/// cache, into fresh pages of it), the largest costs of a repack; here they leave the thread
-/// that checks records and keeps the index rows, and the two cores share them.
+/// from the span before. Reading (the kernel's copy out of the page cache) and writing were the
+/// largest costs of a repack; here they leave the thread that checks records and keeps the
+/// index rows, and the two cores share them. With `bypass_page_cache` the writes go through
+/// [`DirectRuns`]: each write should start where the one before it ended, in the same file, for
+/// the staging to go on (it starts over otherwise), and nothing else may write to those files
+/// until this returns. Without, consecutive writes go in one vectored call through the page
+/// cache.
 ///
-/// Every write has landed (or failed, and the error is returned) when this returns. The span
+/// Every write has landed (or failed, and the error is returned) when this returns. The
 /// buffers come from `pool` and go back to it, so that a caller visiting several packs touches
 /// their memory once (fresh pages cost more than the copy into them on these VMs).
 pub(crate) fn for_each_span_read_ahead(
@@ -1191,6 +1200,7 @@ pub(crate) fn for_each_span_read_ahead(
     rows: &[(Key, IndexRow)],
     span_bytes_max: u64,
     pool: &mut Vec<Vec<u8>>,
+    bypass_page_cache: bool,
     visit: &mut SpanVisit<'_>,
 ) -> Result<()> {
     use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -1228,16 +1238,25 @@ pub(crate) fn for_each_span_read_ahead(
         let failed = &write_failed;
         // After a failed write the writer still hands every buffer back (unwritten): a buffer
         // it kept could be the one the reader waits for while this thread waits for the reader.
-        let writer = scope.spawn(move || -> Result<()> {
+        let stage = pool.pop().unwrap_or_default();
+        let writer = scope.spawn(move || -> (Result<()>, Vec<u8>) {
+            let mut runs = DirectRuns::new(stage);
             let mut result = Ok(());
             for (buf, writes) in jobs {
                 if result.is_ok() {
-                    result = write_span(&buf, &writes);
+                    result = if bypass_page_cache {
+                        write_span_direct(&mut runs, &buf, &writes)
+                    } else {
+                        write_span_cached(&buf, &writes)
+                    };
                     failed.store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
                 }
                 let _ = writer_emptied.send(buf);
             }
-            result
+            if result.is_ok() {
+                result = runs.finish();
+            }
+            (result, runs.into_buffer())
         });
         for _ in 0..SPAN_BUFFERS {
             let _ = emptied.send(pool.pop().unwrap_or_default());
@@ -1265,9 +1284,13 @@ pub(crate) fn for_each_span_read_ahead(
         drop(to_writer);
         drop(emptied);
         drop(filled);
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(Error::InvalidArgument("pack write thread panicked".into())));
+        let written = match writer.join() {
+            Ok((written, stage)) => {
+                pool.push(stage);
+                written
+            }
+            Err(_) => Err(Error::InvalidArgument("pack write thread panicked".into())),
+        };
         if let Ok(buffers) = reader.join() {
             pool.extend(buffers);
         }
@@ -1276,9 +1299,17 @@ pub(crate) fn for_each_span_read_ahead(
     })
 }
 
-/// Does the writes of one span (see [`for_each_span_read_ahead`]), then starts their writeback
-/// so that the commit's fdatasync finds the bytes already on their way.
-fn write_span(buf: &[u8], writes: &[SpanWrite]) -> Result<()> {
+/// Does the writes of one span with [`DirectRuns`] (see [`for_each_span_read_ahead`]).
+fn write_span_direct(runs: &mut DirectRuns, buf: &[u8], writes: &[SpanWrite]) -> Result<()> {
+    for w in writes {
+        runs.write(&w.file, &w.path, w.at, span_bytes(buf, w)?)?;
+    }
+    Ok(())
+}
+
+/// Does the writes of one span through the page cache, then starts their writeback so that the
+/// commit's fdatasync finds the bytes already on their way.
+fn write_span_cached(buf: &[u8], writes: &[SpanWrite]) -> Result<()> {
     let mut parts: Vec<&[u8]> = Vec::new();
     let mut i = 0;
     while i < writes.len() {
@@ -1291,14 +1322,7 @@ fn write_span(buf: &[u8], writes: &[SpanWrite]) -> Result<()> {
             && std::sync::Arc::ptr_eq(&writes[i].file, file)
             && writes[i].at == to
         {
-            let w = &writes[i];
-            let bytes = buf.get(w.range.clone()).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "write of {:?} outside a span of {} bytes",
-                    w.range,
-                    buf.len()
-                ))
-            })?;
+            let bytes = span_bytes(buf, &writes[i])?;
             parts.push(bytes);
             to += bytes.len() as u64;
             i += 1;
@@ -1307,6 +1331,17 @@ fn write_span(buf: &[u8], writes: &[SpanWrite]) -> Result<()> {
         fsutil::start_writeback(file, from, to - from);
     }
     Ok(())
+}
+
+/// The bytes of `buf` that `w` writes.
+fn span_bytes<'b>(buf: &'b [u8], w: &SpanWrite) -> Result<&'b [u8]> {
+    buf.get(w.range.clone()).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "write of {:?} outside a span of {} bytes",
+            w.range,
+            buf.len()
+        ))
+    })
 }
 
 /// Where valid records end in a sealed pack: the table offset.
@@ -1348,58 +1383,63 @@ mod tests {
 
     #[test]
     fn span_pipeline_writes_every_span_and_keeps_its_buffers() {
-        let dir = tempfile::tempdir().unwrap();
-        let src_path = dir.path().join("src");
-        let record_bytes = 1000u64;
-        let rows = back_to_back_rows(50, record_bytes);
-        let src: Vec<u8> = (0..50 * record_bytes)
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
-        std::fs::write(&src_path, &src).unwrap();
-        let dst_path = dir.path().join("dst");
-        let dst = std::sync::Arc::new(File::create(&dst_path).unwrap());
-        let mut pool = Vec::new();
-        let mut spans = 0;
-        // Spans of 4 records; each span's second half is written, in reverse order of spans.
-        for_each_span_read_ahead(
-            &File::open(&src_path).unwrap(),
-            1,
-            &rows,
-            4 * record_bytes,
-            &mut pool,
-            &mut |span_rows, start, buf, writes| {
-                assert_eq!(buf.len() as u64, span_rows.len() as u64 * record_bytes);
-                assert_eq!(buf, &src[start as usize..start as usize + buf.len()]);
-                let half = buf.len() / 2;
-                writes.push(SpanWrite {
-                    file: dst.clone(),
-                    path: dst_path.clone(),
-                    at: 100_000 - start - buf.len() as u64 + half as u64,
-                    range: half..buf.len(),
-                });
-                spans += 1;
-                Ok(())
-            },
-        )
-        .unwrap();
-        assert_eq!(spans, 13, "50 records in spans of 4");
-        let written = std::fs::read(&dst_path).unwrap();
-        assert_eq!(written.len(), 100_000);
-        for (i, chunk) in src.chunks(4 * record_bytes as usize).enumerate() {
-            let start = i * 4 * record_bytes as usize;
-            let half = chunk.len() / 2;
-            let at = 100_000 - start - chunk.len() + half;
+        for bypass_page_cache in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src_path = dir.path().join("src");
+            let record_bytes = 1000u64;
+            let rows = back_to_back_rows(50, record_bytes);
+            let src: Vec<u8> = (0..50 * record_bytes)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect();
+            std::fs::write(&src_path, &src).unwrap();
+            // The destination already holds bytes ending mid-block, as a pack does.
+            let dst_path = dir.path().join("dst");
+            let mut expected = vec![9u8; 1234];
+            std::fs::write(&dst_path, &expected).unwrap();
+            let dst = std::sync::Arc::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&dst_path)
+                    .unwrap(),
+            );
+            let mut pool = Vec::new();
+            let mut spans = 0;
+            // Spans of 4 records; the second half of each is appended.
+            for_each_span_read_ahead(
+                &File::open(&src_path).unwrap(),
+                1,
+                &rows,
+                4 * record_bytes,
+                &mut pool,
+                bypass_page_cache,
+                &mut |span_rows, start, buf, writes| {
+                    assert_eq!(buf.len() as u64, span_rows.len() as u64 * record_bytes);
+                    assert_eq!(buf, &src[start as usize..start as usize + buf.len()]);
+                    let half = buf.len() / 2;
+                    writes.push(SpanWrite {
+                        file: dst.clone(),
+                        path: dst_path.clone(),
+                        at: expected.len() as u64,
+                        range: half..buf.len(),
+                    });
+                    expected.extend_from_slice(&buf[half..]);
+                    spans += 1;
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(spans, 13, "50 records in spans of 4");
+            assert!(
+                std::fs::read(&dst_path).unwrap() == expected,
+                "bypass_page_cache {bypass_page_cache}: the file holds what was written"
+            );
             assert_eq!(
-                &written[at..at + chunk.len() - half],
-                &chunk[half..],
-                "span {i}"
+                pool.len(),
+                SPAN_BUFFERS + 1,
+                "every buffer (and the writer's staging buffer) comes back to the pool"
             );
         }
-        assert_eq!(
-            pool.len(),
-            SPAN_BUFFERS,
-            "every buffer comes back to the pool"
-        );
     }
 
     #[test]
@@ -1420,6 +1460,7 @@ mod tests {
             &rows,
             100,
             &mut pool,
+            false,
             &mut |_, start, buf, writes| {
                 writes.push(SpanWrite {
                     file: dst.clone(),

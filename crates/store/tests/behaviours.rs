@@ -1697,8 +1697,8 @@ fn b26_repack_reclaims_space_and_recompresses() {
     ] {
         let opts = RepackOptions {
             all: true,
-            garbage_ratio_min: 0.2,
             compression: Some(policy),
+            ..RepackOptions::default()
         };
         maint(&t.store)
             .repack(&opts, &NoProgress)

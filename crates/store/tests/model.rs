@@ -65,6 +65,7 @@ enum Op {
     Repack {
         all: bool,
         compression: Option<u8>,
+        bypass_page_cache: bool,
     },
     Clean,
     RebuildIndex,
@@ -98,7 +99,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => ids().prop_map(Op::Delete),
         3 => (sel, prop::option::of(0u8..3)).prop_map(|(sel, compression)| Op::Pack { sel, compression }),
         2 => (ids(), prop::option::of(0u8..3)).prop_map(|(ids, compression)| Op::WritePacked { ids, compression }),
-        1 => (any::<bool>(), prop::option::of(0u8..3)).prop_map(|(all, compression)| Op::Repack { all, compression }),
+        1 => (any::<bool>(), prop::option::of(0u8..3), any::<bool>()).prop_map(
+            |(all, compression, bypass_page_cache)| Op::Repack { all, compression, bypass_page_cache }
+        ),
         1 => Just(Op::Clean),
         1 => Just(Op::RebuildIndex),
         1 => Just(Op::Validate),
@@ -298,10 +301,12 @@ impl Run {
             Op::Repack {
                 all,
                 compression: c,
+                bypass_page_cache,
             } => {
                 let opts = RepackOptions {
                     all: *all,
                     compression: compression(*c),
+                    bypass_page_cache: *bypass_page_cache,
                     ..RepackOptions::default()
                 };
                 self.maint().repack(&opts, &NoProgress).expect("repack");

@@ -176,6 +176,10 @@ pub struct RepackArgs {
     /// Compression for the rewritten records (default: keep each record as it is stored).
     #[arg(long, value_parser = parse::compression)]
     pub compression: Option<Compression>,
+    /// Write the moved records through the page cache (by default they bypass it, so that a
+    /// repack does not push out of memory what readers use).
+    #[arg(long)]
+    pub through_page_cache: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }

@@ -631,6 +631,7 @@ fn random_repack_options(rng: &mut StdRng) -> RepackOptions {
         all: rng.random_bool(0.3),
         garbage_ratio_min: *[0.0, 0.2, 0.5].choose(rng).expect("non-empty"),
         compression: random_compression(rng),
+        bypass_page_cache: rng.random_bool(0.5),
     }
 }
 

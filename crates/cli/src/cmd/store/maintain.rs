@@ -115,6 +115,7 @@ pub fn repack(args: RepackArgs, global: &Global) -> anyhow::Result<ExitCode> {
         all: args.all,
         garbage_ratio_min: args.garbage_min,
         compression: args.compression,
+        bypass_page_cache: !args.through_page_cache,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;

@@ -1,0 +1,241 @@
+//! Appending long runs of bytes to a pack without going through the page cache (`O_DIRECT`),
+//! for repack: the bytes it moves are copied once into an aligned staging buffer and written
+//! from there by the device, instead of the kernel copying them into fresh page-cache pages.
+//!
+//! Why: the kernel's copy into new page-cache pages was the largest cost of a repack, and on
+//! guests whose freed memory goes back to the host it costs several times more again (every new
+//! page faults on the host). A repack also has no reason to fill the page cache with a copy of
+//! the whole store, pushing out what readers use; databases write their compactions this way
+//! for the same reason.
+//!
+//! Direct writes must start and end on the device's block boundaries. Runs start anywhere, so
+//! the staging buffer starts at the block boundary before the first run, holding the bytes of
+//! the file before it (read back, identical), and [`DirectRuns::finish`] writes the last partial
+//! block through the page cache. Where `O_DIRECT` is refused (a file system without it, an
+//! alignment the device rejects), the same bytes are written the ordinary way.
+//!
+//! Callers must keep every other writer of the file away from the blocks of the run being
+//! staged (they share the first block with bytes before the run): the appender lands its own
+//! writes before handing out a run's place.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{IoContext, Result};
+use crate::fsutil;
+
+/// Block size direct writes are aligned to (offset, length and memory): the logical block size
+/// of any common device divides it.
+const DIRECT_ALIGN_BYTES: usize = 4096;
+
+/// Bytes staged between two direct writes.
+pub(crate) const DIRECT_STAGE_BYTES: usize = 4 << 20;
+
+/// Writes runs that follow each other in a file through an aligned staging buffer, with
+/// `O_DIRECT`. Runs must be given in file order, each starting where the previous one ended,
+/// or the staging starts over (after writing what it holds).
+pub(crate) struct DirectRuns {
+    /// The allocation; the aligned staging window is `buf[window..window + DIRECT_STAGE_BYTES]`.
+    buf: Vec<u8>,
+    window: usize,
+    target: Option<Target>,
+}
+
+struct Target {
+    /// The file as the appender opened it (read and write, through the page cache).
+    file: Arc<File>,
+    /// The same file opened with `O_DIRECT`; `None` where that was refused.
+    direct: Option<File>,
+    path: PathBuf,
+    /// File offset of the window's first byte (block-aligned).
+    base: u64,
+    /// Bytes staged in the window.
+    staged: usize,
+}
+
+impl DirectRuns {
+    /// A writer whose staging buffer reuses the allocation of `buf` (grown at the first write
+    /// if too small: a writer never given a run touches no new memory).
+    pub(crate) fn new(buf: Vec<u8>) -> DirectRuns {
+        DirectRuns {
+            buf,
+            window: 0,
+            target: None,
+        }
+    }
+
+    /// Writes `bytes` at `at` in `file` (staged; on the device by [`DirectRuns::finish`]).
+    pub(crate) fn write(
+        &mut self,
+        file: &Arc<File>,
+        path: &PathBuf,
+        at: u64,
+        mut bytes: &[u8],
+    ) -> Result<()> {
+        let continues = self
+            .target
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(&t.file, file) && t.base + t.staged as u64 == at);
+        if !continues {
+            self.finish()?;
+            self.start(file, path, at)?;
+        }
+        while !bytes.is_empty() {
+            let Some(t) = self.target.as_mut() else {
+                return Ok(());
+            };
+            let n = bytes.len().min(DIRECT_STAGE_BYTES - t.staged);
+            let from = self.window + t.staged;
+            self.buf[from..from + n].copy_from_slice(&bytes[..n]);
+            t.staged += n;
+            bytes = &bytes[n..];
+            if t.staged == DIRECT_STAGE_BYTES {
+                let window = &self.buf[self.window..self.window + DIRECT_STAGE_BYTES];
+                write_block_aligned(t, window)?;
+                t.base += DIRECT_STAGE_BYTES as u64;
+                t.staged = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages from `at`: the window starts at the block boundary before it, holding the bytes
+    /// already in the file between the two.
+    fn start(&mut self, file: &Arc<File>, path: &PathBuf, at: u64) -> Result<()> {
+        if self.buf.len() < DIRECT_STAGE_BYTES + DIRECT_ALIGN_BYTES {
+            self.buf.resize(DIRECT_STAGE_BYTES + DIRECT_ALIGN_BYTES, 0);
+        }
+        // Once grown, the buffer is never reallocated: the window stays where it is.
+        self.window = self.buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
+        let base = at - at % DIRECT_ALIGN_BYTES as u64;
+        let head = (at - base) as usize;
+        let window = &mut self.buf[self.window..self.window + head];
+        file.read_exact_at(window, base)
+            .at("read back the block a run starts in", path)?;
+        self.target = Some(Target {
+            file: file.clone(),
+            direct: open_direct(path),
+            path: path.clone(),
+            base,
+            staged: head,
+        });
+        Ok(())
+    }
+
+    /// Writes everything staged: the whole blocks directly, the last partial block through the
+    /// page cache. Every byte given to [`DirectRuns::write`] is in the file when this returns
+    /// (not yet synced: the appender's commit does that).
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        let Some(mut t) = self.target.take() else {
+            return Ok(());
+        };
+        let whole = t.staged - t.staged % DIRECT_ALIGN_BYTES;
+        let window = &self.buf[self.window..self.window + t.staged];
+        write_block_aligned(&mut t, &window[..whole])?;
+        let tail = &window[whole..];
+        if !tail.is_empty() {
+            let at = t.base + whole as u64;
+            t.file.write_all_at(tail, at).at("write pack", &t.path)?;
+        }
+        Ok(())
+    }
+
+    /// The allocation back, for the next user.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Opens `path` for direct writes; `None` where the file system refuses.
+#[cfg(target_os = "linux")]
+fn open_direct(path: &PathBuf) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &PathBuf) -> Option<File> {
+    None
+}
+
+/// Writes `blocks` (a whole number of aligned blocks of the window) at `t.base`: directly, or
+/// through the page cache where direct writes are refused, from then on for this target.
+fn write_block_aligned(t: &mut Target, blocks: &[u8]) -> Result<()> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    if let Some(direct) = &t.direct {
+        match direct.write_all_at(blocks, t.base) {
+            Ok(()) => return Ok(()),
+            // EINVAL: an alignment or a file the device or file system will not take
+            // directly. Whatever part landed is rewritten below with the same bytes.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => t.direct = None,
+            Err(e) => return Err(crate::error::Error::io("write pack", &t.path, e)),
+        }
+    }
+    t.file
+        .write_all_at(blocks, t.base)
+        .at("write pack", &t.path)?;
+    fsutil::start_writeback(&t.file, t.base, blocks.len() as u64);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_land_byte_for_byte_around_the_bytes_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pack");
+        // A file whose committed bytes end mid-block, as a pack's do.
+        let head: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &head).unwrap();
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let mut runs = DirectRuns::new(Vec::new());
+        let mut expected = head.clone();
+        // Runs of uneven lengths, one past the size of the staging buffer.
+        for (i, len) in [1usize, 4095, 4097, DIRECT_STAGE_BYTES + 3, 10, 0, 777]
+            .into_iter()
+            .enumerate()
+        {
+            let run: Vec<u8> = (0..len).map(|j| (i * 41 + j * 7) as u8).collect();
+            runs.write(&file, &path, expected.len() as u64, &run)
+                .unwrap();
+            expected.extend_from_slice(&run);
+        }
+        runs.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        // A run that does not follow the last one starts the staging over.
+        runs.write(&file, &path, 4000, b"elsewhere").unwrap();
+        runs.finish().unwrap();
+        expected[4000..4009].copy_from_slice(b"elsewhere");
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert!(runs.into_buffer().len() >= DIRECT_STAGE_BYTES);
+    }
+
+    #[test]
+    fn a_write_that_fails_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read-only");
+        std::fs::write(&path, b"x").unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        let mut runs = DirectRuns::new(Vec::new());
+        runs.write(&file, &path, 1, b"more").unwrap();
+        let err = runs.finish().unwrap_err().to_string();
+        assert!(err.contains("read-only"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
+    }
+}
