@@ -861,18 +861,15 @@ impl<'s> Maintenance<'s> {
                             // Records that lie next to each other are copied as one run.
                             let mut run = Vec::new();
                             let (mut run_at, mut run_end) = (0usize, 0usize);
+                            let mut append = |run: &[_], bytes| {
+                                app.append_verified_records(index, run, buf, bytes, writes)
+                            };
                             for (key, irow) in span_rows {
                                 let at = (irow.offset - start) as usize;
                                 let len = (RECORD_OVERHEAD_BYTES + irow.stored_len) as usize;
                                 let (header, _) = verified_record(&buf[at..at + len], key, irow)?;
                                 if !run.is_empty() && at != run_end {
-                                    app.append_verified_records(
-                                        index,
-                                        &run,
-                                        buf,
-                                        run_at..run_end,
-                                        writes,
-                                    )?;
+                                    append(&run, run_at..run_end)?;
                                     run.clear();
                                 }
                                 if run.is_empty() {
@@ -883,13 +880,7 @@ impl<'s> Maintenance<'s> {
                                 report.objects_moved += 1;
                             }
                             if !run.is_empty() {
-                                app.append_verified_records(
-                                    index,
-                                    &run,
-                                    buf,
-                                    run_at..run_end,
-                                    writes,
-                                )?;
+                                append(&run, run_at..run_end)?;
                             }
                             Ok(())
                         },
