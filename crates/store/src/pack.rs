@@ -787,14 +787,12 @@ impl<'a> Appender<'a> {
                 bytes.len()
             )));
         }
-        self.ensure_open(index)?;
         // Every byte before the run's place lands first: the run is written from the start of
         // the block it begins in (see [`crate::direct`]), and no other write may touch that
         // block meanwhile. In a repack the write buffer is empty here (tombstones follow the
         // runs of a pack), so this costs nothing.
         self.behind.drain()?;
-        let open = self.open.as_mut().ok_or_else(no_open_pack)?;
-        fsutil::flush_write_buffer(&open.file, &open.path, &mut open.buf, &mut open.buf_at)?;
+        let open = self.open_for_direct_write(index)?;
         let mut offset = open.len;
         deferred.push(SpanWrite {
             file: open.file.clone(),
