@@ -111,6 +111,15 @@ impl Kills {
     }
 }
 
+/// What [`Index::checkpoint_and_vacuum`] did to the index file.
+#[derive(Debug, Default)]
+pub(crate) struct Compaction {
+    /// Whether the whole file was rewritten (VACUUM).
+    pub rewritten: bool,
+    /// Pages the file is shorter by.
+    pub pages_freed: u64,
+}
+
 pub(crate) struct Index {
     conn: Connection,
     path: PathBuf,
@@ -121,8 +130,10 @@ pub(crate) struct Index {
     snapshot_gone: bool,
 }
 
-/// Above this many index bytes per object, `clean` compacts the index.
+/// Above this many bytes of used index pages per object, `clean` rewrites the index.
 const VACUUM_BYTES_PER_OBJECT_MAX: i64 = 70;
+/// `PRAGMA auto_vacuum` of a file whose free pages `PRAGMA incremental_vacuum` gives back.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
 
 /// Longest a read snapshot is reused. Beginning a read transaction costs more than the lookup
 /// itself (WAL read locks are fcntl calls); reusing one for a few milliseconds makes single
@@ -367,7 +378,11 @@ impl Index {
             .map_err(|e| self.err(e))?;
         self.conn
             .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16000; \
+                // auto_vacuum takes effect in a new file before its first table, and in an older
+                // file at its next VACUUM: from then on `clean` gives free pages back by moving
+                // only those pages, instead of rewriting the whole file.
+                "PRAGMA auto_vacuum=INCREMENTAL; \
+                 PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16000; \
                  PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824;",
             )
             .map_err(|e| self.err(e))?;
@@ -869,17 +884,19 @@ impl Index {
         })
     }
 
-    pub(crate) fn checkpoint_and_vacuum(&mut self, vacuum: bool) -> Result<()> {
+    /// Copies the WAL into the file; with `vacuum`, also gives free pages back to the file
+    /// system, and rewrites the file when its pages are sparse.
+    pub(crate) fn checkpoint_and_vacuum(&mut self, vacuum: bool) -> Result<Compaction> {
         self.end_snapshot()?;
+        let mut done = Compaction::default();
         if vacuum {
-            // Rewriting the whole file pays when a good share of it is free pages, or when
-            // random-order inserts left pages half full (a compact index is ~50 B/object).
-            let (free, total, page_bytes): (i64, i64, i64) = self
+            let (free, total, page_bytes, auto_vacuum): (i64, i64, i64, i64) = self
                 .conn
                 .query_row(
-                    "SELECT freelist_count, page_count, page_size FROM pragma_freelist_count, pragma_page_count, pragma_page_size",
+                    "SELECT freelist_count, page_count, page_size, auto_vacuum \
+                     FROM pragma_freelist_count, pragma_page_count, pragma_page_size, pragma_auto_vacuum",
                     [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .map_err(|e| self.err(e))?;
             // Dead rows count too: they take room until folded (clean folds them first).
@@ -887,27 +904,51 @@ impl Index {
                 .conn
                 .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
                 .map_err(|e| self.err(e))?;
-            let sparse = rows > 1000 && total * page_bytes > rows * VACUUM_BYTES_PER_OBJECT_MAX;
-            if free * 10 >= total.max(1) || sparse {
-                // VACUUM changes no row, only where rows sit in the file: its commit needs no
-                // fsync of its own. A crash before the checkpoint below leaves the same rows, not
-                // yet compacted; the checkpoint syncs the WAL before copying it into the file.
+            let incremental = auto_vacuum == AUTO_VACUUM_INCREMENTAL;
+            // Rewriting the whole file pays when random-order inserts left pages half full (a
+            // compact index is ~50 B/object). A file made before stores set auto_vacuum is
+            // rewritten once, which turns it on: from then on its free pages go back cheaply.
+            let used_bytes = (total - free) * page_bytes;
+            let sparse = rows > 1000 && used_bytes > rows * VACUUM_BYTES_PER_OBJECT_MAX;
+            let rewrite = sparse || !incremental;
+            // Moving the pages at the end of the file into the free ones and cutting the file
+            // there is work in proportion to the free pages, not to the index.
+            let give_back = incremental && free > 0;
+            if rewrite || give_back {
+                // Either changes no row, only where rows sit in the file: its commit needs no
+                // fsync of its own. A crash before the checkpoint below leaves the same rows,
+                // not yet compacted; the checkpoint syncs the WAL before copying it into the file.
                 self.conn
                     .execute_batch("PRAGMA synchronous=NORMAL")
                     .map_err(|e| self.err(e))?;
-                let vacuumed = self.conn.execute_batch("VACUUM");
+                let compacted = if rewrite {
+                    self.conn.execute_batch("VACUUM")
+                } else {
+                    // The pragma frees one page per row it returns: step it to the end.
+                    self.conn
+                        .prepare("PRAGMA incremental_vacuum")
+                        .and_then(|mut st| st.query([])?.mapped(|_| Ok(())).collect())
+                };
                 self.conn
                     .execute_batch("PRAGMA synchronous=FULL")
                     .map_err(|e| self.err(e))?;
-                vacuumed.map_err(|e| self.err(e))?;
+                compacted.map_err(|e| self.err(e))?;
+                let pages: i64 = self
+                    .conn
+                    .query_row("PRAGMA page_count", [], |r| r.get(0))
+                    .map_err(|e| self.err(e))?;
+                done = Compaction {
+                    rewritten: rewrite,
+                    pages_freed: u64::try_from(total - pages).unwrap_or(0),
+                };
             }
         }
         if !vacuum {
             // Never wait on readers here: a steady reader would stall maintenance.
-            return self
-                .conn
+            self.conn
                 .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
-                .map_err(|e| self.err(e));
+                .map_err(|e| self.err(e))?;
+            return Ok(done);
         }
         // Compaction also gives the WAL file back, waiting a moment for readers at most.
         self.conn
@@ -917,13 +958,12 @@ impl Index {
         self.conn
             .busy_timeout(Duration::from_secs(60))
             .map_err(|e| self.err(e))?;
-        match truncated {
-            Ok(()) => Ok(()),
-            Err(_) => self
-                .conn
+        if truncated.is_err() {
+            self.conn
                 .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
-                .map_err(|e| self.err(e)),
+                .map_err(|e| self.err(e))?;
         }
+        Ok(done)
     }
 
     /// `PRAGMA quick_check`: the first problems SQLite itself finds, empty when fine.

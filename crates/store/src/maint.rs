@@ -257,6 +257,11 @@ pub struct CleanReport {
     pub deleted_rows_folded: u64,
     pub index_bytes_before: u64,
     pub index_bytes_after: u64,
+    /// Whether vacuum rewrote the whole index file (its pages were sparse, or it could not
+    /// give free pages back any other way).
+    pub index_rewritten: bool,
+    /// Pages vacuum cut from the index file.
+    pub index_pages_freed: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -1112,7 +1117,9 @@ impl<'s> Maintenance<'s> {
             report.deleted_rows_folded = tx.fold_gone()?;
             tx.commit()?;
         }
-        index.checkpoint_and_vacuum(opts.vacuum)?;
+        let compaction = index.checkpoint_and_vacuum(opts.vacuum)?;
+        report.index_rewritten = compaction.rewritten;
+        report.index_pages_freed = compaction.pages_freed;
         drop(index);
         report.index_bytes_after = index_bytes(root);
         p.finish();

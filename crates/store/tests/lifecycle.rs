@@ -1096,3 +1096,142 @@ fn deleted_keys_wait_in_gone_for_maintenance_and_come_back_when_written_again() 
         assert!(store.get(k).expect_err("deleted").is_not_found());
     }
 }
+
+/// `(auto_vacuum, freelist_count, page_count)` of a store's index file.
+fn index_pages(store: &Store) -> (i64, i64, i64) {
+    let db =
+        rusqlite::Connection::open(store.path().join(basin_store::INDEX_FILE)).expect("open index");
+    db.query_row(
+        "SELECT auto_vacuum, freelist_count, page_count \
+         FROM pragma_auto_vacuum, pragma_freelist_count, pragma_page_count",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .expect("pragmas")
+}
+
+/// Writes `n` objects straight into packs, deletes those `doomed` picks, repacks, and runs
+/// `clean` with vacuum; returns the index pages before and after the clean, and whether it
+/// rewrote the index.
+fn delete_and_clean(
+    store: &Store,
+    n: u64,
+    doomed: impl Fn(usize) -> bool,
+) -> ((i64, i64, i64), (i64, i64, i64), bool) {
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let mut sources = (0..n).map(|i| Ok(Source::Bytes(content(i, 40))));
+    let keys = m
+        .write_packed(&mut sources, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    let deleted: Vec<Key> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| doomed(*i))
+        .map(|(_, k)| *k)
+        .collect();
+    m.delete(&deleted).expect("delete");
+    // Repack folds the dead rows, and empties the tables of deleted keys and tombstones: their
+    // pages go to the free list.
+    m.repack(
+        &RepackOptions {
+            all: true,
+            ..RepackOptions::default()
+        },
+        &NoProgress,
+    )
+    .expect("repack");
+    let before = index_pages(store);
+    let report = m
+        .clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean");
+    let after = index_pages(store);
+    assert_eq!(
+        report.index_pages_freed,
+        (before.2 - after.2) as u64,
+        "{report:?}"
+    );
+    for (i, k) in keys.iter().enumerate() {
+        if !doomed(i) {
+            assert_eq!(
+                store.get(k).expect("get"),
+                content(i as u64, 40),
+                "object {i}"
+            );
+        } else {
+            assert!(
+                !store.has(k).expect("has"),
+                "object {i} deleted, still there"
+            );
+        }
+    }
+    let v = m.validate(&NoProgress).expect("validate");
+    assert!(v.is_ok(), "{:?}", v.problems);
+    (before, after, report.index_rewritten)
+}
+
+#[test]
+fn clean_gives_free_index_pages_back_to_the_file_system() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let ((mode, free_before, pages_before), (_, free_after, pages_after), rewritten) =
+        delete_and_clean(&store, 20_000, |i| i % 10 == 0);
+    assert_eq!(mode, 2, "a new index frees pages incrementally");
+    assert!(!rewritten, "free pages alone made clean rewrite the index");
+    assert!(
+        free_before > 20,
+        "nothing to give back: {free_before} free pages"
+    );
+    assert_eq!(free_after, 0, "free pages left after clean");
+    assert!(
+        pages_after <= pages_before - free_before,
+        "{pages_before} pages with {free_before} free became {pages_after}"
+    );
+}
+
+#[test]
+fn clean_turns_an_index_without_auto_vacuum_into_one_that_has_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = small_store(dir.path(), Compression::None)
+        .path()
+        .to_path_buf();
+    // An index made before stores set auto_vacuum: rewritten without it.
+    let db = rusqlite::Connection::open(path.join(basin_store::INDEX_FILE)).expect("open index");
+    db.execute_batch("PRAGMA auto_vacuum=NONE; VACUUM")
+        .expect("vacuum");
+    drop(db);
+    let store = Store::open(&path).expect("open");
+    assert_eq!(
+        index_pages(&store).0,
+        0,
+        "the old index kept auto_vacuum off"
+    );
+    let ((mode_before, free_before, _), (mode_after, free_after, _), rewritten) =
+        delete_and_clean(&store, 20_000, |i| i % 10 == 0);
+    assert_eq!(mode_before, 0, "opening the store changed the old index");
+    assert!(
+        rewritten,
+        "an index without auto_vacuum gives pages back only by a rewrite"
+    );
+    assert!(
+        free_before > 20,
+        "nothing to give back: {free_before} free pages"
+    );
+    assert_eq!((mode_after, free_after), (2, 0), "clean's rewrite");
+}
+
+#[test]
+fn clean_rewrites_an_index_whose_pages_deletes_left_sparse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let ((_, _, pages_before), (mode, free_after, pages_after), rewritten) =
+        delete_and_clean(&store, 20_000, |i| i % 10 != 0);
+    assert!(
+        rewritten,
+        "a tenth of the rows left on their pages, and no rewrite"
+    );
+    assert_eq!((mode, free_after), (2, 0));
+    assert!(
+        pages_after * 2 < pages_before,
+        "{pages_before} pages became {pages_after}"
+    );
+}
