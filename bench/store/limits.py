@@ -5,7 +5,8 @@
 - durable sequential write: `dd ... conv=fdatasync` of exactly the payload size (and of every extra
   size asked with --size NAME=BYTES);
 - cold read (after `echo 3 > /proc/sys/vm/drop_caches`, when permitted) and warm read of a file of the
-  payload size with dd;
+  payload size with dd, then the removal of that file (unlink; on `-o discard` file systems the
+  kernel waits for the device to discard its blocks);
 - git anchor: `git fast-import` of the same blobs into a bare repository with core.compression 0 and
   pack.compression 0, then `git cat-file --batch` reading them in the benchmark's random order (c_order).
 
@@ -64,6 +65,15 @@ def dd_write_seconds(path: Path, size_bytes: int) -> float:
     if path.stat().st_size != size_bytes:
         raise SystemExit(f'dd wrote {path.stat().st_size} bytes, wanted {size_bytes}')
     return seconds
+
+
+def remove_seconds(path: Path) -> float:
+    """Removing a file the page cache holds whole: the unlink of its last name frees its pages
+    and its blocks (and, on a file system mounted `-o discard`, waits for the device to discard
+    them). A repack pays this for every old pack it replaces."""
+    start = time.perf_counter()
+    path.unlink()
+    return time.perf_counter() - start
 
 
 def drop_caches() -> str | None:
@@ -144,7 +154,7 @@ def main() -> None:
     result['cold_read_note'] = refusal or 'caches dropped'
     dd_read_seconds(target)
     result['warm_read_s'] = statistics.median(dd_read_seconds(target) for _ in range(3))
-    target.unlink()
+    result['remove_s'] = remove_seconds(target)
     if not args.no_git:
         result['git'] = git_anchor(work, blobs, c_order)
     text = json.dumps(result, indent=1)
