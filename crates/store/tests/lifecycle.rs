@@ -1130,8 +1130,8 @@ fn delete_and_clean(
         .map(|(_, k)| *k)
         .collect();
     m.delete(&deleted).expect("delete");
-    // Repack folds the dead rows, and empties the tables of deleted keys and tombstones: their
-    // pages go to the free list.
+    // Repack drops the dead rows and empties the table of deleted keys: their pages go to the
+    // free list.
     m.repack(
         &RepackOptions {
             all: true,
