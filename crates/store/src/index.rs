@@ -376,13 +376,22 @@ impl Index {
         self.conn
             .busy_timeout(std::time::Duration::from_secs(60))
             .map_err(|e| self.err(e))?;
+        // A new file takes auto_vacuum before its first page is written: from then on `clean`
+        // gives free pages back by moving only those pages, instead of rewriting the whole
+        // file. On an existing file the pragma is a write transaction (it records the mode in
+        // the header), so it is left to `clean`'s rewrite (see `checkpoint_and_vacuum`).
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if pages == 0 {
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum=INCREMENTAL")
+                .map_err(|e| self.err(e))?;
+        }
         self.conn
             .execute_batch(
-                // auto_vacuum takes effect in a new file before its first table, and in an older
-                // file at its next VACUUM: from then on `clean` gives free pages back by moving
-                // only those pages, instead of rewriting the whole file.
-                "PRAGMA auto_vacuum=INCREMENTAL; \
-                 PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16000; \
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-16000; \
                  PRAGMA temp_store=MEMORY; PRAGMA mmap_size=1073741824;",
             )
             .map_err(|e| self.err(e))?;
@@ -922,7 +931,9 @@ impl Index {
                     .execute_batch("PRAGMA synchronous=NORMAL")
                     .map_err(|e| self.err(e))?;
                 let compacted = if rewrite {
-                    self.conn.execute_batch("VACUUM")
+                    // An older file takes the mode with this rewrite.
+                    self.conn
+                        .execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM")
                 } else {
                     // The pragma frees one page per row it returns: step it to the end.
                     self.conn

@@ -1235,3 +1235,25 @@ fn clean_rewrites_an_index_whose_pages_deletes_left_sparse() {
         "{pages_before} pages became {pages_after}"
     );
 }
+
+#[test]
+fn opening_a_store_and_reading_writes_nothing_to_the_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let key = store.put(b"one").expect("put");
+    let path = store.path().to_path_buf();
+    // The last connection to close copies the WAL into the file and removes it.
+    drop(store);
+    let wal = path.join(format!("{}-wal", basin_store::INDEX_FILE));
+    let wal_bytes = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal_bytes(), 0, "WAL left after every connection closed");
+    let store = Store::open(&path).expect("open");
+    assert_eq!(store.get(&key).expect("get"), b"one");
+    store.stats().expect("stats");
+    assert_eq!(wal_bytes(), 0, "opening and reading wrote to the index");
+    assert_eq!(
+        index_pages(&store).0,
+        2,
+        "a new index frees pages incrementally"
+    );
+}
