@@ -239,6 +239,7 @@ fn pack_options() -> PackOptions {
     PackOptions {
         compression: Some(Compression::None),
         commit_bytes: None,
+        cached_bytes: None,
     }
 }
 

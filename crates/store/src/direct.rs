@@ -9,14 +9,16 @@
 //! for the same reason.
 //!
 //! Direct writes must start and end on the device's block boundaries. Runs start anywhere, so
-//! the staging buffer starts at the block boundary before the first run, holding the bytes of
-//! the file before it (read back, identical), and [`DirectRuns::finish`] writes the last partial
-//! block through the page cache. Where `O_DIRECT` is refused (a file system without it, an
+//! the bytes of a run up to its first block boundary are written through the page cache, and
+//! the staging window starts at that boundary; [`DirectRuns::finish`] writes the last partial
+//! block through the page cache too. A direct write therefore never covers a block holding
+//! bytes that were in the file before the run: a reader may have such a block's page mapped,
+//! and the kernel cannot drop a mapped page when a direct write goes under it, which would
+//! leave that reader the old bytes. Where `O_DIRECT` is refused (a file system without it, an
 //! alignment the device rejects), the same bytes are written the ordinary way.
 //!
 //! Callers must keep every other writer of the file away from the blocks of the run being
-//! staged (they share the first block with bytes before the run): the appender lands its own
-//! writes before handing out a run's place.
+//! staged: the appender lands its own writes before handing out a run's place.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -49,10 +51,25 @@ struct Target {
     /// The same file opened with `O_DIRECT`; `None` where that was refused.
     direct: Option<File>,
     path: PathBuf,
-    /// File offset of the window's first byte (block-aligned).
+    /// Where the next byte of the run goes while it is still short of `base` (those bytes are
+    /// written through the page cache at once).
+    head_at: u64,
+    /// File offset of the window's first byte: the first block boundary at or after the run's
+    /// start.
     base: u64,
     /// Bytes staged in the window.
     staged: usize,
+}
+
+impl Target {
+    /// Where the next byte given to the run goes.
+    fn next_at(&self) -> u64 {
+        if self.head_at < self.base {
+            self.head_at
+        } else {
+            self.base + self.staged as u64
+        }
+    }
 }
 
 impl DirectRuns {
@@ -77,15 +94,23 @@ impl DirectRuns {
         let continues = self
             .target
             .as_ref()
-            .is_some_and(|t| Arc::ptr_eq(&t.file, file) && t.base + t.staged as u64 == at);
+            .is_some_and(|t| Arc::ptr_eq(&t.file, file) && t.next_at() == at);
         if !continues {
             self.finish()?;
-            self.start(file, path, at)?;
+            self.start(file, path, at);
+        }
+        let Some(t) = self.target.as_mut() else {
+            return Ok(());
+        };
+        if t.head_at < t.base && !bytes.is_empty() {
+            let n = bytes.len().min((t.base - t.head_at) as usize);
+            t.file
+                .write_all_at(&bytes[..n], t.head_at)
+                .at("write pack", &t.path)?;
+            t.head_at += n as u64;
+            bytes = &bytes[n..];
         }
         while !bytes.is_empty() {
-            let Some(t) = self.target.as_mut() else {
-                return Ok(());
-            };
             let n = bytes.len().min(DIRECT_STAGE_BYTES - t.staged);
             let from = self.window + t.staged;
             self.buf[from..from + n].copy_from_slice(&bytes[..n]);
@@ -101,27 +126,22 @@ impl DirectRuns {
         Ok(())
     }
 
-    /// Stages from `at`: the window starts at the block boundary before it, holding the bytes
-    /// already in the file between the two.
-    fn start(&mut self, file: &Arc<File>, path: &PathBuf, at: u64) -> Result<()> {
+    /// Starts a run at `at`: its bytes up to the next block boundary go through the page
+    /// cache, the window starts at that boundary.
+    fn start(&mut self, file: &Arc<File>, path: &PathBuf, at: u64) {
         if self.buf.len() < DIRECT_STAGE_BYTES + DIRECT_ALIGN_BYTES {
             self.buf.resize(DIRECT_STAGE_BYTES + DIRECT_ALIGN_BYTES, 0);
         }
         // Once grown, the buffer is never reallocated: the window stays where it is.
         self.window = self.buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
-        let base = at - at % DIRECT_ALIGN_BYTES as u64;
-        let head = (at - base) as usize;
-        let window = &mut self.buf[self.window..self.window + head];
-        file.read_exact_at(window, base)
-            .at("read back the block a run starts in", path)?;
         self.target = Some(Target {
             file: file.clone(),
             direct: open_direct(path),
             path: path.clone(),
-            base,
-            staged: head,
+            head_at: at,
+            base: at.next_multiple_of(DIRECT_ALIGN_BYTES as u64),
+            staged: 0,
         });
-        Ok(())
     }
 
     /// Writes everything staged: the whole blocks directly, the last partial block through the
@@ -233,7 +253,14 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let file = Arc::new(File::open(&path).unwrap());
         let mut runs = DirectRuns::new(Vec::new());
-        runs.write(&file, &path, 1, b"more").unwrap();
+        // Mid-block: the head goes through the page cache at once, and fails there.
+        let err = runs
+            .write(&file, &path, 1, b"more")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("read-only"), "{err}");
+        // On a block boundary: staged, and the failure comes when it lands.
+        runs.write(&file, &path, 4096, b"more").unwrap();
         let err = runs.finish().unwrap_err().to_string();
         assert!(err.contains("read-only"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"x");

@@ -217,7 +217,7 @@ pub(crate) fn create_locked(path: &Path) -> Result<File> {
 /// the bytes (truncating, reading them back). Dropping waits for the writes in flight, so none
 /// lands after its owner let go of the file (another process may append to it next).
 pub(crate) struct WriteBehind {
-    to_writer: Option<std::sync::mpsc::SyncSender<BehindWrite>>,
+    to_writer: Option<std::sync::mpsc::SyncSender<BehindJob>>,
     written: std::sync::mpsc::Receiver<Result<Vec<u8>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     in_flight: usize,
@@ -227,13 +227,22 @@ pub(crate) struct WriteBehind {
     /// The first error of a write whose result was collected by [`WriteBehind::submit`],
     /// reported by the next [`WriteBehind::drain`].
     failed: Option<crate::error::Error>,
+    /// Bytes submitted so far, and how many may go through the page cache before the rest is
+    /// written with `O_DIRECT` (see [`WriteBehind::write_direct_after`]).
+    submitted_bytes: u64,
+    cached_bytes_max: u64,
 }
 
-struct BehindWrite {
-    file: std::sync::Arc<File>,
-    path: PathBuf,
-    at: u64,
-    buf: Vec<u8>,
+enum BehindJob {
+    Write {
+        file: std::sync::Arc<File>,
+        path: PathBuf,
+        at: u64,
+        buf: Vec<u8>,
+        direct: bool,
+    },
+    /// Lands what direct writes hold staged (their last partial block).
+    Land,
 }
 
 /// Buffers written or waiting to be at once: one being written, one queued, while the caller
@@ -252,19 +261,55 @@ impl WriteBehind {
             spare: Vec::new(),
             buffer_bytes,
             failed: None,
+            submitted_bytes: 0,
+            cached_bytes_max: u64::MAX,
         }
     }
 
+    /// Writes every byte submitted past the first `cached_bytes_max` with `O_DIRECT` (through
+    /// [`crate::direct::DirectRuns`]) instead of through the page cache. For bulk imports:
+    /// copying into fresh page-cache pages was the write thread's whole time in a million-object
+    /// import (see bench/store/README.md, "Noise"), and an import of many gigabytes would push
+    /// what readers use out of the cache. The first bytes stay cached, as small imports are
+    /// often read back at once.
+    pub(crate) fn write_direct_after(&mut self, cached_bytes_max: u64) {
+        self.cached_bytes_max = cached_bytes_max;
+    }
+
     fn start(&mut self) -> Result<()> {
-        let (to_writer, jobs) = std::sync::mpsc::sync_channel::<BehindWrite>(WRITES_IN_FLIGHT_MAX);
+        let (to_writer, jobs) = std::sync::mpsc::sync_channel::<BehindJob>(WRITES_IN_FLIGHT_MAX);
         let (done, written) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("basin-write-behind".into())
             .spawn(move || {
-                for mut job in jobs {
-                    let result =
-                        flush_write_buffer(&job.file, &job.path, &mut job.buf, &mut job.at)
-                            .map(|()| job.buf);
+                // Its staging buffer is allocated at the first direct write. Bytes still staged
+                // when the owner lets go are dropped, never written: they were not committed,
+                // and another process may append to the file next.
+                let mut runs = crate::direct::DirectRuns::new(Vec::new());
+                for job in jobs {
+                    let result = match job {
+                        BehindJob::Write {
+                            file,
+                            path,
+                            at,
+                            mut buf,
+                            direct: true,
+                        } => runs.write(&file, &path, at, &buf).map(|()| {
+                            buf.clear();
+                            buf
+                        }),
+                        BehindJob::Write {
+                            file,
+                            path,
+                            mut at,
+                            mut buf,
+                            direct: false,
+                        } => runs
+                            .finish()
+                            .and_then(|()| flush_write_buffer(&file, &path, &mut buf, &mut at))
+                            .map(|()| buf),
+                        BehindJob::Land => runs.finish().map(|()| Vec::new()),
+                    };
                     if done.send(result).is_err() {
                         break;
                     }
@@ -286,7 +331,8 @@ impl WriteBehind {
         });
         self.in_flight -= 1;
         match result {
-            Ok(buf) => self.spare.push(buf),
+            Ok(buf) if buf.capacity() > 0 => self.spare.push(buf),
+            Ok(_) => {}
             Err(e) => {
                 self.failed.get_or_insert(e);
             }
@@ -319,23 +365,37 @@ impl WriteBehind {
             self.collect_one();
         }
         let len = buf.len() as u64;
-        let job = BehindWrite {
+        let direct = self.submitted_bytes >= self.cached_bytes_max;
+        self.submitted_bytes += len;
+        let job = BehindJob::Write {
             file: file.clone(),
             path: path.to_path_buf(),
             at: *at,
             buf: std::mem::replace(buf, self.empty_buffer()),
+            direct,
         };
+        self.send(job)?;
+        *at += len;
+        Ok(())
+    }
+
+    fn send(&mut self, job: BehindJob) -> Result<()> {
         let writer_gone =
             || crate::error::Error::InvalidArgument("the write-behind thread ended".into());
         let to_writer = self.to_writer.as_ref().ok_or_else(writer_gone)?;
         to_writer.send(job).map_err(|_| writer_gone())?;
         self.in_flight += 1;
-        *at += len;
         Ok(())
     }
 
     /// Waits for every write submitted so far; the first error of any of them.
     pub(crate) fn drain(&mut self) -> Result<()> {
+        if self.to_writer.is_some() && self.submitted_bytes > self.cached_bytes_max {
+            while self.in_flight >= WRITES_IN_FLIGHT_MAX {
+                self.collect_one();
+            }
+            self.send(BehindJob::Land)?;
+        }
         while self.in_flight > 0 {
             self.collect_one();
         }

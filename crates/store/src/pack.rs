@@ -463,6 +463,12 @@ impl<'a> Appender<'a> {
         self.moves = true;
     }
 
+    /// Writes appended bytes past the first `cached_bytes_max` with `O_DIRECT` (see
+    /// [`fsutil::WriteBehind::write_direct_after`]).
+    pub(crate) fn write_direct_after(&mut self, cached_bytes_max: u64) {
+        self.behind.write_direct_after(cached_bytes_max);
+    }
+
     /// Number of records waiting for the next commit.
     pub(crate) fn pending(&self) -> usize {
         self.pending_rows.len() + self.pending_tombstones.len()

@@ -78,6 +78,7 @@ fn pack_with(store: &Store, sel: PackSelection, compression: Option<Compression>
             &PackOptions {
                 compression,
                 commit_bytes: None,
+                cached_bytes: None,
             },
             &NoProgress,
         )
@@ -648,6 +649,7 @@ fn b10_round_trip_every_path() {
                 &PackOptions {
                     compression: policy,
                     commit_bytes: None,
+                    cached_bytes: None,
                 },
                 &NoProgress,
             )

@@ -248,6 +248,7 @@ impl Run {
                     compression: compression(*c),
                     // Small, so that one call commits several times.
                     commit_bytes: Some(8 << 10),
+                    cached_bytes: None,
                 };
                 let r = self
                     .maint()
@@ -282,6 +283,8 @@ impl Run {
                     compression: compression(*c),
                     // Small, so that one call commits several times.
                     commit_bytes: Some(8 << 10),
+                    // Part through the page cache, the rest with O_DIRECT, runs crossing commits.
+                    cached_bytes: Some(5 << 10),
                 };
                 let keys = m
                     .write_packed(&mut it, &opts, &NoProgress)

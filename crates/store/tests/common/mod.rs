@@ -131,6 +131,7 @@ pub fn write_packed(
     let opts = basin_store::PackOptions {
         compression,
         commit_bytes: None,
+        cached_bytes: None,
     };
     m.write_packed(&mut it, &opts, &NoProgress)
         .expect("write_packed")

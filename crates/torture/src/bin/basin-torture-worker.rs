@@ -241,6 +241,15 @@ fn random_commit_bytes(rng: &mut StdRng) -> Option<u64> {
         .then(|| rng.random_range(16 << 10..1 << 20))
 }
 
+/// Imports write through the page cache, straight to the device, or first one then the other.
+fn random_cached_bytes(rng: &mut StdRng) -> Option<u64> {
+    match rng.random_range(0..3) {
+        0 => None,
+        1 => Some(0),
+        _ => Some(rng.random_range(1..256 << 10)),
+    }
+}
+
 fn put_one(store: &Store, spec: &ObjectSpec) -> Result<Key> {
     store
         .put(&spec.bytes())
@@ -722,6 +731,7 @@ fn maintainer(
                     let opts = PackOptions {
                         compression: random_compression(&mut rng),
                         commit_bytes: random_commit_bytes(&mut rng),
+                        cached_bytes: random_cached_bytes(&mut rng),
                     };
                     m.pack_loose(&selection, &opts, &NoProgress)
                         .during(|| format!("pack_loose {selection:?}"))?;
@@ -830,6 +840,7 @@ fn op(
                 let opts = PackOptions {
                     compression: random_compression(&mut rng),
                     commit_bytes: random_commit_bytes(&mut rng),
+                    cached_bytes: random_cached_bytes(&mut rng),
                 };
                 announce(&format!("begin {name}"));
                 let started = Instant::now();
@@ -871,6 +882,7 @@ fn op(
                 let opts = PackOptions {
                     compression: random_compression(&mut rng),
                     commit_bytes: random_commit_bytes(&mut rng),
+                    cached_bytes: random_cached_bytes(&mut rng),
                 };
                 announce(&format!("begin {name}"));
                 let started = Instant::now();

@@ -26,6 +26,7 @@ pub fn pack(args: PackArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let opts = PackOptions {
         compression: args.compression,
         commit_bytes: None,
+        cached_bytes: None,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
@@ -59,6 +60,7 @@ pub fn import(args: ImportArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let opts = PackOptions {
         compression: args.compression,
         commit_bytes: None,
+        cached_bytes: None,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
