@@ -83,7 +83,8 @@ impl DirectRuns {
         }
     }
 
-    /// Writes `bytes` at `at` in `file` (staged; on the device by [`DirectRuns::finish`]).
+    /// Writes `bytes` at `at` in `file`: those short of the run's first block boundary at once,
+    /// through the page cache; the rest staged, in the file by [`DirectRuns::finish`].
     pub(crate) fn write(
         &mut self,
         file: &Arc<File>,
