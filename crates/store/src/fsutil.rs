@@ -231,6 +231,9 @@ pub(crate) struct WriteBehind {
     /// written with `O_DIRECT` (see [`WriteBehind::write_direct_after`]).
     submitted_bytes: u64,
     cached_bytes_max: u64,
+    /// Whether a direct write was submitted since the last [`BehindJob::Land`]: its last
+    /// partial block may still be staged on the write thread.
+    direct_unlanded: bool,
 }
 
 enum BehindJob {
@@ -263,6 +266,7 @@ impl WriteBehind {
             failed: None,
             submitted_bytes: 0,
             cached_bytes_max: u64::MAX,
+            direct_unlanded: false,
         }
     }
 
@@ -291,23 +295,23 @@ impl WriteBehind {
                         BehindJob::Write {
                             file,
                             path,
-                            at,
-                            mut buf,
-                            direct: true,
-                        } => runs.write(&file, &path, at, &buf).map(|()| {
-                            buf.clear();
-                            buf
-                        }),
-                        BehindJob::Write {
-                            file,
-                            path,
                             mut at,
                             mut buf,
-                            direct: false,
-                        } => runs
-                            .finish()
-                            .and_then(|()| flush_write_buffer(&file, &path, &mut buf, &mut at))
-                            .map(|()| buf),
+                            direct,
+                        } => {
+                            let written = if direct {
+                                runs.write(&file, &path, at, &buf)
+                            } else {
+                                // Staged direct bytes lie before these: they land first.
+                                runs.finish().and_then(|()| {
+                                    flush_write_buffer(&file, &path, &mut buf, &mut at)
+                                })
+                            };
+                            written.map(|()| {
+                                buf.clear();
+                                buf
+                            })
+                        }
                         BehindJob::Land => runs.finish().map(|()| Vec::new()),
                     };
                     if done.send(result).is_err() {
@@ -367,6 +371,7 @@ impl WriteBehind {
         let len = buf.len() as u64;
         let direct = self.submitted_bytes >= self.cached_bytes_max;
         self.submitted_bytes += len;
+        self.direct_unlanded |= direct;
         let job = BehindJob::Write {
             file: file.clone(),
             path: path.to_path_buf(),
@@ -390,7 +395,7 @@ impl WriteBehind {
 
     /// Waits for every write submitted so far; the first error of any of them.
     pub(crate) fn drain(&mut self) -> Result<()> {
-        if self.to_writer.is_some() && self.submitted_bytes > self.cached_bytes_max {
+        if std::mem::take(&mut self.direct_unlanded) {
             while self.in_flight >= WRITES_IN_FLIGHT_MAX {
                 self.collect_one();
             }

@@ -41,9 +41,8 @@ const COMMIT_BYTES: u64 = 128 << 20;
 const WRITE_PACKED_COMMIT_BYTES: u64 = 512 << 20;
 /// Records appended between index commits.
 const COMMIT_RECORDS: usize = 1_000_000;
-/// Bytes a `write_packed` call writes through the page cache; the rest goes to the device
-/// directly (see [`crate::fsutil::WriteBehind::write_direct_after`]). A million small objects
-/// (500 MB) spent the write thread's whole time copying into fresh page-cache pages.
+/// Bytes a `write_packed` call writes through the page cache before the rest goes to the
+/// device directly (why: [`crate::fsutil::WriteBehind::write_direct_after`]).
 const WRITE_PACKED_CACHED_BYTES: u64 = 256 << 20;
 /// Objects read and encoded in parallel per round.
 const PARALLEL_CHUNK_OBJECTS: usize = 512;
