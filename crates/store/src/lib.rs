@@ -27,6 +27,7 @@
 //! The byte layouts are in `docs/format.md` and [`format`].
 
 mod batch;
+mod blake3_batch;
 mod compress;
 mod config;
 mod direct;

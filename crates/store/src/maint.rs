@@ -46,6 +46,12 @@ const COMMIT_RECORDS: usize = 1_000_000;
 const WRITE_PACKED_CACHED_BYTES: u64 = 256 << 20;
 /// Objects read and encoded in parallel per round.
 const PARALLEL_CHUNK_OBJECTS: usize = 512;
+/// Objects hashed together by one task (see `HashAlgorithm::hash_all`): enough to fill 16 SIMD
+/// lanes with the same chunk of different objects, and a chunk of `PARALLEL_CHUNK_OBJECTS`
+/// still splits into a task per core.
+const HASH_GROUP_OBJECTS: usize = 128;
+/// A group closes past this many bytes, so that large objects still spread over the cores.
+const HASH_GROUP_BYTES: usize = 1 << 20;
 /// Largest read repack makes to fetch a run of live records.
 const REPACK_SPAN_BYTES: u64 = 8 << 20;
 /// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
@@ -1639,25 +1645,42 @@ fn take_chunk(
     }))
 }
 
-/// Hashes and encodes small objects on every core.
+/// Hashes and encodes small objects on every core, in groups of up to [`HASH_GROUP_OBJECTS`]
+/// (objects hashed together fill the SIMD lanes that one small object leaves empty).
 fn prepare_small(
     small: Vec<(usize, Vec<u8>)>,
     hash: crate::key::HashAlgorithm,
     policy: Compression,
 ) -> Vec<PreparedObject> {
-    small
+    let mut groups: Vec<Vec<(usize, Vec<u8>)>> = Vec::new();
+    let mut group_bytes = 0;
+    for object in small {
+        match groups.last_mut() {
+            Some(g) if g.len() < HASH_GROUP_OBJECTS && group_bytes < HASH_GROUP_BYTES => {
+                group_bytes += object.1.len();
+                g.push(object);
+            }
+            _ => {
+                group_bytes = object.1.len();
+                groups.push(vec![object]);
+            }
+        }
+    }
+    groups
         .into_par_iter()
-        .map(|(i, b)| {
-            let key = hash.hash(&b);
-            let raw_len = b.len() as u64;
-            let enc = match policy {
-                Compression::None => Ok(compress::Encoded {
-                    payload: b,
-                    compressed: false,
-                }),
-                _ => compress::encode(&b, policy),
-            };
-            (i, key, raw_len, enc)
+        .flat_map_iter(|group| {
+            let keys = hash.hash_all(&group.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>());
+            group.into_iter().zip(keys).map(move |((i, b), key)| {
+                let raw_len = b.len() as u64;
+                let enc = match policy {
+                    Compression::None => Ok(compress::Encoded {
+                        payload: b,
+                        compressed: false,
+                    }),
+                    _ => compress::encode(&b, policy),
+                };
+                (i, key, raw_len, enc)
+            })
         })
         .collect()
 }
