@@ -705,16 +705,22 @@ fn index_file_bytes_flipped() {
     drop(store);
     let index = root.join(INDEX_FILE);
     let len = fs::metadata(&index).expect("stat index").len();
+    // The page size, from SQLite's file header (big-endian at offset 16; 1 means 65536).
+    let header = fs::read(&index).expect("read index");
+    let page_bytes = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    };
     assert!(
-        len >= 4 * 4096,
-        "index too small to damage a data page: {len}"
+        len >= 4 * page_bytes,
+        "index too small to damage a data page: {len} bytes of {page_bytes}-byte pages"
     );
-    // Damage a byte inside every page but the first (page 1 holds SQLite's header and schema;
+    // Damage bytes inside every page but the first (page 1 holds SQLite's header and schema;
     // index_header_destroyed covers that).
     // Cells fill a b-tree page from its end, so aim near the end as well as the middle.
-    for page in 1..len / 4096 {
-        for at in [2000, 3500, 4090] {
-            flip_byte(&index, page * 4096 + at, 0xFF);
+    for page in 1..len / page_bytes {
+        for at in [page_bytes / 2, page_bytes * 7 / 8, page_bytes - 6] {
+            flip_byte(&index, page * page_bytes + at, 0xFF);
         }
     }
     // A store whose index is damaged either opens (then validate reports it and rebuild_index

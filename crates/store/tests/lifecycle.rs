@@ -1178,9 +1178,10 @@ fn clean_gives_free_index_pages_back_to_the_file_system() {
         delete_and_clean(&store, 20_000, |i| i % 10 == 0);
     assert_eq!(mode, 2, "a new index frees pages incrementally");
     assert!(!rewritten, "free pages alone made clean rewrite the index");
+    let page_bytes = index_page_bytes(store.path());
     assert!(
-        free_before > 20,
-        "nothing to give back: {free_before} free pages"
+        free_before * page_bytes > 64 << 10,
+        "nothing to give back: {free_before} free pages of {page_bytes} bytes"
     );
     assert_eq!(free_after, 0, "free pages left after clean");
     assert!(
@@ -1213,11 +1214,50 @@ fn clean_turns_an_index_without_auto_vacuum_into_one_that_has_it() {
         rewritten,
         "an index without auto_vacuum gives pages back only by a rewrite"
     );
+    let page_bytes = index_page_bytes(store.path());
     assert!(
-        free_before > 20,
-        "nothing to give back: {free_before} free pages"
+        free_before * page_bytes > 64 << 10,
+        "nothing to give back: {free_before} free pages of {page_bytes} bytes"
     );
     assert_eq!((mode_after, free_after), (2, 0), "clean's rewrite");
+}
+
+fn index_page_bytes(path: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(path.join(basin_store::INDEX_FILE))
+        .expect("open index")
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page_size")
+}
+
+#[test]
+fn a_new_index_has_8_kib_pages_and_one_made_with_4_kib_keeps_them_through_maintenance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = small_store(dir.path(), Compression::None)
+        .path()
+        .to_path_buf();
+    assert_eq!(index_page_bytes(&path), 8192, "a new index");
+    // An index made before stores chose 8 KiB: SQLite changes the page size of a WAL file
+    // only outside WAL mode.
+    let db = rusqlite::Connection::open(path.join(basin_store::INDEX_FILE)).expect("open index");
+    db.execute_batch(
+        "PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=WAL",
+    )
+    .expect("rewrite with 4 KiB pages");
+    drop(db);
+    assert_eq!(index_page_bytes(&path), 4096, "the rewritten index");
+    let store = Store::open(&path).expect("open");
+    let ((mode, _, _), (_, free_after, _), _) = delete_and_clean(&store, 5_000, |i| i % 10 == 0);
+    assert_eq!(
+        (mode, free_after),
+        (2, 0),
+        "the old index's pages after clean"
+    );
+    drop(store);
+    assert_eq!(
+        index_page_bytes(&path),
+        4096,
+        "maintenance changed the page size"
+    );
 }
 
 #[test]
