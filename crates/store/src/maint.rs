@@ -52,6 +52,8 @@ const PARALLEL_CHUNK_OBJECTS: usize = 512;
 const HASH_GROUP_OBJECTS: usize = 128;
 /// A group closes past this many bytes, so that large objects still spread over the cores.
 const HASH_GROUP_BYTES: usize = 1 << 20;
+/// Old packs of up to this many bytes in all are rewritten under one index commit.
+const REPACK_COMMIT_BYTES: u64 = 512 << 20;
 /// Largest read repack makes to fetch a run of live records.
 const REPACK_SPAN_BYTES: u64 = 8 << 20;
 /// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
@@ -143,8 +145,11 @@ impl WriteAtStart for File {
 
 /// Deletes of at least this many keys list loose/ once instead of probing per key.
 const DELETE_LISTING_KEYS_MIN: usize = 256;
-/// Retired maintenance packs up to this size are merged by `pack`; larger ones are sealed.
-const RETIRED_PACK_MERGE_BYTES_MAX: u64 = 64 << 20;
+/// Batch packs and retired maintenance packs up to this size are merged by `pack`, which keeps
+/// the number of pack files low however many small batches come. Larger ones stay where they
+/// are (retired ones are sealed there): moving them would rewrite every byte for one file less.
+/// Batch packs of any size are merged when the store compresses, as batches store content raw.
+const PACK_MERGE_BYTES_MAX: u64 = 64 << 20;
 
 /// Which loose objects to pack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -470,10 +475,10 @@ impl<'s> Maintenance<'s> {
         Ok(report)
     }
 
-    /// Merges every batch pack into the current pack (applying the compression policy, since
-    /// batches store content raw), and with it any retired maintenance pack (unsealed, but no
-    /// longer the newest, so never appended to again) that is small; larger retired packs are
-    /// sealed where they are. Keeps the number of pack files low however many batches come.
+    /// Merges batch packs into the current pack: every one when the store compresses (batches
+    /// store content raw), else those of at most [`PACK_MERGE_BYTES_MAX`]; and with them any
+    /// retired maintenance pack (unsealed, but no longer the newest, so never appended to
+    /// again) that is small. Larger retired packs are sealed where they are.
     fn merge_small_packs(
         &self,
         policy: Compression,
@@ -481,6 +486,7 @@ impl<'s> Maintenance<'s> {
         p: &dyn Progress,
     ) -> Result<()> {
         let store = self.store;
+        let recompress = (policy != Compression::None).then_some(policy);
         let mut batches = Vec::new();
         let mut retired = Vec::new();
         let all_packs = {
@@ -495,11 +501,13 @@ impl<'s> Maintenance<'s> {
                     Err(e) => return Err(Error::io("open pack", &path, e)),
                 };
                 if row.sealed {
-                    if pack::read_pack_header(&file, row.id)?.flags & PACK_FLAG_BATCH != 0 {
+                    if (recompress.is_some() || row.end_bytes <= PACK_MERGE_BYTES_MAX)
+                        && pack::read_pack_header(&file, row.id)?.flags & PACK_FLAG_BATCH != 0
+                    {
                         batches.push(*row);
                     }
                 } else if row.id < high_water {
-                    if row.end_bytes <= RETIRED_PACK_MERGE_BYTES_MAX {
+                    if row.end_bytes <= PACK_MERGE_BYTES_MAX {
                         retired.push(*row);
                     } else {
                         drop(file);
@@ -514,7 +522,6 @@ impl<'s> Maintenance<'s> {
             }
             packs
         };
-        let recompress = (policy != Compression::None).then_some(policy);
         for (group, compression) in [(batches, recompress), (retired, None)] {
             if group.is_empty() {
                 continue;
@@ -855,9 +862,13 @@ impl<'s> Maintenance<'s> {
             let tombstones = index.tombstones()?;
             // Read buffers kept from one pack to the next.
             let mut span_buffers = Vec::new();
-            for row in candidates {
+            // Old packs rewritten since the last commit: (id, path, dead rows), and their bytes.
+            let mut rewritten: Vec<(u64, PathBuf, Vec<Key>)> = Vec::new();
+            let mut rewritten_bytes = 0u64;
+            for (n, row) in candidates.iter().enumerate() {
                 let path = pack::pack_path(store.path(), row.id);
-                report.bytes_before += fsutil::file_len_or_zero(&path);
+                let old_bytes = fsutil::file_len_or_zero(&path);
+                report.bytes_before += old_bytes;
                 let file = File::open(&path).at("open pack", &path)?;
                 // Rows of deleted keys (gone, not yet folded) stay behind and go with the pack.
                 let (live, dead) = index.rows_in_pack_and_dead(row.id)?;
@@ -950,15 +961,27 @@ impl<'s> Maintenance<'s> {
                         report.tombstones_dropped += 1;
                     }
                 }
-                let id = row.id;
+                rewritten.push((row.id, path, dead));
+                rewritten_bytes += old_bytes;
+                // Keys are random, so every commit rewrites most index pages: small packs share
+                // one. The old packs stay readable until it, and go right after it.
+                if rewritten_bytes < REPACK_COMMIT_BYTES && n + 1 < candidates.len() {
+                    continue;
+                }
                 app.commit(index, &mut |tx| {
-                    tx.drop_dead_rows(id, &dead)?;
-                    tx.remove_pack(id)
+                    for (id, _, dead) in &rewritten {
+                        tx.drop_dead_rows(*id, dead)?;
+                        tx.remove_pack(*id)?;
+                    }
+                    Ok(())
                 })?;
-                store.forget_pack_handle(id);
-                fs::remove_file(&path).at("remove old pack", &path)?;
-                report.packs_rewritten += 1;
-                p.advance(1);
+                for (id, path, _) in rewritten.drain(..) {
+                    store.forget_pack_handle(id);
+                    fs::remove_file(&path).at("remove old pack", &path)?;
+                    report.packs_rewritten += 1;
+                    p.advance(1);
+                }
+                rewritten_bytes = 0;
             }
             // No fsync of packs/ for the unlinks here (the next repack makes them durable
             // before it relies on them, see above). Until then, an old pack that a crash brings

@@ -366,15 +366,47 @@ impl Maintenance<'_> {
             let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
             read_index_side(&mut index)
         };
-        let scan_packs = || {
-            packs
-                .iter()
-                .map(|row| {
-                    let scan = disk.contains(&row.id).then(|| scan_pack(store, row));
-                    p.advance(1);
-                    scan.transpose()
+        let scan_one = |row: &crate::index::PackRow| {
+            let scan = disk.contains(&row.id).then(|| scan_pack(store, row));
+            p.advance(1);
+            scan.transpose()
+        };
+        // Up to two packs at a time: inside one pack the first round is read before any check
+        // starts and the last is checked with nothing read meanwhile; a second pack fills those
+        // gaps. Two bound the memory to four rounds.
+        let scan_packs = || -> Result<Vec<Option<PackScan>>> {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let results: Vec<std::sync::Mutex<Option<Result<Option<PackScan>>>>> =
+                packs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            let work = || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(row) = packs.get(i) else { break };
+                let scan = scan_one(row);
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(scan);
+            };
+            std::thread::scope(|s| {
+                let second = (packs.len() > 1)
+                    .then(|| {
+                        std::thread::Builder::new()
+                            .name("basin-validate-pack".into())
+                            .spawn_scoped(s, work)
+                            .ok()
+                    })
+                    .flatten();
+                work();
+                if let Some(h) = second {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                }
+            });
+            results
+                .into_iter()
+                .map(|r| {
+                    r.into_inner()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .unwrap_or(Ok(None))
                 })
-                .collect::<Result<Vec<Option<PackScan>>>>()
+                .collect()
         };
         let (side, scans) = std::thread::scope(|s| {
             let reader = std::thread::Builder::new()

@@ -1338,3 +1338,76 @@ fn write_packed_straight_to_the_device_keeps_every_object_readable() {
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.objects_checked, all.len() as u64);
 }
+
+/// Names of the pack files in a store's packs/ folder.
+fn pack_file_names(store: &Store) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(store.path().join("packs"))
+        .expect("list packs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pack"))
+        .collect()
+}
+
+/// `pack` merges small batch packs, and every batch pack when the store compresses (batches
+/// store content raw); a large batch pack of a store that stores raw stays where it is, since
+/// it is sealed with its table already and moving it would rewrite every byte.
+#[test]
+fn pack_merges_small_batch_packs_and_leaves_a_large_raw_one_where_it_is() {
+    for compression in [Compression::None, Compression::Zstd { level: 1 }] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::init(
+            &dir.path().join("s"),
+            &InitOptions {
+                compression,
+                ..InitOptions::default()
+            },
+        )
+        .expect("init");
+        // 65 MiB in one batch (past the 64 MiB merge line), then a small batch.
+        let big: Vec<Vec<u8>> = (0..1040).map(|i| content(i, 64 << 10)).collect();
+        let small: Vec<Vec<u8>> = (5000..5010).map(|i| content(i, 1000)).collect();
+        let mut keys = Vec::new();
+        let mut batch_packs = Vec::new();
+        for set in [&big, &small] {
+            let before = pack_file_names(&store);
+            let mut b = store.batch().expect("batch");
+            for c in set.iter() {
+                keys.push(b.put(c).expect("put"));
+            }
+            b.commit().expect("commit");
+            let new: Vec<String> = pack_file_names(&store)
+                .difference(&before)
+                .cloned()
+                .collect();
+            assert_eq!(new.len(), 1, "one batch, one pack file: {new:?}");
+            batch_packs.push(new[0].clone());
+        }
+        let m = store.maintenance(LockWait::Fail).expect("lock");
+        let report = m
+            .pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+            .expect("pack");
+        let after = pack_file_names(&store);
+        assert!(
+            !after.contains(&batch_packs[1]),
+            "{compression:?}: the small batch pack was not merged: {after:?}"
+        );
+        if compression == Compression::None {
+            assert_eq!(report.packs_merged, 1, "{report:?}");
+            assert!(
+                after.contains(&batch_packs[0]),
+                "the large raw batch pack was moved: {after:?}"
+            );
+        } else {
+            assert_eq!(report.packs_merged, 2, "{compression:?}: {report:?}");
+            assert!(
+                !after.contains(&batch_packs[0]),
+                "{compression:?}: the large batch pack was not recompressed: {after:?}"
+            );
+        }
+        for (k, c) in keys.iter().zip(big.iter().chain(small.iter())) {
+            assert_eq!(&store.get(k).expect("get"), c, "{compression:?}");
+        }
+        let v = m.validate(&NoProgress).expect("validate");
+        assert!(v.is_ok(), "{compression:?}: {:?}", v.problems);
+    }
+}
