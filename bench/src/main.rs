@@ -163,9 +163,11 @@ impl Steps {
         f: impl FnOnce() -> BenchResult<T>,
     ) -> BenchResult<T> {
         let clock_start = monotonic_seconds();
+        let cpu_start = process_cpu_seconds();
         let start = Instant::now();
         let out = f().map_err(|e| format!("step {name}: {e}"))?;
         let seconds = start.elapsed().as_secs_f64();
+        let cpu_seconds = process_cpu_seconds() - cpu_start;
         if std::env::var_os("BASIN_BENCH_STEP_CLOCK").is_some() {
             // For `perf record -k CLOCK_MONOTONIC` then `perf report --time START,END`: the
             // profile of one step.
@@ -175,6 +177,10 @@ impl Steps {
             );
         }
         self.record(name, seconds, objects, bytes);
+        eprintln!("  basin {name:24} {cpu_seconds:9.3} s CPU (all threads)");
+        if let Some(Value::Object(step)) = self.steps.get_mut(name) {
+            step.insert("cpu_seconds".into(), json!(cpu_seconds));
+        }
         Ok(out)
     }
 
@@ -185,6 +191,19 @@ impl Steps {
             json!({"seconds": seconds, "objects": objects, "bytes": bytes}),
         );
     }
+}
+
+/// CPU time of every thread of this process so far, in seconds: on a machine of N cores a step
+/// takes at least its CPU time / N of wall time, whatever its parallelism. Work the kernel does
+/// on its own threads (writeback) is not in it.
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_PROCESS_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// CLOCK_MONOTONIC in seconds, the clock `perf record -k CLOCK_MONOTONIC` stamps samples with.

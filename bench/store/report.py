@@ -37,6 +37,10 @@ def load(path: Path) -> dict | None:
         seconds = [r['steps'][name]['seconds'] for r in results if name in r.get('steps', {})]
         merged['steps'][name] = dict(first, seconds=statistics.median(seconds), min_s=min(seconds),
                                      max_s=max(seconds))
+        cpu = [r['steps'][name]['cpu_seconds'] for r in results
+               if 'cpu_seconds' in r.get('steps', {}).get(name, {})]
+        if cpu:
+            merged['steps'][name]['cpu_seconds'] = statistics.median(cpu)
     merged['maxrss_mb'] = max(r.get('maxrss_mb', 0) for r in results)
     # Floors measured inside a run (`limit_*`): the median too, like the steps.
     for name, first in results[0].items():
@@ -150,12 +154,12 @@ def build(results: Path) -> str:
                 READ_X, t.read_limit(payload))
     dos_b, dos_b2 = step(dos, 'b_pack'), step(dos, 'b2_clean')
     basin_b, basin_b2 = step(basin, 'b_pack'), step(basin, 'b2_clean')
-    t.row('b. pack (dos: pack_all_loose, keeps loose copies; basin: merges the batch pack; info)', dos_b, basin_b, 'info', None,
+    t.row('b. pack (dos: pack_all_loose, keeps loose copies; basin: nothing loose, a's batch pack stays a pack; info)', dos_b, basin_b, 'info', None,
           t.write_limit(payload))
     t.row('b2. remove packed loose copies (dos: clean_storage; basin: inside b)', dos_b2, basin_b2, 'info', None,
           None)
     basin_pack = None if basin_b is None else basin_b + (basin_b2 or 0.0)
-    t.durable_row('b+b2. pack, nothing left outside the main pack', dos_b + dos_b2, basin_pack, t.write_limit(payload))
+    t.durable_row('b+b2. pack, nothing left loose', dos_b + dos_b2, basin_pack, t.write_limit(payload))
     t.speed_row('c. random single reads, packed', step(dos, 'c_read_packed'), step(basin, 'c_read_packed'),
                 READ_X, t.read_limit(payload), ('git cat-file --batch', catfile) if catfile else None)
     t.speed_row('c2. read_many (bulk, shuffled keys)', step(dos, 'c2_read_many'), step(basin, 'c2_read_many'),
@@ -255,6 +259,14 @@ def build(results: Path) -> str:
                      f"({fmt_s(floor['seconds'])} s)"
                      + (f"; the 10× target ({fmt_s(step(dos, 'e_validate') / TEN_X)} s) is below that floor."
                         if step(dos, 'e_validate') and step(dos, 'e_validate') / TEN_X < floor['seconds'] else '.'))
+    cpu_steps = [(name, st['cpu_seconds'], st['seconds']) for name, st in basin.get('steps', {}).items()
+                 if 'cpu_seconds' in st and name.split('_')[0] in ('d', 'e', 'f2')]
+    if cpu_steps:
+        cores = (basin.get('limit_hash_objects') or {}).get('threads')
+        lines.append('basin CPU time of every thread (median) against wall time: '
+                     + '; '.join(f'{name.split("_")[0]} {fmt_s(cpu)} s CPU over {fmt_s(wall)} s'
+                                 for name, cpu, wall in cpu_steps)
+                     + (f' (on {cores} cores a step takes at least CPU / {cores}).' if cores else '.'))
     if git:
         lines.append(f"git anchor ({git.get('git', 'git')}, core/pack.compression 0): fast-import of the same "
                      f"{git['blobs']} blobs {fmt_s(git['fast_import_s'])} s (basin a: "
