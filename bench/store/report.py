@@ -154,7 +154,7 @@ def build(results: Path) -> str:
                 READ_X, t.read_limit(payload))
     dos_b, dos_b2 = step(dos, 'b_pack'), step(dos, 'b2_clean')
     basin_b, basin_b2 = step(basin, 'b_pack'), step(basin, 'b2_clean')
-    t.row('b. pack (dos: pack_all_loose, keeps loose copies; basin: nothing loose, a's batch pack stays a pack; info)', dos_b, basin_b, 'info', None,
+    t.row("b. pack (dos: pack_all_loose, keeps loose copies; basin: nothing loose, a's batch pack stays a pack; info)", dos_b, basin_b, 'info', None,
           t.write_limit(payload))
     t.row('b2. remove packed loose copies (dos: clean_storage; basin: inside b)', dos_b2, basin_b2, 'info', None,
           None)
