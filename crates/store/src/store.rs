@@ -37,6 +37,56 @@ const RANGE_VERIFIED_WHOLE_BYTES_MAX: u64 = 4 << 20;
 /// Open pack handles (and pack maps) kept per store handle.
 const PACK_HANDLES_MAX: usize = 256;
 
+/// Open pack handles or maps of one store handle, at most [`PACK_HANDLES_MAX`]: past that the
+/// one used longest ago goes (a store of many packs read at random then reopens the packs it
+/// reads least, not every pack).
+struct PackCache<T> {
+    entries: HashMap<u64, (T, u64)>,
+    /// Uses so far; an entry's stamp is the count at its last use.
+    uses: u64,
+}
+
+impl<T> Default for PackCache<T> {
+    fn default() -> Self {
+        PackCache {
+            entries: HashMap::new(),
+            uses: 0,
+        }
+    }
+}
+
+impl<T: Clone> PackCache<T> {
+    fn get(&mut self, id: u64) -> Option<T> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.entries.get_mut(&id).map(|(v, stamp)| {
+            *stamp = uses;
+            v.clone()
+        })
+    }
+
+    fn insert(&mut self, id: u64, value: T) {
+        if self.entries.len() >= PACK_HANDLES_MAX && !self.entries.contains_key(&id) {
+            // A scan of at most PACK_HANDLES_MAX stamps, on a miss only: cheaper than the open
+            // (or map) the miss costs anyway.
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, stamp))| *stamp)
+                .map(|(id, _)| *id)
+            {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.uses += 1;
+        self.entries.insert(id, (value, self.uses));
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.entries.remove(&id);
+    }
+}
+
 /// Receives each object of [`Store::read_many`]: its key and its content (or why not).
 pub type ReadManyVisitor<'a> = dyn FnMut(Key, Result<&[u8]>) -> Result<()> + 'a;
 
@@ -85,9 +135,9 @@ pub struct Store {
     root: PathBuf,
     config: StoreConfig,
     index: Arc<Mutex<Index>>,
-    pack_handles: Mutex<HashMap<u64, Arc<File>>>,
+    pack_handles: Mutex<PackCache<Arc<File>>>,
     /// Read-only maps of packs for single reads: a read from a map is a copy, not a syscall.
-    pack_maps: Mutex<HashMap<u64, Arc<memmap2::Mmap>>>,
+    pack_maps: Mutex<PackCache<Arc<memmap2::Mmap>>>,
     poisoned: Mutex<Option<String>>,
 }
 
@@ -188,8 +238,8 @@ impl Store {
             root: dir.to_path_buf(),
             config: cfg,
             index,
-            pack_handles: Mutex::new(HashMap::new()),
-            pack_maps: Mutex::new(HashMap::new()),
+            pack_handles: Mutex::new(PackCache::default()),
+            pack_maps: Mutex::new(PackCache::default()),
             poisoned: Mutex::new(None),
         };
         if index_missing && !pack::pack_ids_on_disk(dir)?.is_empty() {
@@ -278,8 +328,8 @@ impl Store {
     // ---- reads ----
 
     fn pack_handle(&self, id: u64) -> Result<Option<Arc<File>>> {
-        if let Some(f) = lock(&self.pack_handles).get(&id) {
-            return Ok(Some(f.clone()));
+        if let Some(f) = lock(&self.pack_handles).get(id) {
+            return Ok(Some(f));
         }
         let path = pack::pack_path(&self.root, id);
         let f = match File::open(&path) {
@@ -287,17 +337,13 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open pack", path, e)),
         };
-        let mut handles = lock(&self.pack_handles);
-        if handles.len() >= PACK_HANDLES_MAX {
-            handles.clear();
-        }
-        handles.insert(id, f.clone());
+        lock(&self.pack_handles).insert(id, f.clone());
         Ok(Some(f))
     }
 
     pub(crate) fn forget_pack_handle(&self, id: u64) {
-        lock(&self.pack_handles).remove(&id);
-        lock(&self.pack_maps).remove(&id);
+        lock(&self.pack_handles).remove(id);
+        lock(&self.pack_maps).remove(id);
     }
 
     /// A map of pack `id` covering at least its first `end` bytes; `None` when the pack is gone
@@ -308,9 +354,9 @@ impl Store {
     /// and a repack writes a new file under a new id (an unlinked file stays mapped). Only
     /// damage from outside the store, truncating a pack while it is mapped, could fault a read.
     fn pack_map(&self, id: u64, end: u64) -> Result<Option<Arc<memmap2::Mmap>>> {
-        if let Some(m) = lock(&self.pack_maps).get(&id) {
+        if let Some(m) = lock(&self.pack_maps).get(id) {
             if m.len() as u64 >= end {
-                return Ok(Some(m.clone()));
+                return Ok(Some(m));
             }
         }
         // Not mapped yet, or the pack grew past the map: map it again at its current length.
@@ -329,11 +375,7 @@ impl Store {
         let map = unsafe { memmap2::Mmap::map(&*file) }
             .map_err(|e| Error::io("map pack", pack::pack_path(&self.root, id), e))?;
         let map = Arc::new(map);
-        let mut maps = lock(&self.pack_maps);
-        if maps.len() >= PACK_HANDLES_MAX {
-            maps.clear();
-        }
-        maps.insert(id, map.clone());
+        lock(&self.pack_maps).insert(id, map.clone());
         Ok(Some(map))
     }
 
@@ -891,5 +933,36 @@ pub(crate) fn meta_of(key: &Key, row: &IndexRow) -> ObjectMeta {
             offset: row.offset,
         },
         compressed: row.flags & crate::format::FLAG_ZSTD != 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PackCache, PACK_HANDLES_MAX};
+
+    /// Full, the cache lets go of the entry used longest ago, and only that one.
+    #[test]
+    fn a_full_pack_cache_drops_the_entry_used_longest_ago() {
+        let mut cache = PackCache::default();
+        for id in 0..PACK_HANDLES_MAX as u64 {
+            cache.insert(id, id * 10);
+        }
+        // Use every entry but id 7 again: 7 is now the one used longest ago.
+        for id in (0..PACK_HANDLES_MAX as u64).filter(|&id| id != 7) {
+            assert_eq!(cache.get(id), Some(id * 10));
+        }
+        cache.insert(1000, 10_000);
+        assert_eq!(cache.get(7), None, "the entry used longest ago stayed");
+        assert_eq!(cache.entries.len(), PACK_HANDLES_MAX);
+        for id in (0..PACK_HANDLES_MAX as u64).filter(|&id| id != 7) {
+            assert_eq!(cache.get(id), Some(id * 10), "entry {id} went");
+        }
+        assert_eq!(cache.get(1000), Some(10_000));
+        // Replacing an entry that is there drops nothing.
+        cache.insert(1000, 1);
+        assert_eq!(cache.entries.len(), PACK_HANDLES_MAX);
+        assert_eq!(cache.get(1000), Some(1));
+        cache.remove(1000);
+        assert_eq!(cache.get(1000), None);
     }
 }
