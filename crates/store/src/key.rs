@@ -16,6 +16,11 @@ pub enum HashAlgorithm {
     Sha256,
 }
 
+/// Objects at most in one run of [`HashAlgorithm::hash_groups`].
+const HASH_GROUP_OBJECTS: usize = 128;
+/// A run of [`HashAlgorithm::hash_groups`] closes past this many bytes.
+const HASH_GROUP_BYTES: usize = 1 << 20;
+
 impl HashAlgorithm {
     /// The id stored in pack and record headers.
     pub fn id(self) -> u8 {
@@ -46,6 +51,31 @@ impl HashAlgorithm {
             HashAlgorithm::Blake3 => KeyHasher::Blake3(Box::new(blake3::Hasher::new())),
             HashAlgorithm::Sha256 => KeyHasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
         }
+    }
+
+    /// Splits objects of these lengths, in order, into the runs that one task should hash with
+    /// one [`HashAlgorithm::hash_all`] call: up to [`HASH_GROUP_OBJECTS`] objects (enough to
+    /// fill 16 SIMD lanes with the same chunk of different objects, while 512 objects still
+    /// make a task per core), a run closing past [`HASH_GROUP_BYTES`] (so that large objects
+    /// still spread over the cores).
+    pub(crate) fn hash_groups(
+        lens: impl IntoIterator<Item = usize>,
+    ) -> Vec<std::ops::Range<usize>> {
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut group_bytes = 0usize;
+        for (i, len) in lens.into_iter().enumerate() {
+            match groups.last_mut() {
+                Some(g) if g.len() < HASH_GROUP_OBJECTS && group_bytes < HASH_GROUP_BYTES => {
+                    g.end = i + 1;
+                    group_bytes += len;
+                }
+                _ => {
+                    groups.push(i..i + 1);
+                    group_bytes = len;
+                }
+            }
+        }
+        groups
     }
 
     /// The keys of many objects, in order: the same as [`HashAlgorithm::hash`] of each, but
@@ -240,6 +270,20 @@ impl std::hash::Hasher for KeySetHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs cover every object once, in order; they hold at most 128 objects, and close once
+    /// past 1 MiB.
+    #[test]
+    fn hash_groups_cover_every_object_in_runs_bounded_by_count_and_bytes() {
+        let small = HashAlgorithm::hash_groups(vec![100; 300]);
+        assert_eq!(small, vec![0..128, 128..256, 256..300]);
+        // 600 KiB each: the second takes a run past 1 MiB, so every run holds two.
+        let large = HashAlgorithm::hash_groups(vec![600 << 10; 5]);
+        assert_eq!(large, vec![0..2, 2..4, 4..5]);
+        let one_huge = HashAlgorithm::hash_groups([10, 8 << 20, 10, 10]);
+        assert_eq!(one_huge, vec![0..2, 2..4]);
+        assert!(HashAlgorithm::hash_groups(Vec::new()).is_empty());
+    }
 
     #[test]
     fn known_vectors() {

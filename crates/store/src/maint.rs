@@ -46,12 +46,6 @@ const COMMIT_RECORDS: usize = 1_000_000;
 const WRITE_PACKED_CACHED_BYTES: u64 = 256 << 20;
 /// Objects read and encoded in parallel per round.
 const PARALLEL_CHUNK_OBJECTS: usize = 512;
-/// Objects hashed together by one task (see `HashAlgorithm::hash_all`): enough to fill 16 SIMD
-/// lanes with the same chunk of different objects, and a chunk of `PARALLEL_CHUNK_OBJECTS`
-/// still splits into a task per core.
-const HASH_GROUP_OBJECTS: usize = 128;
-/// A group closes past this many bytes, so that large objects still spread over the cores.
-const HASH_GROUP_BYTES: usize = 1 << 20;
 /// Old packs of up to this many bytes in all are rewritten under one index commit.
 const REPACK_COMMIT_BYTES: u64 = 512 << 20;
 /// Largest read repack makes to fetch a run of live records.
@@ -1668,27 +1662,20 @@ fn take_chunk(
     }))
 }
 
-/// Hashes and encodes small objects on every core, in groups of up to [`HASH_GROUP_OBJECTS`]
-/// (objects hashed together fill the SIMD lanes that one small object leaves empty).
+/// Hashes and encodes small objects on every core, in the groups of
+/// `HashAlgorithm::hash_groups` (objects hashed together fill the SIMD lanes that one small
+/// object leaves empty).
 fn prepare_small(
     small: Vec<(usize, Vec<u8>)>,
     hash: crate::key::HashAlgorithm,
     policy: Compression,
 ) -> Vec<PreparedObject> {
-    let mut groups: Vec<Vec<(usize, Vec<u8>)>> = Vec::new();
-    let mut group_bytes = 0;
-    for object in small {
-        match groups.last_mut() {
-            Some(g) if g.len() < HASH_GROUP_OBJECTS && group_bytes < HASH_GROUP_BYTES => {
-                group_bytes += object.1.len();
-                g.push(object);
-            }
-            _ => {
-                group_bytes = object.1.len();
-                groups.push(vec![object]);
-            }
-        }
-    }
+    let ranges = crate::key::HashAlgorithm::hash_groups(small.iter().map(|(_, b)| b.len()));
+    let mut objects = small.into_iter();
+    let groups: Vec<Vec<(usize, Vec<u8>)>> = ranges
+        .iter()
+        .map(|r| objects.by_ref().take(r.len()).collect())
+        .collect();
     groups
         .into_par_iter()
         .flat_map_iter(|group| {

@@ -629,30 +629,11 @@ fn read_round(
     Ok(round)
 }
 
-/// Records whose contents one task hashes together (see `HashAlgorithm::hash_all`): enough to
-/// fill every SIMD lane, few enough that a round still splits into a task per core.
-const CHECK_GROUP_RECORDS: usize = 128;
-/// A group closes past this many bytes, so that rounds of large records still spread.
-const CHECK_GROUP_BYTES: usize = 1 << 20;
-
-/// Checks the records of one round in parallel, in groups: record checksum, then the content's
-/// hash. Problems come out in record order.
+/// Checks the records of one round in parallel, in the groups of `HashAlgorithm::hash_groups`
+/// (their contents hashed together): record checksum, then the content's hash. Problems come
+/// out in record order.
 fn check_round(round: &Round, pack: u64, hash: crate::key::HashAlgorithm) -> Vec<Problem> {
-    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut group_bytes = 0usize;
-    for (i, (_, _, range)) in round.spans.iter().enumerate() {
-        match groups.last_mut() {
-            Some(g) if g.len() < CHECK_GROUP_RECORDS && group_bytes < CHECK_GROUP_BYTES => {
-                g.end = i + 1;
-                group_bytes += range.len();
-            }
-            _ => {
-                groups.push(i..i + 1);
-                group_bytes = range.len();
-            }
-        }
-    }
-    groups
+    crate::key::HashAlgorithm::hash_groups(round.spans.iter().map(|(_, _, r)| r.len()))
         .into_par_iter()
         .flat_map_iter(|g| check_group(&round.buf, &round.spans[g], pack, hash))
         .collect()
