@@ -376,15 +376,18 @@ impl Maintenance<'_> {
         // gaps. Two bound the memory to four rounds.
         let scan_packs = || -> Result<Vec<Option<PackScan>>> {
             let next = std::sync::atomic::AtomicUsize::new(0);
-            let results: Vec<std::sync::Mutex<Option<Result<Option<PackScan>>>>> =
-                packs.iter().map(|_| std::sync::Mutex::new(None)).collect();
-            let work = || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(row) = packs.get(i) else { break };
-                let scan = scan_one(row);
-                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(scan);
+            // Each scanner takes the next pack until none is left; results carry the pack's
+            // place in the list, to come out in its order.
+            let work = || {
+                let mut done = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(row) = packs.get(i) else { break };
+                    done.push((i, scan_one(row)));
+                }
+                done
             };
-            std::thread::scope(|s| {
+            let mut done = std::thread::scope(|s| {
                 let second = (packs.len() > 1)
                     .then(|| {
                         std::thread::Builder::new()
@@ -393,20 +396,17 @@ impl Maintenance<'_> {
                             .ok()
                     })
                     .flatten();
-                work();
+                let mut done = work();
                 if let Some(h) = second {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    done.extend(
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    );
                 }
+                done
             });
-            results
-                .into_iter()
-                .map(|r| {
-                    r.into_inner()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .unwrap_or(Ok(None))
-                })
-                .collect()
+            done.sort_by_key(|(i, _)| *i);
+            done.into_iter().map(|(_, scan)| scan).collect()
         };
         let (side, scans) = std::thread::scope(|s| {
             let reader = std::thread::Builder::new()
