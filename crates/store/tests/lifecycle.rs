@@ -1098,17 +1098,26 @@ fn deleted_keys_wait_in_gone_for_maintenance_and_come_back_when_written_again() 
     }
 }
 
+/// A connection of its own to the index file of the store at `path`, behind the store's back.
+fn open_index(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path.join(basin_store::INDEX_FILE)).expect("open index")
+}
+
+/// Runs `sql` on the index of the store at `path` (to make it look as an older version left it).
+fn rewrite_index(path: &std::path::Path, sql: &str) {
+    open_index(path).execute_batch(sql).expect(sql);
+}
+
 /// `(auto_vacuum, freelist_count, page_count)` of a store's index file.
 fn index_pages(store: &Store) -> (i64, i64, i64) {
-    let db =
-        rusqlite::Connection::open(store.path().join(basin_store::INDEX_FILE)).expect("open index");
-    db.query_row(
-        "SELECT auto_vacuum, freelist_count, page_count \
+    open_index(store.path())
+        .query_row(
+            "SELECT auto_vacuum, freelist_count, page_count \
          FROM pragma_auto_vacuum, pragma_freelist_count, pragma_page_count",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .expect("pragmas")
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("pragmas")
 }
 
 /// Writes `n` objects straight into packs, deletes those `doomed` picks, repacks, and runs
@@ -1197,10 +1206,7 @@ fn clean_turns_an_index_without_auto_vacuum_into_one_that_has_it() {
         .path()
         .to_path_buf();
     // An index made before stores set auto_vacuum: rewritten without it.
-    let db = rusqlite::Connection::open(path.join(basin_store::INDEX_FILE)).expect("open index");
-    db.execute_batch("PRAGMA auto_vacuum=NONE; VACUUM")
-        .expect("vacuum");
-    drop(db);
+    rewrite_index(&path, "PRAGMA auto_vacuum=NONE; VACUUM");
     let store = Store::open(&path).expect("open");
     assert_eq!(
         index_pages(&store).0,
@@ -1223,8 +1229,7 @@ fn clean_turns_an_index_without_auto_vacuum_into_one_that_has_it() {
 }
 
 fn index_page_bytes(path: &std::path::Path) -> i64 {
-    rusqlite::Connection::open(path.join(basin_store::INDEX_FILE))
-        .expect("open index")
+    open_index(path)
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .expect("page_size")
 }
@@ -1238,12 +1243,10 @@ fn a_new_index_has_8_kib_pages_and_one_made_with_4_kib_keeps_them_through_mainte
     assert_eq!(index_page_bytes(&path), 8192, "a new index");
     // An index made before stores chose 8 KiB: SQLite changes the page size of a WAL file
     // only outside WAL mode.
-    let db = rusqlite::Connection::open(path.join(basin_store::INDEX_FILE)).expect("open index");
-    db.execute_batch(
+    rewrite_index(
+        &path,
         "PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; PRAGMA journal_mode=WAL",
-    )
-    .expect("rewrite with 4 KiB pages");
-    drop(db);
+    );
     assert_eq!(index_page_bytes(&path), 4096, "the rewritten index");
     let store = Store::open(&path).expect("open");
     let ((mode, _, _), (_, free_after, _), _) = delete_and_clean(&store, 5_000, |i| i % 10 == 0);
