@@ -239,9 +239,14 @@ impl ValidationReport {
     }
 }
 
-/// Bytes of a pack read per round. The records of one round are checked in parallel while the
-/// next round is read, so two rounds are in memory at a time.
-const SCAN_CHUNK_BYTES: u64 = 8 << 20;
+/// Bytes of a pack read per round. Small enough that a round is still in the cache of the core
+/// that read it while that core checks its records: checking on the reading core, from its own
+/// cache, costs less than handing a larger round to other cores.
+const ROUND_BYTES: u64 = 1 << 20;
+
+/// Records up to this size are read whole, as a round of their own; larger ones are checked
+/// streaming, in constant memory.
+const ROUND_RECORD_MAX_BYTES: u64 = 8 << 20;
 
 /// One record found by the header walk: its offset, header, and bytes within its round.
 type Span = (u64, RecordHeader, std::ops::Range<usize>);
@@ -366,48 +371,7 @@ impl Maintenance<'_> {
             let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
             read_index_side(&mut index)
         };
-        let scan_one = |row: &crate::index::PackRow| {
-            let scan = disk.contains(&row.id).then(|| scan_pack(store, row));
-            p.advance(1);
-            scan.transpose()
-        };
-        // Up to two packs at a time: inside one pack the first round is read before any check
-        // starts and the last is checked with nothing read meanwhile; a second pack fills those
-        // gaps. Two bound the memory to four rounds.
-        let scan_packs = || -> Result<Vec<Option<PackScan>>> {
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            // Each scanner takes the next pack until none is left; results carry the pack's
-            // place in the list, to come out in its order.
-            let work = || {
-                let mut done = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(row) = packs.get(i) else { break };
-                    done.push((i, scan_one(row)));
-                }
-                done
-            };
-            let mut done = std::thread::scope(|s| {
-                let second = (packs.len() > 1)
-                    .then(|| {
-                        std::thread::Builder::new()
-                            .name("basin-validate-pack".into())
-                            .spawn_scoped(s, work)
-                            .ok()
-                    })
-                    .flatten();
-                let mut done = work();
-                if let Some(h) = second {
-                    done.extend(
-                        h.join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    );
-                }
-                done
-            });
-            done.sort_by_key(|(i, _)| *i);
-            done.into_iter().map(|(_, scan)| scan).collect()
-        };
+        let scan_packs = || scan_packs(store, &packs, &disk, p);
         let (side, scans) = std::thread::scope(|s| {
             let reader = std::thread::Builder::new()
                 .name("basin-validate-index".into())
@@ -438,16 +402,20 @@ impl Maintenance<'_> {
         // row checks meaningless.
         report.problems = index_problems;
         report.problems.extend(problems);
+        // Each scanned pack against its rows, packs in parallel; problems in pack order. A
+        // missing pack's problems are known without a check.
+        let mut checks = Vec::new();
         for (row, scan) in packs.iter().zip(scans) {
             let Some(scan) = scan else {
-                report.problems.push(Problem::PackMissing { pack: row.id });
+                let mut missing = vec![Problem::PackMissing { pack: row.id }];
                 for (key, r) in rows_by_pack.get(&row.id).into_iter().flatten() {
-                    report.problems.push(Problem::RowWithoutRecord {
+                    missing.push(Problem::RowWithoutRecord {
                         key: *key,
                         pack: r.pack,
                         offset: r.offset,
                     });
                 }
+                checks.push(Err(missing));
                 continue;
             };
             let rows = rows_by_pack.remove(&row.id).unwrap_or_default();
@@ -458,10 +426,18 @@ impl Maintenance<'_> {
                 .collect();
             report.objects_checked += scan.objects;
             report.bytes_checked += scan.bytes;
-            report
-                .problems
-                .extend(check_rows(row.id, scan, rows, &tomb_here, &indexed, &kills));
+            checks.push(Ok((row.id, scan, rows, tomb_here)));
         }
+        let checked: Vec<Vec<Problem>> = checks
+            .into_par_iter()
+            .map(|check| match check {
+                Ok((id, scan, rows, tomb_here)) => {
+                    check_rows(id, scan, rows, &tomb_here, &indexed, &kills)
+                }
+                Err(missing) => missing,
+            })
+            .collect();
+        report.problems.extend(checked.into_iter().flatten());
         // Rows pointing at packs the index does not list. A write batch may have published a
         // pack since the pack list was read: its rows are for the next validate.
         for (pack_id, rows) in rows_by_pack {
@@ -560,7 +536,7 @@ fn read_round(
         walked_to: offset,
         next: None,
     };
-    let len = (records_end - offset).min(SCAN_CHUNK_BYTES);
+    let len = (records_end - offset).min(ROUND_BYTES);
     buf.resize(len as usize, 0);
     if let Err(e) = pack::read_exact_at(file, &mut buf, offset, pack) {
         round.problems.push(Problem::RecordCorrupt {
@@ -610,15 +586,32 @@ fn read_round(
             return Ok(round);
         }
         if at + rec_len > buf.len() {
-            if at == 0 {
-                // One record larger than a round: check it streaming, in constant memory.
+            if at > 0 {
+                // The next round starts with it.
+                break;
+            }
+            if rec_len as u64 > ROUND_RECORD_MAX_BYTES {
+                // Too large for memory: check it streaming, in constant memory.
                 round
                     .problems
                     .extend(verify_large_record(file, pack, here, &header, hash)?);
                 round.large = Some((here, header));
                 at = rec_len;
+                break;
             }
-            break;
+            // Larger than a round: a round of its own.
+            let have = buf.len();
+            buf.resize(rec_len, 0);
+            if let Err(e) = pack::read_exact_at(file, &mut buf[have..], here + have as u64, pack) {
+                round.problems.push(Problem::RecordCorrupt {
+                    pack,
+                    offset: here,
+                    detail: e.to_string(),
+                });
+                round.walked_to = here;
+                round.buf = buf;
+                return Ok(round);
+            }
         }
         round.spans.push((here, header, at..at + rec_len));
         at += rec_len;
@@ -629,13 +622,18 @@ fn read_round(
     Ok(round)
 }
 
-/// Checks the records of one round in parallel, in the groups of `HashAlgorithm::hash_groups`
-/// (their contents hashed together): record checksum, then the content's hash. Problems come
-/// out in record order.
-fn check_round(round: &Round, pack: u64, hash: crate::key::HashAlgorithm) -> Vec<Problem> {
-    crate::key::HashAlgorithm::hash_groups(round.spans.iter().map(|(_, _, r)| r.len()))
-        .into_par_iter()
-        .flat_map_iter(|g| check_group(&round.buf, &round.spans[g], pack, hash))
+/// Checks the records of one round, in the groups of `HashAlgorithm::hash_groups` (their
+/// contents hashed together): record checksum, then the content's hash. Problems come out in
+/// record order.
+fn check_round(
+    buf: &[u8],
+    spans: &[Span],
+    pack: u64,
+    hash: crate::key::HashAlgorithm,
+) -> Vec<Problem> {
+    crate::key::HashAlgorithm::hash_groups(spans.iter().map(|(_, _, r)| r.len()))
+        .into_iter()
+        .flat_map(|g| check_group(buf, &spans[g], pack, hash))
         .collect()
 }
 
@@ -706,9 +704,13 @@ fn check_group(
     problems.into_iter().flatten().collect()
 }
 
-/// Reads one pack whole: header, footer and table or crash tail, and every record, each record
-/// checked against its checksum and its content against its key.
-fn scan_pack(store: &crate::store::Store, row: &crate::index::PackRow) -> Result<PackScan> {
+/// Opens one pack and reads its header and its footer and table (sealed) or the extent its
+/// index row commits (unsealed): everything of its scan but the records. The file is `None` when
+/// the pack cannot be read at all.
+fn open_pack(
+    store: &crate::store::Store,
+    row: &crate::index::PackRow,
+) -> Result<(PackScan, Option<File>)> {
     let id = row.id;
     let hash = store.config().hash;
     let mut out = PackScan {
@@ -729,7 +731,7 @@ fn scan_pack(store: &crate::store::Store, row: &crate::index::PackRow) -> Result
                 detail: e.to_string(),
             });
             out.unreadable = true;
-            return Ok(out);
+            return Ok((out, None));
         }
     };
     let file_len = file.metadata().at("stat", &path)?.len();
@@ -748,7 +750,7 @@ fn scan_pack(store: &crate::store::Store, row: &crate::index::PackRow) -> Result
                 detail: e.to_string(),
             });
             out.unreadable = true;
-            return Ok(out);
+            return Ok((out, None));
         }
     }
     if file_len < row.end_bytes {
@@ -761,6 +763,7 @@ fn scan_pack(store: &crate::store::Store, row: &crate::index::PackRow) -> Result
     let records_end = if row.sealed {
         match pack::read_sealed_table(&file, id, file_len) {
             Ok(Some((footer, t))) => {
+                out.records.reserve(t.len());
                 out.table = Some(t);
                 footer.table_offset
             }
@@ -790,53 +793,177 @@ fn scan_pack(store: &crate::store::Store, row: &crate::index::PackRow) -> Result
         row.end_bytes.min(file_len)
     };
     out.records_end = records_end;
+    Ok((out, Some(file)))
+}
 
-    // Round by round: while the records of one round are checked (in parallel), the next round
-    // is read and walked, so reading never leaves a core idle.
+/// Where the scan of the packs stands: the next round to hand out.
+struct Cursor {
+    /// The pack being walked (an index into the scans).
+    pack: usize,
+    /// Where its next round starts.
+    offset: u64,
+    /// Rounds handed out so far: results sorted by it come in pack and offset order.
+    seq: u64,
+    /// A worker met an error that ends the scan.
+    failed: bool,
+}
+
+/// A round once checked: what `PackScan` keeps of it.
+struct RoundDone {
+    seq: u64,
+    pack: usize,
+    problems: Vec<Problem>,
+    records: Vec<(u64, RecordHeader)>,
+    walked_to: u64,
+}
+
+/// Reads every pack whole, each record checked against its checksum and its content against its
+/// key; `None` for packs not on disk. Every thread of the pool runs the same loop: take the next
+/// round (read it and walk its headers, under the cursor's lock, as where a round ends decides
+/// where the next begins), then check its records on the same thread, from its own cache, while
+/// the other threads read and check theirs.
+fn scan_packs(
+    store: &crate::store::Store,
+    packs: &[crate::index::PackRow],
+    disk: &HashSet<u64>,
+    p: &dyn Progress,
+) -> Result<Vec<Option<PackScan>>> {
+    let hash = store.config().hash;
     let start = PACK_HEADER_BYTES as u64;
-    let mut walked_to = start;
-    let mut round = (start < records_end)
-        .then(|| read_round(&file, id, start, records_end, hash, Vec::new()))
-        .transpose()?;
-    let mut spare = Vec::new();
-    while let Some(current) = round.take() {
-        let next_at = current.next;
-        let spare_buf = std::mem::take(&mut spare);
-        let (next, checked) = rayon::join(
-            || next_at.map(|at| read_round(&file, id, at, records_end, hash, spare_buf)),
-            || check_round(&current, id, hash),
+    let mut scans = Vec::with_capacity(packs.len());
+    for row in packs {
+        scans.push(
+            disk.contains(&row.id)
+                .then(|| open_pack(store, row))
+                .transpose()?,
         );
-        out.problems.extend(current.problems);
-        out.problems.extend(checked);
-        let headers = current.large.into_iter().chain(
-            current
-                .spans
+    }
+    // What the workers need of each pack: id, file, end of its records.
+    let walks: Vec<Option<(u64, &File, u64)>> = scans
+        .iter()
+        .zip(packs)
+        .map(|(scan, row)| match scan {
+            Some((s, Some(f))) if start < s.records_end => Some((row.id, f, s.records_end)),
+            _ => None,
+        })
+        .collect();
+    for w in &walks {
+        if w.is_none() {
+            p.advance(1);
+        }
+    }
+    let cursor = std::sync::Mutex::new(Cursor {
+        pack: 0,
+        offset: start,
+        seq: 0,
+        failed: false,
+    });
+    let work = || -> Result<Vec<RoundDone>> {
+        let mut done = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let (seq, pack, id, round) = {
+                let mut c = cursor.lock().unwrap_or_else(|e| e.into_inner());
+                while c.pack < walks.len() && walks[c.pack].is_none() {
+                    c.pack += 1;
+                }
+                let Some(&Some((id, file, records_end))) = walks.get(c.pack) else {
+                    return Ok(done);
+                };
+                if c.failed {
+                    return Ok(done);
+                }
+                let round = match read_round(
+                    file,
+                    id,
+                    c.offset,
+                    records_end,
+                    hash,
+                    std::mem::take(&mut buf),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        c.failed = true;
+                        return Err(e);
+                    }
+                };
+                let here = (c.seq, c.pack, id);
+                c.seq += 1;
+                match round.next {
+                    Some(next) => c.offset = next,
+                    None => {
+                        c.pack += 1;
+                        c.offset = start;
+                        p.advance(1);
+                    }
+                }
+                (here.0, here.1, here.2, round)
+            };
+            let mut problems = round.problems;
+            problems.extend(check_round(&round.buf, &round.spans, id, hash));
+            let records = round
+                .large
                 .into_iter()
-                .map(|(offset, header, _)| (offset, header)),
-        );
-        for (offset, header) in headers {
+                .chain(
+                    round
+                        .spans
+                        .into_iter()
+                        .map(|(offset, header, _)| (offset, header)),
+                )
+                .collect();
+            done.push(RoundDone {
+                seq,
+                pack,
+                problems,
+                records,
+                walked_to: round.walked_to,
+            });
+            buf = round.buf;
+        }
+    };
+    let mut rounds = Vec::new();
+    for r in rayon::broadcast(|_| work()) {
+        rounds.extend(r?);
+    }
+    rounds.sort_unstable_by_key(|r| r.seq);
+
+    let mut walked_to = vec![start; scans.len()];
+    for r in rounds {
+        let Some((out, _)) = scans[r.pack].as_mut() else {
+            continue;
+        };
+        out.problems.extend(r.problems);
+        for (offset, header) in r.records {
             if header.kind == RecordKind::Object {
                 out.objects += 1;
                 out.bytes += header.raw_len;
             }
             out.records.push((offset, header));
         }
-        walked_to = current.walked_to;
-        spare = current.buf;
-        round = next.transpose()?;
+        walked_to[r.pack] = r.walked_to;
     }
-
-    if walked_to < records_end
-        && !out
-            .problems
-            .iter()
-            .any(|p| matches!(p, Problem::RecordCorrupt { pack, .. } if *pack == id))
-    {
-        out.problems.push(Problem::RecordCorrupt {
-            pack: id,
-            offset: walked_to,
-            detail: format!("{} trailing bytes hold no record", records_end - walked_to),
-        });
+    let mut out = Vec::with_capacity(scans.len());
+    for ((scan, walked_to), row) in scans.into_iter().zip(walked_to).zip(packs) {
+        out.push(scan.map(|(mut scan, file)| {
+            let id = row.id;
+            if file.is_some()
+                && walked_to < scan.records_end
+                && !scan
+                    .problems
+                    .iter()
+                    .any(|p| matches!(p, Problem::RecordCorrupt { pack, .. } if *pack == id))
+            {
+                scan.problems.push(Problem::RecordCorrupt {
+                    pack: id,
+                    offset: walked_to,
+                    detail: format!(
+                        "{} trailing bytes hold no record",
+                        scan.records_end - walked_to
+                    ),
+                });
+            }
+            scan
+        }));
     }
     Ok(out)
 }
@@ -860,7 +987,29 @@ fn check_rows(
     // Records come in offset order from the walk; rows are put in offset order here, so each
     // row finds its record by advancing one cursor.
     debug_assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
-    rows.sort_unstable_by_key(|(k, r)| (r.offset, *k));
+    // A sealed table must list every live row of its pack: rows come from the index in key
+    // order and the table is in key and offset order, so one merge finds those it lacks.
+    let mut not_in_table = Vec::new();
+    if let Some(t) = &scan.table {
+        let by_key = |a: &(Key, IndexRow), b: &(Key, IndexRow)| {
+            a.0.cmp(&b.0).then(a.1.offset.cmp(&b.1.offset))
+        };
+        if !rows.is_sorted_by(|a, b| by_key(a, b).is_le()) {
+            rows.sort_unstable_by(by_key);
+        }
+        let mut entries = t.iter().peekable();
+        for (key, r) in &rows {
+            let want = (*key, r.offset);
+            while entries.next_if(|e| **e < want).is_some() {}
+            if entries.peek() != Some(&&want) {
+                not_in_table.push(Problem::TableMismatch {
+                    pack: id,
+                    detail: format!("row {key} at {} missing from the table", r.offset),
+                });
+            }
+        }
+    }
+    rows.sort_unstable_by(|a, b| a.1.offset.cmp(&b.1.offset).then(a.0.cmp(&b.0)));
     // Records a row of the same key points at: indexed without a lookup.
     let mut reached = vec![false; records.len()];
     let mut cursor = 0usize;
@@ -949,7 +1098,7 @@ fn check_rows(
             });
         }
     }
-    // A sealed table must list every live row of its pack, each at a record with that key.
+    // Every entry of a sealed table must be at a record with its key.
     if let Some(t) = scan.table {
         let record_key = |off: u64| {
             records
@@ -965,15 +1114,8 @@ fn check_rows(
                 });
             }
         }
-        for (key, r) in &rows {
-            if t.binary_search(&(*key, r.offset)).is_err() {
-                out.push(Problem::TableMismatch {
-                    pack: id,
-                    detail: format!("row {key} at {} missing from the table", r.offset),
-                });
-            }
-        }
     }
+    out.extend(not_in_table);
     out
 }
 
@@ -1108,15 +1250,7 @@ mod tests {
                 spans.iter().filter(|s| s.1.is_compressed()).count() > 100,
                 "the round has compressed records"
             );
-            let round = Round {
-                buf,
-                spans,
-                problems: Vec::new(),
-                large: None,
-                walked_to: 0,
-                next: None,
-            };
-            let found: Vec<String> = check_round(&round, 3, hash)
+            let found: Vec<String> = check_round(&buf, &spans, 3, hash)
                 .into_iter()
                 .map(|p| match p {
                     Problem::RecordCorrupt {

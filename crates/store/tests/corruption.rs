@@ -991,3 +991,43 @@ fn dos_source_with_absurd_size_is_reported_not_an_abort() {
         out.status
     );
 }
+
+/// Records larger than one validate round (1 MiB) but small enough to be read whole: each is
+/// read into a round of its own. A byte flipped in one of them is reported at its offset, and
+/// only there; the large and small neighbours before and after it check clean.
+#[test]
+fn flipped_payload_of_a_record_larger_than_a_validate_round() {
+    let t = new_small_store();
+    let s = &t.store;
+    let contents: Vec<Vec<u8>> = [600usize, 1_500_000, 3_000_000, 700, 2_200_000, 900]
+        .iter()
+        .enumerate()
+        .map(|(i, len)| random_bytes(900 + i as u64, *len))
+        .collect();
+    let keys = write_packed(s, &contents, None);
+    assert_valid(s);
+    let damaged = keys[2];
+    let (pack, offset) = match s.meta(&damaged).expect("meta").expect("exists").location {
+        Location::Packed { pack, offset } => (pack, offset),
+        Location::Loose => panic!("{damaged} is loose"),
+    };
+    let path = pack_files(&t.root()).remove(&pack).expect("pack file");
+    flip_byte(&path, offset + RECORD_HEADER_BYTES as u64 + 2_000_000, 0x08);
+    let problems = validate(s).problems;
+    assert!(
+        names_record(&problems, damaged, pack, offset),
+        "validate must name {damaged} at pack {pack} offset {offset}:\n{}",
+        lines(&problems)
+    );
+    assert_eq!(
+        problems.len(),
+        1,
+        "only the damaged record:\n{}",
+        lines(&problems)
+    );
+    for (k, c) in keys.iter().zip(&contents) {
+        if *k != damaged {
+            assert_eq!(&s.get(k).expect("undamaged neighbour"), c);
+        }
+    }
+}
