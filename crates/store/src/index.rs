@@ -4,6 +4,7 @@
 //! from the pack files alone. Loose objects are not indexed; their file is their truth. Rows are
 //! committed only after the pack bytes they point at are fdatasynced (the writer's job).
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -123,11 +124,20 @@ pub(crate) struct Compaction {
 pub(crate) struct Index {
     conn: Connection,
     path: PathBuf,
+    /// Device and inode of the file the connection opened: a file put in its place later (a
+    /// rebuild in another process) is another index.
+    file_id: Option<(u64, u64)>,
     /// When the read snapshot used by [`Index::get_recent`] began, if one is open.
     snapshot_since: Option<Instant>,
     /// Whether any key was gone when the snapshot began: while none was, lookups in it skip
     /// the probe of `gone` (a tenth of a single read).
     snapshot_gone: bool,
+}
+
+/// Device and inode of the file at `path`, if there is one.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Above this many bytes of used index pages per object, `clean` rewrites the index.
@@ -357,9 +367,11 @@ impl Index {
             path: path.clone(),
             cause: e,
         })?;
+        let file_id = file_id(&path);
         let idx = Index {
             conn,
             path,
+            file_id,
             snapshot_since: None,
             snapshot_gone: true,
         };
@@ -375,6 +387,15 @@ impl Index {
 
     fn err(&self, e: rusqlite::Error) -> Error {
         index_err(&self.path, e)
+    }
+
+    /// Whether this connection can serve another maintenance run: idle (no transaction or
+    /// snapshot left open), and its file is still the one at the index's path.
+    pub(crate) fn reusable(&mut self) -> bool {
+        self.end_snapshot().is_ok()
+            && self.conn.is_autocommit()
+            && self.file_id.is_some()
+            && file_id(&self.path) == self.file_id
     }
 
     fn setup(&self, container_id: &str) -> Result<()> {
@@ -1146,9 +1167,11 @@ impl IndexTx<'_> {
         let taken = self.live_positions(keys)?;
         let mut gone: Vec<Key> = taken.keys().copied().collect();
         gone.sort_unstable();
+        // `OR IGNORE`: a statement that may abort midway makes SQLite keep a journal of every
+        // page it changes, to undo just that statement; these keys are live, so none is there.
         insert_grouped(
             &self.tx,
-            "INSERT INTO gone(key)",
+            "INSERT OR IGNORE INTO gone(key)",
             1,
             &gone,
             &|st, first, key| st.raw_bind_parameter(first, &key.as_bytes()[..]),
@@ -1248,9 +1271,12 @@ impl IndexTx<'_> {
     }
 
     pub(crate) fn put_tombstones(&self, tombstones: &[TombstoneRow]) -> Result<()> {
+        // `OR IGNORE` spares the statement journal (see `mark_gone`): tombstones are rows of
+        // records just appended, or of packs just scanned into an emptied index, so no row
+        // holds their position.
         insert_grouped(
             &self.tx,
-            "INSERT OR REPLACE INTO tombstones(pack, offset, key, before_pack, before_offset)",
+            "INSERT OR IGNORE INTO tombstones(pack, offset, key, before_pack, before_offset)",
             5,
             tombstones,
             &|st, first, t| {

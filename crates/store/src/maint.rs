@@ -66,9 +66,45 @@ pub enum LockWait {
 pub struct Maintenance<'s> {
     pub(crate) store: &'s Store,
     /// Maintenance's own index connection, so readers sharing the store handle never wait on
-    /// the handle's connection while a long operation runs.
-    index: std::sync::Mutex<Index>,
+    /// the handle's connection while a long operation runs. Given back to the store handle
+    /// when the lock is released (`None` only then).
+    index: std::sync::Mutex<Option<Index>>,
     _lock: File,
+}
+
+impl Drop for Maintenance<'_> {
+    fn drop(&mut self) {
+        let slot = self.index.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut index) = slot.take() {
+            if index.reusable() {
+                *self
+                    .store
+                    .spare_maintenance_index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(index);
+            }
+        }
+    }
+}
+
+/// The maintenance index connection, locked.
+pub(crate) struct IndexGuard<'a>(std::sync::MutexGuard<'a, Option<Index>>);
+
+impl std::ops::Deref for IndexGuard<'_> {
+    type Target = Index;
+    fn deref(&self) -> &Index {
+        self.0
+            .as_ref()
+            .expect("the maintenance index is present until the lock is released")
+    }
+}
+
+impl std::ops::DerefMut for IndexGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Index {
+        self.0
+            .as_mut()
+            .expect("the maintenance index is present until the lock is released")
+    }
 }
 
 impl Store {
@@ -108,20 +144,36 @@ impl Store {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let _ = file.set_len(0);
-        let _ = file.write_all_at_start(
-            format!(
-                "pid {} on {} since unix time {since}",
-                std::process::id(),
-                host.trim()
-            )
-            .as_bytes(),
-        );
-        let index = Index::open(self.path(), &self.config().container_id)?;
-        index.use_bulk_cache()?;
+        // Written over the last holder's text, padded, instead of truncating first: freeing
+        // and allocating the file's block each time costs more than the write.
+        let mut holder = format!(
+            "pid {} on {} since unix time {since}",
+            std::process::id(),
+            host.trim()
+        )
+        .into_bytes();
+        holder.resize(holder.len().max(LOCK_HOLDER_BYTES), b' ');
+        let _ = file.write_all_at_start(&holder);
+        if file.metadata().is_ok_and(|m| m.len() > holder.len() as u64) {
+            let _ = file.set_len(holder.len() as u64);
+        }
+        let spare = self
+            .spare_maintenance_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .and_then(|mut index| index.reusable().then_some(index));
+        let index = match spare {
+            Some(index) => index,
+            None => {
+                let index = Index::open(self.path(), &self.config().container_id)?;
+                index.use_bulk_cache()?;
+                index
+            }
+        };
         Ok(Maintenance {
             store: self,
-            index: std::sync::Mutex::new(index),
+            index: std::sync::Mutex::new(Some(index)),
             _lock: file,
         })
     }
@@ -136,6 +188,10 @@ impl WriteAtStart for File {
         self.write_all_at(b, 0)
     }
 }
+
+/// The lock file's text (who holds it) is padded to this many bytes: every holder writes over
+/// the whole of the last one's.
+const LOCK_HOLDER_BYTES: usize = 128;
 
 /// Deletes of at least this many keys list loose/ once instead of probing per key.
 const DELETE_LISTING_KEYS_MIN: usize = 256;
@@ -305,8 +361,8 @@ impl<'s> Maintenance<'s> {
         self.store
     }
 
-    pub(crate) fn index(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn index(&self) -> IndexGuard<'_> {
+        IndexGuard(self.index.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn appender(&self, exclude: HashSet<u64>) -> Appender<'s> {

@@ -887,7 +887,7 @@ fn scan_packs(
                         return Err(e);
                     }
                 };
-                let here = (c.seq, c.pack, id);
+                let (seq, pack) = (c.seq, c.pack);
                 c.seq += 1;
                 match round.next {
                     Some(next) => c.offset = next,
@@ -897,7 +897,7 @@ fn scan_packs(
                         p.advance(1);
                     }
                 }
-                (here.0, here.1, here.2, round)
+                (seq, pack, id, round)
             };
             let mut problems = round.problems;
             problems.extend(check_round(&round.buf, &round.spans, id, hash));

@@ -1414,3 +1414,40 @@ fn pack_merges_small_batch_packs_and_leaves_a_large_raw_one_where_it_is() {
         assert!(v.is_ok(), "{compression:?}: {:?}", v.problems);
     }
 }
+
+/// A store handle keeps its maintenance connection between maintenance runs. When another
+/// handle replaces the index file meanwhile (the index was lost and rebuilt from the packs),
+/// the next maintenance run must write to the new file, not to the connection's unlinked one:
+/// what it writes is then seen by every handle opened afterwards.
+#[test]
+fn maintenance_after_the_index_was_replaced_writes_to_the_new_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = small_store(dir.path(), Compression::None);
+    let root = a.path().to_path_buf();
+    let first = content(1, 3000);
+    let write = |store: &Store, c: &[u8]| {
+        let m = store.maintenance(LockWait::Fail).expect("maintenance");
+        let mut sources = std::iter::once(Ok(Source::Bytes(c.to_vec())));
+        m.write_packed(&mut sources, &PackOptions::default(), &NoProgress)
+            .expect("write_packed")[0]
+    };
+    let first_key = write(&a, &first);
+    for suffix in ["", "-wal", "-shm"] {
+        let p = root.join(format!("{}{suffix}", basin_store::INDEX_FILE));
+        if p.exists() {
+            std::fs::remove_file(&p).expect("remove index");
+        }
+    }
+    // Another handle finds no index and rebuilds one from the packs.
+    let b = Store::open(&root).expect("open without an index");
+    assert_eq!(b.get(&first_key).expect("rebuilt"), first);
+    drop(b);
+    let second = content(2, 3000);
+    let second_key = write(&a, &second);
+    let c = Store::open(&root).expect("open");
+    assert_eq!(
+        c.get(&second_key).expect("written after the rebuild"),
+        second
+    );
+    assert_eq!(c.get(&first_key).expect("written before"), first);
+}
