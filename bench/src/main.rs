@@ -9,7 +9,8 @@
 //! - `workload`: loose writes (WriteBatch, plus single durable puts on a subset, extrapolated), random
 //!   loose reads, pack_loose, random packed reads, read_many, has_many, list, write_packed, validate,
 //!   delete 10 %, repack --all, clean with vacuum; index bytes per object; and the floor under
-//!   validate (`limit_hash_objects`: the same objects hashed in memory on every core).
+//!   validate: `limit_hash_objects`, the same objects hashed in memory on every core, plus
+//!   `limit_read_packs`, the bytes of the packs read from the page cache on every core.
 //! - `million`: many small objects straight to packs and read back in bulk.
 //! - `big`: one large object through `put_reader` and a streamed read, with peak RSS.
 
@@ -440,8 +441,10 @@ fn workload(
         })
     })?;
 
-    // The floor under e: hashing the same objects, already in memory, on every core.
+    // The floor under e: hashing the same objects, already in memory, and reading the bytes of
+    // the packs that hold them from the page cache, each on every core.
     let limit_hash = limit_hash_objects(&w, store.config().hash, &[&keys, &keys2])?;
+    let limit_read = limit_read_packs(store.path())?;
 
     let all_key = |i: usize| if i < n { keys[i] } else { keys2[i - n] };
     let all_object = |i: usize| {
@@ -511,6 +514,7 @@ fn workload(
     out.insert("sizes".into(), sizes);
     out.insert("sizes_after_d".into(), stats_json(&stats_after_d));
     out.insert("limit_hash_objects".into(), limit_hash);
+    out.insert("limit_read_packs".into(), limit_read);
     out.insert("batch_objects".into(), json!(batch_objects));
     out.insert("single_puts".into(), json!(single));
     Ok(out)
@@ -573,6 +577,66 @@ fn limit_hash_objects(w: &Workload, hash: HashAlgorithm, keys: &[&[Key]]) -> Ben
         "limit_hash_objects"
     );
     Ok(json!({"seconds": seconds, "objects": objects.len(), "bytes": bytes, "threads": threads}))
+}
+
+/// Bytes a reading thread takes from the shared queue at a time, as one `pread`.
+const LIMIT_READ_CLAIM_BYTES: u64 = 1 << 20;
+
+/// Reads every pack file of the store whole, from the page cache, on every core: the other half
+/// of what validate cannot skip (its bytes have to come out of the page cache to be hashed).
+fn limit_read_packs(root: &Path) -> BenchResult<Value> {
+    use std::os::unix::fs::FileExt;
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(root.join("packs"))? {
+        let path = e?.path();
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        files.push((file, len));
+    }
+    let claims: Vec<(usize, u64)> = files
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, len))| {
+            (0..len.div_ceil(LIMIT_READ_CLAIM_BYTES)).map(move |c| (i, c * LIMIT_READ_CLAIM_BYTES))
+        })
+        .collect();
+    let bytes: u64 = files.iter().map(|(_, len)| len).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let start = Instant::now();
+    let read: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> std::io::Result<u64> {
+                    let mut buf = vec![0u8; LIMIT_READ_CLAIM_BYTES as usize];
+                    let mut read = 0;
+                    while let Some(&(i, at)) =
+                        claims.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        let (file, len) = &files[i];
+                        let n = (len - at).min(LIMIT_READ_CLAIM_BYTES) as usize;
+                        file.read_exact_at(&mut buf[..n], at)?;
+                        read += n as u64;
+                    }
+                    Ok(read)
+                })
+            })
+            .collect();
+        // A failed or panicked worker counts as nothing read.
+        workers
+            .into_iter()
+            .map(|h| h.join().ok().and_then(Result::ok).unwrap_or(0))
+            .sum()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    ensure(read == bytes, || {
+        format!("reading floor: read {read} of the packs' {bytes} bytes")
+    })?;
+    eprintln!(
+        "  basin {:24} {seconds:9.3} s  (floor of e, {threads} threads)",
+        "limit_read_packs"
+    );
+    Ok(json!({"seconds": seconds, "bytes": bytes, "threads": threads}))
 }
 
 fn million(store: &Store, data: &Path) -> BenchResult<Map<String, Value>> {

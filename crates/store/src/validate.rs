@@ -1009,7 +1009,7 @@ fn check_rows(
             }
         }
     }
-    rows.sort_unstable_by(|a, b| a.1.offset.cmp(&b.1.offset).then(a.0.cmp(&b.0)));
+    rows.sort_unstable_by_key(|(_, r)| r.offset);
     // Records a row of the same key points at: indexed without a lookup.
     let mut reached = vec![false; records.len()];
     let mut cursor = 0usize;
