@@ -525,6 +525,47 @@ fn delete_then_repack() {
 }
 
 #[test]
+fn repack_merge_below_merges_batch_packs_into_one() {
+    let h = Harness::with_store();
+    let mut written: Vec<(Key, Vec<u8>)> = Vec::new();
+    for batch in 0..3u64 {
+        let files: Vec<(String, Vec<u8>)> = (0..4)
+            .map(|i| {
+                let content = binary_content(5000, batch * 10 + i);
+                let path = h.write(&format!("b{batch}/{i}"), &content);
+                (path.to_str().unwrap().to_string(), content)
+            })
+            .collect();
+        let mut args = vec!["put", "--batch"];
+        args.extend(files.iter().map(|(p, _)| p.as_str()));
+        let run = h.basin(&args).ok();
+        for (line, (_, content)) in run.lines().iter().zip(&files) {
+            written.push((
+                parse_key(line.split_whitespace().next().unwrap()),
+                content.clone(),
+            ));
+        }
+    }
+    assert_eq!(written.len(), 12);
+    let pack_files = |h: &Harness| h.basin(&["stats", "--json"]).ok().json()["pack_files"].clone();
+    assert_eq!(pack_files(&h), 3);
+    let plain = h.basin(&["repack", "--json"]).ok().json();
+    assert_eq!(plain["packs_rewritten"], 0, "{plain}");
+    let merged = h
+        .basin(&["repack", "--merge-below", "1GiB", "--json"])
+        .ok()
+        .json();
+    assert_eq!(merged["packs_rewritten"], 3, "{merged}");
+    assert_eq!(pack_files(&h), 1);
+    for (key, content) in &written {
+        assert_eq!(&h.get(key), content, "object {key} after the merge");
+    }
+    h.basin(&["validate"]).ok();
+    let run = h.basin(&["repack", "--merge-below", "lots"]).expect_code(2);
+    assert!(run.stderr.contains("--merge-below"), "{}", run.stderr);
+}
+
+#[test]
 fn validate_reports_a_corrupt_loose_object_by_key() {
     let h = Harness::with_store();
     let good = h.put("good", b"good content");

@@ -270,6 +270,11 @@ pub struct RepackOptions {
     /// objects come from the disk until cached again. Records that are recompressed go
     /// through the page cache either way.
     pub bypass_page_cache: bool,
+    /// Also merge sealed packs smaller than this many bytes (and than half the pack size
+    /// target), when there are at least two, into the current pack (as restic's `prune --repack-small` and git's `repack --geometric` do).
+    /// `pack` merges only batch packs of at most 64 MiB, so a store imported in many larger
+    /// batches keeps one file per batch; this bounds that count. `None`: no such merge.
+    pub small_pack_bytes_max: Option<u64>,
 }
 
 impl Default for RepackOptions {
@@ -279,6 +284,7 @@ impl Default for RepackOptions {
             garbage_ratio_min: 0.2,
             compression: None,
             bypass_page_cache: true,
+            small_pack_bytes_max: None,
         }
     }
 }
@@ -856,6 +862,21 @@ impl<'s> Maintenance<'s> {
                 };
                 if (ratio >= opts.garbage_ratio_min && garbage > 0) || live_bytes == 0 {
                     c.push(*row);
+                }
+            }
+            if let Some(max) = opts.small_pack_bytes_max.filter(|_| !every) {
+                // A pack of half the target or more is as full as merging would leave it.
+                let max = max.min(store.config().pack_size_target_bytes / 2);
+                let small: Vec<PackRow> = packs
+                    .iter()
+                    .filter(|r| r.sealed && r.end_bytes < max)
+                    .copied()
+                    .collect();
+                // A single small pack would only move into another file: no fewer files.
+                if small.len() >= 2 {
+                    let chosen: HashSet<u64> = c.iter().map(|r| r.id).collect();
+                    c.extend(small.into_iter().filter(|r| !chosen.contains(&r.id)));
+                    c.sort_by_key(|r| r.id);
                 }
             }
             (c, packs)

@@ -1451,3 +1451,79 @@ fn maintenance_after_the_index_was_replaced_writes_to_the_new_index() {
     );
     assert_eq!(c.get(&first_key).expect("written before"), first);
 }
+
+/// `repack` with `small_pack_bytes_max` merges sealed packs below it (and below half the pack
+/// size target) into one, when there are at least two, and leaves larger packs, a lone small
+/// one, and everything when the option is off, where they are.
+#[test]
+fn repack_merges_small_sealed_packs_into_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = InitOptions {
+        pack_size_target_bytes: 1 << 20,
+        compression: Compression::None,
+        ..InitOptions::default()
+    };
+    let store = Store::init(&dir.path().join("s"), &opts).expect("init");
+    let mut written: Vec<(Key, Vec<u8>)> = Vec::new();
+    fn batch_of(store: &Store, written: &mut Vec<(Key, Vec<u8>)>, count: u64, first: u64) {
+        let mut b = store.batch().expect("batch");
+        for i in first..first + count {
+            let c = content(i, 2048);
+            written.push((b.put(&c).expect("put"), c));
+        }
+        b.commit().expect("commit");
+    }
+    // Three batch packs of ~40 KiB and one of ~600 KiB, over half the 1 MiB target.
+    batch_of(&store, &mut written, 20, 0);
+    batch_of(&store, &mut written, 20, 100);
+    batch_of(&store, &mut written, 20, 200);
+    batch_of(&store, &mut written, 300, 1000);
+    let pack_files = |s: &Store| s.stats().expect("stats").pack_files;
+    assert_eq!(pack_files(&store), 4);
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let repack = |small: Option<u64>| {
+        let opts = RepackOptions {
+            small_pack_bytes_max: small,
+            ..RepackOptions::default()
+        };
+        m.repack(&opts, &NoProgress).expect("repack")
+    };
+
+    let off = repack(None);
+    assert_eq!(off.packs_rewritten, 0, "{off:?}");
+    let below_every_pack = repack(Some(30 << 10));
+    assert_eq!(below_every_pack.packs_rewritten, 0, "{below_every_pack:?}");
+    assert_eq!(pack_files(&store), 4);
+
+    // Any larger limit is held to half the target: the three small packs, not the large one.
+    let merged = repack(Some(u64::MAX));
+    assert_eq!(merged.packs_rewritten, 3, "{merged:?}");
+    assert_eq!(merged.objects_moved, 60, "{merged:?}");
+    assert_eq!(pack_files(&store), 2);
+    for (k, c) in &written {
+        assert_eq!(&store.get(k).expect("after merge"), c, "{k}");
+    }
+    assert!(m.validate(&NoProgress).expect("validate").is_ok());
+
+    // What is left: the large sealed pack and the unsealed one the merge wrote; then one more
+    // small sealed pack, alone. Neither is worth a rewrite.
+    assert_eq!(repack(Some(u64::MAX)).packs_rewritten, 0);
+    drop(m);
+    batch_of(&store, &mut written, 10, 5000);
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let lone = m
+        .repack(
+            &RepackOptions {
+                small_pack_bytes_max: Some(u64::MAX),
+                ..RepackOptions::default()
+            },
+            &NoProgress,
+        )
+        .expect("repack");
+    assert_eq!(lone.packs_rewritten, 0, "{lone:?}");
+    assert_eq!(pack_files(&store), 3);
+    m.rebuild_index(&NoProgress).expect("rebuild");
+    for (k, c) in &written {
+        assert_eq!(&store.get(k).expect("after rebuild"), c, "{k}");
+    }
+}

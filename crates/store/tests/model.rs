@@ -66,6 +66,7 @@ enum Op {
         all: bool,
         compression: Option<u8>,
         bypass_page_cache: bool,
+        merge_small: bool,
     },
     Clean,
     RebuildIndex,
@@ -99,8 +100,13 @@ fn op() -> impl Strategy<Value = Op> {
         2 => ids().prop_map(Op::Delete),
         3 => (sel, prop::option::of(0u8..3)).prop_map(|(sel, compression)| Op::Pack { sel, compression }),
         2 => (ids(), prop::option::of(0u8..3)).prop_map(|(ids, compression)| Op::WritePacked { ids, compression }),
-        1 => (any::<bool>(), prop::option::of(0u8..3), any::<bool>()).prop_map(
-            |(all, compression, bypass_page_cache)| Op::Repack { all, compression, bypass_page_cache }
+        1 => (any::<bool>(), prop::option::of(0u8..3), any::<bool>(), any::<bool>()).prop_map(
+            |(all, compression, bypass_page_cache, merge_small)| Op::Repack {
+                all,
+                compression,
+                bypass_page_cache,
+                merge_small,
+            }
         ),
         1 => Just(Op::Clean),
         1 => Just(Op::RebuildIndex),
@@ -305,14 +311,25 @@ impl Run {
                 all,
                 compression: c,
                 bypass_page_cache,
+                merge_small,
             } => {
                 let opts = RepackOptions {
                     all: *all,
                     compression: compression(*c),
                     bypass_page_cache: *bypass_page_cache,
+                    // Every pack the model makes is far below this.
+                    small_pack_bytes_max: merge_small.then_some(1 << 20),
                     ..RepackOptions::default()
                 };
-                self.maint().repack(&opts, &NoProgress).expect("repack");
+                let packs_before = self.t.store.stats().expect("stats").pack_files;
+                let report = self.maint().repack(&opts, &NoProgress).expect("repack");
+                if *merge_small && !*all && c.is_none() {
+                    let packs_after = self.t.store.stats().expect("stats").pack_files;
+                    assert!(
+                        packs_after <= packs_before.max(1),
+                        "repack merging small packs left {packs_after} packs of {packs_before}: {report:?}"
+                    );
+                }
             }
             Op::Clean => {
                 let opts = CleanOptions {

@@ -180,6 +180,11 @@ pub struct RepackArgs {
     /// repack does not push out of memory what readers use).
     #[arg(long)]
     pub through_page_cache: bool,
+    /// Also merge sealed packs smaller than SIZE (e.g. 1GiB) and than half the pack size
+    /// target, when there are at least two, into the current pack: a store imported in many
+    /// large batches otherwise keeps one pack file per batch.
+    #[arg(long, value_parser = parse::size_bytes, value_name = "SIZE")]
+    pub merge_below: Option<u64>,
     #[command(flatten)]
     pub lock: LockArgs,
 }

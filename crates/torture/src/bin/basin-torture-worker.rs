@@ -641,6 +641,11 @@ fn random_repack_options(rng: &mut StdRng) -> RepackOptions {
         garbage_ratio_min: *[0.0, 0.2, 0.5].choose(rng).expect("non-empty"),
         compression: random_compression(rng),
         bypass_page_cache: rng.random_bool(0.5),
+        small_pack_bytes_max: rng.random_bool(0.3).then(|| {
+            *[64 << 10, 1 << 20, u64::MAX]
+                .choose(rng)
+                .expect("non-empty")
+        }),
     }
 }
 

@@ -118,6 +118,7 @@ pub fn repack(args: RepackArgs, global: &Global) -> anyhow::Result<ExitCode> {
         garbage_ratio_min: args.garbage_min,
         compression: args.compression,
         bypass_page_cache: !args.through_page_cache,
+        small_pack_bytes_max: args.merge_below,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
