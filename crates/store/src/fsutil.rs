@@ -116,6 +116,27 @@ pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn start_writeback(_f: &File, _offset: u64, _len: u64) {}
 
+/// Drops the file's cached pages in a range that was read for the last time (a pack that is
+/// being rewritten and then removed). Freeing those pages is a quarter to a third of the cost
+/// of unlinking a cached file; done here, it leaves the unlink, which comes after the index
+/// commit. Pages mapped anywhere stay cached; their bytes never change either way.
+#[cfg(target_os = "linux")]
+pub(crate) fn drop_cached(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor; failure only leaves the pages cached.
+    unsafe {
+        libc::posix_fadvise(
+            f.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn drop_cached(_f: &File, _offset: u64, _len: u64) {}
+
 /// Writes `parts`, one after another, at `at` in `file`, with one `pwritev` call per
 /// [`IOVECS_PER_CALL_MAX`] parts when the kernel takes them whole: pieces scattered in memory
 /// reach the file without being copied together first.

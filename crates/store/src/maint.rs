@@ -941,6 +941,10 @@ impl<'s> Maintenance<'s> {
                 let old_bytes = fsutil::file_len_or_zero(&path);
                 report.bytes_before += old_bytes;
                 let file = File::open(&path).at("open pack", &path)?;
+                // This process's cached handle and map of the pack go now, not at its unlink:
+                // mapped pages stay in the page cache, which the copy clears as it reads (see
+                // `for_each_span_read_ahead`). A read of it meanwhile opens it again.
+                store.forget_pack_handle(row.id);
                 // Rows of deleted keys (gone, not yet folded) stay behind and go with the pack.
                 let (live, dead) = index.rows_in_pack_and_dead(row.id)?;
                 let (huge, rows): (Vec<_>, Vec<_>) = live

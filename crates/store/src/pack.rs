@@ -1198,6 +1198,10 @@ const SPAN_BUFFERS: usize = 3;
 /// Every write has landed (or failed, and the error is returned) when this returns. The
 /// buffers come from `pool` and go back to it, so that a caller visiting several packs touches
 /// their memory once (fresh pages cost more than the copy into them on these VMs).
+///
+/// Each span read leaves the page cache: callers read packs that they remove once the moved
+/// records are committed, and freeing the pages here, on the reader thread while the writes
+/// wait for the device, takes that part out of the unlink (4 of 16 ms for a 92 MB pack here).
 pub(crate) fn for_each_span_read_ahead(
     file: &File,
     pack: u64,
@@ -1213,6 +1217,7 @@ pub(crate) fn for_each_span_read_ahead(
         check_fits(file, &rows[i].1, end - start)?;
         buf.resize((end - start) as usize, 0);
         read_exact_at(file, &mut buf, start, pack)?;
+        fsutil::drop_cached(file, start, end - start);
         Ok(buf)
     };
     type Job = (Vec<u8>, Vec<SpanWrite>);
