@@ -829,14 +829,25 @@ impl Index {
     /// one snapshot. Each row is checked against the gone keys in memory: a probe of `gone` per
     /// row would cost a repack of every pack a tenth more.
     pub(crate) fn rows_in_pack_and_dead(&mut self, pack: u64) -> Result<PackRows> {
+        let mut by_pack = self.rows_in_packs_and_dead(&[pack])?;
+        Ok(by_pack.remove(&pack).unwrap_or_default())
+    }
+
+    /// [`Index::rows_in_pack_and_dead`] of several packs, from one pass over the rows: with no
+    /// index by pack, finding one pack's rows reads every row, so a repack asks once for all
+    /// the packs of one commit instead of once per pack. Every pack asked for is in the map.
+    pub(crate) fn rows_in_packs_and_dead(
+        &mut self,
+        packs: &[u64],
+    ) -> Result<std::collections::HashMap<u64, PackRows>> {
         self.begin_snapshot()?;
-        let scanned = self.scan_pack(pack);
+        let scanned = self.scan_packs(packs);
         self.end_snapshot()?;
         scanned
     }
 
-    /// [`Index::rows_in_pack_and_dead`] inside the snapshot it began.
-    fn scan_pack(&self, pack: u64) -> Result<PackRows> {
+    /// [`Index::rows_in_packs_and_dead`] inside the snapshot it began.
+    fn scan_packs(&self, packs: &[u64]) -> Result<std::collections::HashMap<u64, PackRows>> {
         let mut gone = crate::key::KeySet::default();
         if self.snapshot_gone {
             let mut st = self
@@ -848,16 +859,31 @@ impl Index {
                 gone.insert(self.key_ref(r.get_ref(0).map_err(|e| self.err(e))?)?);
             }
         }
-        let mut out = Vec::new();
-        let mut dead = Vec::new();
-        let mut st = self
-            .conn
-            .prepare_cached(
+        let mut by_pack: std::collections::HashMap<u64, PackRows> =
+            packs.iter().map(|&p| (p, PackRows::default())).collect();
+        // One pack is a filter SQLite applies as it walks the rows; several are looked up here.
+        let (sql, one) = match packs {
+            [one] => (
                 "SELECT key, pack, offset, raw_len, stored_len, flags FROM objects WHERE pack = ?1",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut rows = st.query([pack as i64]).map_err(|e| self.err(e))?;
+                Some(*one as i64),
+            ),
+            _ => (
+                "SELECT key, pack, offset, raw_len, stored_len, flags FROM objects",
+                None,
+            ),
+        };
+        let mut st = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let mut rows = match one {
+            Some(pack) => st.query([pack]),
+            None => st.query([]),
+        }
+        .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let pack: i64 = r.get(1).map_err(|e| self.err(e))?;
+            let Some((out, dead)) = u64::try_from(pack).ok().and_then(|p| by_pack.get_mut(&p))
+            else {
+                continue;
+            };
             let key = self.key_ref(r.get_ref(0).map_err(|e| self.err(e))?)?;
             if gone.contains(&key) {
                 dead.push(key);
@@ -872,8 +898,10 @@ impl Index {
             )?;
             out.push((key, row));
         }
-        out.sort_by_key(|(_, r)| r.offset);
-        Ok((out, dead))
+        for (out, _) in by_pack.values_mut() {
+            out.sort_by_key(|(_, r)| r.offset);
+        }
+        Ok(by_pack)
     }
 
     pub(crate) fn tombstones(&mut self) -> Result<Vec<TombstoneRow>> {

@@ -50,6 +50,20 @@ const PARALLEL_CHUNK_OBJECTS: usize = 512;
 const REPACK_COMMIT_BYTES: u64 = 512 << 20;
 /// Largest read repack makes to fetch a run of live records.
 const REPACK_SPAN_BYTES: u64 = 8 << 20;
+
+/// How many of the packs of `sizes` (file bytes, in repack order) go into the commit that
+/// already holds `committing_bytes`: packs are added until the commit reaches
+/// [`REPACK_COMMIT_BYTES`], the pack that reaches it included, as `rewrite_packs` commits.
+fn commit_group_len(sizes: &[u64], committing_bytes: u64) -> usize {
+    let mut bytes = committing_bytes;
+    for (n, size) in sizes.iter().enumerate() {
+        bytes += size;
+        if bytes >= REPACK_COMMIT_BYTES {
+            return n + 1;
+        }
+    }
+    sizes.len()
+}
 /// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
 const IN_MEMORY_OBJECT_BYTES_MAX: u64 = 16 << 20;
 
@@ -936,17 +950,28 @@ impl<'s> Maintenance<'s> {
             // Old packs rewritten since the last commit: (id, path, dead rows), and their bytes.
             let mut rewritten: Vec<(u64, PathBuf, Vec<Key>)> = Vec::new();
             let mut rewritten_bytes = 0u64;
+            let sizes: Vec<u64> = candidates
+                .iter()
+                .map(|r| fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id)))
+                .collect();
+            // The rows of every pack of the coming commit, from one pass over the index.
+            let mut scanned: HashMap<u64, crate::index::PackRows> = HashMap::new();
             for (n, row) in candidates.iter().enumerate() {
                 let path = pack::pack_path(store.path(), row.id);
-                let old_bytes = fsutil::file_len_or_zero(&path);
+                let old_bytes = sizes[n];
                 report.bytes_before += old_bytes;
+                if !scanned.contains_key(&row.id) {
+                    let group = commit_group_len(&sizes[n..], rewritten_bytes);
+                    let ids: Vec<u64> = candidates[n..n + group].iter().map(|r| r.id).collect();
+                    scanned = index.rows_in_packs_and_dead(&ids)?;
+                }
                 let file = File::open(&path).at("open pack", &path)?;
                 // This process's cached handle and map of the pack go now, not at its unlink:
                 // mapped pages stay in the page cache, which the copy clears as it reads (see
                 // `for_each_span_read_ahead`). A read of it meanwhile opens it again.
                 store.forget_pack_handle(row.id);
                 // Rows of deleted keys (gone, not yet folded) stay behind and go with the pack.
-                let (live, dead) = index.rows_in_pack_and_dead(row.id)?;
+                let (live, dead) = scanned.remove(&row.id).unwrap_or_default();
                 let (huge, rows): (Vec<_>, Vec<_>) = live
                     .into_iter()
                     .partition(|(_, r)| r.stored_len > IN_MEMORY_OBJECT_BYTES_MAX);
@@ -1039,7 +1064,8 @@ impl<'s> Maintenance<'s> {
                 rewritten.push((row.id, path, dead));
                 rewritten_bytes += old_bytes;
                 // Keys are random, so every commit rewrites most index pages: small packs share
-                // one. The old packs stay readable until it, and go right after it.
+                // one (see `commit_group_len`). The old packs stay readable until it, and go
+                // right after it.
                 if rewritten_bytes < REPACK_COMMIT_BYTES && n + 1 < candidates.len() {
                     continue;
                 }
@@ -1774,4 +1800,20 @@ fn prepare_small(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_groups_end_with_the_pack_that_reaches_the_commit_size() {
+        let half = REPACK_COMMIT_BYTES / 2;
+        assert_eq!(commit_group_len(&[], 0), 0);
+        assert_eq!(commit_group_len(&[1, 2, 3], 0), 3);
+        assert_eq!(commit_group_len(&[half, half, half], 0), 2);
+        assert_eq!(commit_group_len(&[half, half, half], half), 1);
+        assert_eq!(commit_group_len(&[REPACK_COMMIT_BYTES * 3, 1], 0), 1);
+        assert_eq!(commit_group_len(&[half - 1, half, 7, 7], 0), 3);
+    }
 }
