@@ -51,6 +51,45 @@ const REPACK_COMMIT_BYTES: u64 = 512 << 20;
 /// Largest read repack makes to fetch a run of live records.
 const REPACK_SPAN_BYTES: u64 = 8 << 20;
 
+/// Old pack files being unlinked on a thread of their own after the commit that moved their
+/// records, while the caller goes on: [`Unlinking::wait`] returns once they are gone.
+struct Unlinking(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl Unlinking {
+    /// Unlinks `paths` on a new thread, or here when no thread can be had.
+    fn spawn(paths: Vec<PathBuf>) -> Result<Unlinking> {
+        let paths = std::sync::Arc::new(paths);
+        let theirs = std::sync::Arc::clone(&paths);
+        match std::thread::Builder::new()
+            .name("basin-unlink".into())
+            .spawn(move || remove_old_packs(&theirs))
+        {
+            Ok(handle) => Ok(Unlinking(Some(handle))),
+            Err(_) => {
+                remove_old_packs(&paths)?;
+                Ok(Unlinking(None))
+            }
+        }
+    }
+
+    /// The first unlink failure, if any.
+    fn wait(self) -> Result<()> {
+        match self.0 {
+            None => Ok(()),
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(Error::InvalidArgument("unlink thread panicked".into()))),
+        }
+    }
+}
+
+fn remove_old_packs(paths: &[PathBuf]) -> Result<()> {
+    for path in paths {
+        fs::remove_file(path).at("remove old pack", path)?;
+    }
+    Ok(())
+}
+
 /// How many of the packs of `sizes` (file bytes, in repack order) go into the commit that
 /// already holds `committing_bytes`: packs are added until the commit reaches
 /// [`REPACK_COMMIT_BYTES`], the pack that reaches it included, as `rewrite_packs` commits.
@@ -598,7 +637,8 @@ impl<'s> Maintenance<'s> {
             }
             let mut r = RepackReport::default();
             // Just written and about to be read: through the page cache.
-            self.rewrite_packs(&group, &all_packs, compression, false, &mut r, p)?;
+            self.rewrite_packs(&group, &all_packs, compression, false, &mut r, p)?
+                .wait()?;
             report.packs_merged += r.packs_rewritten;
             report.objects_merged += r.objects_moved;
         }
@@ -898,7 +938,7 @@ impl<'s> Maintenance<'s> {
         if candidates.is_empty() {
             return Ok(report);
         }
-        self.rewrite_packs(
+        let unlinking = self.rewrite_packs(
             &candidates,
             &all_packs,
             opts.compression,
@@ -907,7 +947,9 @@ impl<'s> Maintenance<'s> {
             p,
         )?;
         let mut index = self.index();
-        index.checkpoint_and_vacuum(false)?;
+        let checkpointed = index.checkpoint_and_vacuum(false);
+        unlinking.wait()?;
+        checkpointed?;
         for r in index.packs()? {
             report.bytes_after += fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id));
         }
@@ -924,7 +966,7 @@ impl<'s> Maintenance<'s> {
         bypass_page_cache: bool,
         report: &mut RepackReport,
         p: &dyn Progress,
-    ) -> Result<()> {
+    ) -> Result<Unlinking> {
         let store = self.store;
         // Unlinks of packs by an earlier repack become durable now, before tombstones are
         // dropped because those packs are gone: a pack a crash brought back after that would
@@ -1076,13 +1118,22 @@ impl<'s> Maintenance<'s> {
                     }
                     Ok(())
                 })?;
-                for (id, path, _) in rewritten.drain(..) {
-                    store.forget_pack_handle(id);
-                    fs::remove_file(&path).at("remove old pack", &path)?;
-                    report.packs_rewritten += 1;
-                    p.advance(1);
-                }
+                let paths: Vec<PathBuf> = rewritten
+                    .drain(..)
+                    .map(|(id, path, _)| {
+                        store.forget_pack_handle(id);
+                        path
+                    })
+                    .collect();
+                report.packs_rewritten += paths.len() as u64;
+                p.advance(paths.len() as u64);
                 rewritten_bytes = 0;
+                if n + 1 == candidates.len() {
+                    // The caller checkpoints the index meanwhile: freeing the extents of the
+                    // old packs takes the file system as long as writing a tenth of them.
+                    return Unlinking::spawn(paths);
+                }
+                remove_old_packs(&paths)?;
             }
             // No fsync of packs/ for the unlinks here (the next repack makes them durable
             // before it relies on them, see above). Until then, an old pack that a crash brings
@@ -1091,7 +1142,7 @@ impl<'s> Maintenance<'s> {
             // forced waits for the discard of the freed blocks on file systems mounted
             // `-o discard` (it took 20–40 ms after a 158 MB pack here); left to a later commit,
             // part of that wait leaves the repack (3–8 % of repack --all in interleaved runs).
-            Ok(())
+            Ok(Unlinking(None))
         });
         p.finish();
         result
