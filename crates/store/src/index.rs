@@ -833,6 +833,26 @@ impl Index {
         Ok(by_pack.remove(&pack).unwrap_or_default())
     }
 
+    /// Rows per pack, dead ones included, from one pass over the rows.
+    pub(crate) fn rows_per_pack(&mut self) -> Result<std::collections::HashMap<u64, u64>> {
+        self.begin_snapshot()?;
+        let counted = (|| {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT pack FROM objects")
+                .map_err(|e| self.err(e))?;
+            let mut rows = st.query([]).map_err(|e| self.err(e))?;
+            let mut counts = std::collections::HashMap::new();
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let pack = nonneg(r.get(0).map_err(|e| self.err(e))?, "pack", &self.path)?;
+                *counts.entry(pack).or_insert(0u64) += 1;
+            }
+            Ok(counts)
+        })();
+        self.end_snapshot()?;
+        counted
+    }
+
     /// [`Index::rows_in_pack_and_dead`] of several packs, from one pass over the rows: with no
     /// index by pack, finding one pack's rows reads every row, so a repack asks once for all
     /// the packs of one commit instead of once per pack. Every pack asked for is in the map.

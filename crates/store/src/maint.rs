@@ -50,6 +50,9 @@ const PARALLEL_CHUNK_OBJECTS: usize = 512;
 const REPACK_COMMIT_BYTES: u64 = 512 << 20;
 /// Largest read repack makes to fetch a run of live records.
 const REPACK_SPAN_BYTES: u64 = 8 << 20;
+/// Index rows one pass of a repack gathers at most beyond those of its next commit: ~70 MB in
+/// memory (see `scan_len`).
+const REPACK_SCAN_ROWS_MAX: u64 = 1_000_000;
 /// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
 const IN_MEMORY_OBJECT_BYTES_MAX: u64 = 16 << 20;
 
@@ -276,6 +279,11 @@ pub struct RepackOptions {
     /// most 64 MiB, so a store imported in many larger batches keeps one file per batch; this
     /// bounds that count. `None`: no such merge.
     pub small_pack_bytes_max: Option<u64>,
+    /// Bytes of old packs rewritten between two index commits; `None`: 512 MiB. Each commit
+    /// makes the moved records durable where they now are and removes the old packs it covers,
+    /// so this also bounds the extra disk a repack holds at once; a commit rewrites most index
+    /// pages when keys are random.
+    pub commit_bytes: Option<u64>,
 }
 
 impl Default for RepackOptions {
@@ -286,6 +294,7 @@ impl Default for RepackOptions {
             compression: None,
             bypass_page_cache: true,
             small_pack_bytes_max: None,
+            commit_bytes: None,
         }
     }
 }
@@ -584,8 +593,13 @@ impl<'s> Maintenance<'s> {
                 continue;
             }
             let mut r = RepackReport::default();
-            // Just written and about to be read: through the page cache.
-            self.rewrite_packs(&group, &all_packs, compression, false, &mut r, p)?
+            let how = Rewrite {
+                compression,
+                // Just written and about to be read: through the page cache.
+                bypass_page_cache: false,
+                commit_bytes: REPACK_COMMIT_BYTES,
+            };
+            self.rewrite_packs(&group, &all_packs, &how, &mut r, p)?
                 .wait()?;
             report.packs_merged += r.packs_rewritten;
             report.objects_merged += r.objects_moved;
@@ -886,14 +900,12 @@ impl<'s> Maintenance<'s> {
         if candidates.is_empty() {
             return Ok(report);
         }
-        let unlinking = self.rewrite_packs(
-            &candidates,
-            &all_packs,
-            opts.compression,
-            opts.bypass_page_cache,
-            &mut report,
-            p,
-        )?;
+        let how = Rewrite {
+            compression: opts.compression,
+            bypass_page_cache: opts.bypass_page_cache,
+            commit_bytes: opts.commit_bytes.unwrap_or(REPACK_COMMIT_BYTES).max(1),
+        };
+        let unlinking = self.rewrite_packs(&candidates, &all_packs, &how, &mut report, p)?;
         let mut index = self.index();
         let checkpointed = index.checkpoint_and_vacuum(false);
         unlinking.wait()?;
@@ -910,12 +922,16 @@ impl<'s> Maintenance<'s> {
         &self,
         candidates: &[PackRow],
         all_packs: &[PackRow],
-        compression: Option<Compression>,
-        bypass_page_cache: bool,
+        how: &Rewrite,
         report: &mut RepackReport,
         p: &dyn Progress,
     ) -> Result<Unlinking> {
         let store = self.store;
+        let Rewrite {
+            compression,
+            bypass_page_cache,
+            commit_bytes,
+        } = *how;
         // Unlinks of packs by an earlier repack become durable now, before tombstones are
         // dropped because those packs are gone: a pack a crash brought back after that would
         // hold records no tombstone kills any more (deleted objects, alive again). Usually a
@@ -944,15 +960,35 @@ impl<'s> Maintenance<'s> {
                 .iter()
                 .map(|r| fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id)))
                 .collect();
-            // The rows of every pack of the coming commit, from one pass over the index.
+            // Rows per pack, when the packs take more than one commit: then one pass over the
+            // index can gather the rows of several commits (see `scan_len`).
+            let rows_per_pack = if commit_group_len(&sizes, 0, commit_bytes) < sizes.len() {
+                Some(index.rows_per_pack()?)
+            } else {
+                None
+            };
+            // The rows of every pack of the coming commits, from one pass over the index.
             let mut scanned: HashMap<u64, crate::index::PackRows> = HashMap::new();
             for (n, row) in candidates.iter().enumerate() {
                 let path = pack::pack_path(store.path(), row.id);
                 let old_bytes = sizes[n];
                 report.bytes_before += old_bytes;
                 if !scanned.contains_key(&row.id) {
-                    let group = commit_group_len(&sizes[n..], rewritten_bytes);
-                    let ids: Vec<u64> = candidates[n..n + group].iter().map(|r| r.id).collect();
+                    let rows: Vec<u64> = match &rows_per_pack {
+                        Some(counts) => candidates[n..]
+                            .iter()
+                            .map(|r| counts.get(&r.id).copied().unwrap_or(0))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let len = scan_len(
+                        &sizes[n..],
+                        &rows,
+                        rewritten_bytes,
+                        commit_bytes,
+                        REPACK_SCAN_ROWS_MAX,
+                    );
+                    let ids: Vec<u64> = candidates[n..n + len].iter().map(|r| r.id).collect();
                     scanned = index.rows_in_packs_and_dead(&ids)?;
                 }
                 let file = File::open(&path).at("open pack", &path)?;
@@ -961,7 +997,11 @@ impl<'s> Maintenance<'s> {
                 // `for_each_span_read_ahead`). A read of it meanwhile opens it again.
                 store.forget_pack_handle(row.id);
                 // Rows of deleted keys (gone, not yet folded) stay behind and go with the pack.
-                let (live, dead) = scanned.remove(&row.id).unwrap_or_default();
+                // Every pack asked for is in the map: a pack missing here would lose its rows
+                // with its file, so it is an error, never an empty pack.
+                let (live, dead) = scanned.remove(&row.id).ok_or_else(|| {
+                    Error::InvalidArgument(format!("repack: rows of pack {} not read", row.id))
+                })?;
                 let (huge, rows): (Vec<_>, Vec<_>) = live
                     .into_iter()
                     .partition(|(_, r)| r.stored_len > IN_MEMORY_OBJECT_BYTES_MAX);
@@ -1056,7 +1096,7 @@ impl<'s> Maintenance<'s> {
                 // Keys are random, so every commit rewrites most index pages: small packs share
                 // one (see `commit_group_len`). The old packs stay readable until it, and go
                 // right after it.
-                if rewritten_bytes < REPACK_COMMIT_BYTES && n + 1 < candidates.len() {
+                if rewritten_bytes < commit_bytes && n + 1 < candidates.len() {
                     continue;
                 }
                 app.commit(index, &mut |tx| {
@@ -1802,6 +1842,16 @@ fn prepare_small(
         .collect()
 }
 
+/// How `rewrite_packs` writes the records it moves.
+struct Rewrite {
+    /// Recompress them (`None`: each record as it is stored).
+    compression: Option<Compression>,
+    /// Around the page cache (see [`RepackOptions::bypass_page_cache`]).
+    bypass_page_cache: bool,
+    /// Bytes of old packs per index commit.
+    commit_bytes: u64,
+}
+
 /// Old pack files being unlinked on a thread of their own after the commit that moved their
 /// records, while the caller goes on: [`Unlinking::wait`] returns once they are gone.
 struct Unlinking(Option<std::thread::JoinHandle<Result<()>>>);
@@ -1842,17 +1892,48 @@ fn remove_old_packs(paths: &[PathBuf]) -> Result<()> {
 }
 
 /// How many of the packs of `sizes` (file bytes, in repack order) go into the commit that
-/// already holds `committing_bytes`: packs are added until the commit reaches
-/// [`REPACK_COMMIT_BYTES`], the pack that reaches it included, as `rewrite_packs` commits.
-fn commit_group_len(sizes: &[u64], committing_bytes: u64) -> usize {
+/// already holds `committing_bytes`: packs are added until the commit reaches `commit_bytes`,
+/// the pack that reaches it included, as `rewrite_packs` commits.
+fn commit_group_len(sizes: &[u64], committing_bytes: u64, commit_bytes: u64) -> usize {
     let mut bytes = committing_bytes;
     for (n, size) in sizes.iter().enumerate() {
         bytes += size;
-        if bytes >= REPACK_COMMIT_BYTES {
+        if bytes >= commit_bytes {
             return n + 1;
         }
     }
     sizes.len()
+}
+
+/// How many of the packs of `sizes` one pass over the index gathers the rows of: the packs of
+/// the coming commit (which holds `committing_bytes` already), and those of the commits after
+/// it as long as their rows (`rows`, per pack; empty: unknown) stay within `rows_max`.
+///
+/// The index has no index by pack, so every pass reads every row: one pass per commit would
+/// read a store of many large packs over and over. The rows gathered wait in memory, as the
+/// rows of one pack always did.
+fn scan_len(
+    sizes: &[u64],
+    rows: &[u64],
+    committing_bytes: u64,
+    commit_bytes: u64,
+    rows_max: u64,
+) -> usize {
+    let mut len = commit_group_len(sizes, committing_bytes, commit_bytes);
+    if rows.len() != sizes.len() {
+        return len;
+    }
+    let mut gathered: u64 = rows[..len].iter().sum();
+    while len < sizes.len() {
+        let next = commit_group_len(&sizes[len..], 0, commit_bytes);
+        let more: u64 = rows[len..len + next].iter().sum();
+        if gathered + more > rows_max {
+            break;
+        }
+        gathered += more;
+        len += next;
+    }
+    len
 }
 
 #[cfg(test)]
@@ -1861,12 +1942,38 @@ mod tests {
 
     #[test]
     fn commit_groups_end_with_the_pack_that_reaches_the_commit_size() {
-        let half = REPACK_COMMIT_BYTES / 2;
-        assert_eq!(commit_group_len(&[], 0), 0);
-        assert_eq!(commit_group_len(&[1, 2, 3], 0), 3);
-        assert_eq!(commit_group_len(&[half, half, half], 0), 2);
-        assert_eq!(commit_group_len(&[half, half, half], half), 1);
-        assert_eq!(commit_group_len(&[REPACK_COMMIT_BYTES * 3, 1], 0), 1);
-        assert_eq!(commit_group_len(&[half - 1, half, 7, 7], 0), 3);
+        let c = REPACK_COMMIT_BYTES;
+        let half = c / 2;
+        assert_eq!(commit_group_len(&[], 0, c), 0);
+        assert_eq!(commit_group_len(&[1, 2, 3], 0, c), 3);
+        assert_eq!(commit_group_len(&[half, half, half], 0, c), 2);
+        assert_eq!(commit_group_len(&[half, half, half], half, c), 1);
+        assert_eq!(commit_group_len(&[c * 3, 1], 0, c), 1);
+        assert_eq!(commit_group_len(&[half - 1, half, 7, 7], 0, c), 3);
+        assert_eq!(commit_group_len(&[5, 5, 5], 0, 10), 2);
+    }
+
+    #[test]
+    fn a_scan_takes_whole_commits_while_their_rows_fit() {
+        // Commits of 10 bytes: packs of 10 bytes each make a commit of their own.
+        let sizes = [10, 10, 10, 10];
+        // Rows unknown (one commit in all): the next commit only.
+        assert_eq!(scan_len(&sizes, &[], 0, 10, 100), 1);
+        // The next commit always, whatever its rows; then more while the rows fit.
+        assert_eq!(scan_len(&sizes, &[500, 1, 1, 1], 0, 10, 100), 1);
+        assert_eq!(scan_len(&sizes, &[40, 40, 40, 40], 0, 10, 100), 2);
+        assert_eq!(scan_len(&sizes, &[40, 30, 30, 41], 0, 10, 100), 3);
+        assert_eq!(scan_len(&sizes, &[1, 1, 1, 1], 0, 10, 100), 4);
+        // Commits of two packs are taken whole or not at all.
+        assert_eq!(
+            scan_len(&[5, 5, 5, 5, 5], &[30, 30, 30, 30, 30], 0, 10, 100),
+            2
+        );
+        assert_eq!(
+            scan_len(&[5, 5, 5, 5, 5], &[30, 20, 25, 25, 30], 0, 10, 100),
+            4
+        );
+        // A commit already under way ends sooner.
+        assert_eq!(scan_len(&[5, 5, 5], &[1, 1, 1], 5, 10, 0), 1);
     }
 }

@@ -1527,3 +1527,58 @@ fn repack_merges_small_sealed_packs_into_one() {
         assert_eq!(&store.get(k).expect("after rebuild"), c, "{k}");
     }
 }
+
+/// A repack of many packs in small commits: one pass over the index gathers the rows of several
+/// commits, and each commit removes the old packs it covers. Every object reads back the same,
+/// deleted ones stay deleted, and the index rebuilds from the packs alone.
+#[test]
+fn repack_in_small_commits_keeps_every_object_and_every_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let objects: Vec<(Key, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let c = content(7000 + i, 100 + (i as usize * 53) % 3000);
+            (store.put(&c).expect("put"), c)
+        })
+        .collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
+        .expect("pack");
+    let doomed: Vec<Key> = objects.iter().step_by(4).map(|(k, _)| *k).collect();
+    assert_eq!(m.delete(&doomed).expect("delete").len(), doomed.len());
+    let before = store.stats().expect("stats");
+    let commit_bytes = 100 << 10;
+    assert!(
+        before.pack_file_bytes > 3 * commit_bytes && before.pack_files > 6,
+        "the repack must take several commits: {before:?}"
+    );
+    let report = m
+        .repack(
+            &RepackOptions {
+                all: true,
+                commit_bytes: Some(commit_bytes),
+                ..RepackOptions::default()
+            },
+            &NoProgress,
+        )
+        .expect("repack");
+    assert_eq!(report.packs_rewritten, before.pack_files, "{report:?}");
+    assert_eq!(report.objects_moved, 225, "{report:?}");
+    let check = |store: &Store, when: &str| {
+        for (i, (k, c)) in objects.iter().enumerate() {
+            if i % 4 == 0 {
+                assert!(
+                    store.get(k).expect_err("deleted").is_not_found(),
+                    "{when}: deleted object {i} came back"
+                );
+            } else {
+                assert_eq!(&store.get(k).expect("kept"), c, "{when}: object {i}");
+            }
+        }
+    };
+    check(&store, "after repack");
+    assert!(m.validate(&NoProgress).expect("validate").is_ok());
+    m.rebuild_index(&NoProgress).expect("rebuild");
+    check(&store, "after rebuild");
+    assert!(m.validate(&NoProgress).expect("validate").is_ok());
+}

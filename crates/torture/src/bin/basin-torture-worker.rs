@@ -646,6 +646,10 @@ fn random_repack_options(rng: &mut StdRng) -> RepackOptions {
                 .choose(rng)
                 .expect("non-empty")
         }),
+        // Small commits: a repack of several commits, killed between them.
+        commit_bytes: rng
+            .random_bool(0.3)
+            .then(|| *[16 << 10, 256 << 10].choose(rng).expect("non-empty")),
     }
 }
 

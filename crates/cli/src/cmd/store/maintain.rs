@@ -119,6 +119,7 @@ pub fn repack(args: RepackArgs, global: &Global) -> anyhow::Result<ExitCode> {
         compression: args.compression,
         bypass_page_cache: !args.through_page_cache,
         small_pack_bytes_max: args.merge_below,
+        commit_bytes: None,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
