@@ -903,7 +903,7 @@ impl<'s> Maintenance<'s> {
         let how = Rewrite {
             compression: opts.compression,
             bypass_page_cache: opts.bypass_page_cache,
-            commit_bytes: opts.commit_bytes.unwrap_or(REPACK_COMMIT_BYTES).max(1),
+            commit_bytes: opts.commit_bytes.unwrap_or(REPACK_COMMIT_BYTES),
         };
         let unlinking = self.rewrite_packs(&candidates, &all_packs, &how, &mut report, p)?;
         let mut index = self.index();
@@ -960,12 +960,16 @@ impl<'s> Maintenance<'s> {
                 .iter()
                 .map(|r| fsutil::file_len_or_zero(&pack::pack_path(store.path(), r.id)))
                 .collect();
-            // Rows per pack, when the packs take more than one commit: then one pass over the
-            // index can gather the rows of several commits (see `scan_len`).
-            let rows_per_pack = if commit_group_len(&sizes, 0, commit_bytes) < sizes.len() {
-                Some(index.rows_per_pack()?)
+            // Rows of each candidate, when they take more than one commit: then one pass over
+            // the index can gather the rows of several commits (see `scan_len`). Empty: unknown.
+            let rows: Vec<u64> = if commit_group_len(&sizes, 0, commit_bytes) < sizes.len() {
+                let counts = index.rows_per_pack()?;
+                candidates
+                    .iter()
+                    .map(|r| counts.get(&r.id).copied().unwrap_or(0))
+                    .collect()
             } else {
-                None
+                Vec::new()
             };
             // The rows of every pack of the coming commits, from one pass over the index.
             let mut scanned: HashMap<u64, crate::index::PackRows> = HashMap::new();
@@ -974,16 +978,9 @@ impl<'s> Maintenance<'s> {
                 let old_bytes = sizes[n];
                 report.bytes_before += old_bytes;
                 if !scanned.contains_key(&row.id) {
-                    let rows: Vec<u64> = match &rows_per_pack {
-                        Some(counts) => candidates[n..]
-                            .iter()
-                            .map(|r| counts.get(&r.id).copied().unwrap_or(0))
-                            .collect(),
-                        None => Vec::new(),
-                    };
                     let len = scan_len(
                         &sizes[n..],
-                        &rows,
+                        rows.get(n..).unwrap_or_default(),
                         rewritten_bytes,
                         commit_bytes,
                         REPACK_SCAN_ROWS_MAX,

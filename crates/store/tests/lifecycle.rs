@@ -20,6 +20,22 @@ fn content(i: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Puts loose objects of `content(seed, len(i))` for `seed = first + i`, `i` in `0..count`;
+/// returns them with their keys, in order.
+fn put_loose(
+    store: &Store,
+    first: u64,
+    count: u64,
+    len: impl Fn(u64) -> usize,
+) -> Vec<(Key, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let c = content(first + i, len(i));
+            (store.put(&c).expect("put"), c)
+        })
+        .collect()
+}
+
 fn small_store(dir: &std::path::Path, compression: Compression) -> Store {
     let opts = InitOptions {
         pack_size_target_bytes: 64 << 10,
@@ -33,12 +49,7 @@ fn small_store(dir: &std::path::Path, compression: Compression) -> Store {
 fn deleted_objects_stay_deleted_across_rebuild_and_repack() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = small_store(dir.path(), Compression::None);
-    let objects: Vec<(Key, Vec<u8>)> = (0..200)
-        .map(|i| {
-            let c = content(i, 100 + (i as usize * 37) % 3000);
-            (store.put(&c).expect("put"), c)
-        })
-        .collect();
+    let objects = put_loose(&store, 0, 200, |i| 100 + (i as usize * 37) % 3000);
     let m = store.maintenance(LockWait::Fail).expect("lock");
     let report = m
         .pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
@@ -606,12 +617,7 @@ fn pack_and_clean_remove_empty_prefix_folders_and_puts_make_them_again() {
         256,
         "init makes every prefix folder"
     );
-    let objects: Vec<(Key, Vec<u8>)> = (0..50)
-        .map(|i| {
-            let c = content(i, 200 + i as usize);
-            (store.put(&c).expect("put"), c)
-        })
-        .collect();
+    let objects = put_loose(&store, 0, 50, |i| 200 + i as usize);
     let m = store.maintenance(LockWait::Fail).expect("lock");
     m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
         .expect("pack");
@@ -959,12 +965,7 @@ fn deleted_keys_wait_in_gone_for_maintenance_and_come_back_when_written_again() 
     let dir = tempfile::tempdir().expect("tempdir");
     // One pack: no merge of a retired pack folds gone rows before clean does.
     let store = Store::init(&dir.path().join("s"), &InitOptions::default()).expect("init");
-    let objects: Vec<(Key, Vec<u8>)> = (0..60)
-        .map(|i| {
-            let c = content(1000 + i, 200 + (i as usize * 53) % 2000);
-            (store.put(&c).expect("put"), c)
-        })
-        .collect();
+    let objects = put_loose(&store, 1000, 60, |i| 200 + (i as usize * 53) % 2000);
     let m = store.maintenance(LockWait::Fail).expect("lock");
     m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
         .expect("pack");
@@ -1535,12 +1536,7 @@ fn repack_merges_small_sealed_packs_into_one() {
 fn repack_in_small_commits_keeps_every_object_and_every_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = small_store(dir.path(), Compression::None);
-    let objects: Vec<(Key, Vec<u8>)> = (0..300)
-        .map(|i| {
-            let c = content(7000 + i, 100 + (i as usize * 53) % 3000);
-            (store.put(&c).expect("put"), c)
-        })
-        .collect();
+    let objects = put_loose(&store, 7000, 300, |i| 100 + (i as usize * 53) % 3000);
     let m = store.maintenance(LockWait::Fail).expect("lock");
     m.pack_loose(&PackSelection::All, &PackOptions::default(), &NoProgress)
         .expect("pack");
