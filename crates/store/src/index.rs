@@ -1033,10 +1033,21 @@ impl Index {
             }
         }
         if !vacuum {
-            // Never wait on readers here: a steady reader would stall maintenance.
+            // Never wait on readers here: a steady reader would stall maintenance. With none
+            // in the way, the WAL file is cut too (TRUNCATE does what PASSIVE does, and reports
+            // readers in the way as busy instead of failing).
             self.conn
-                .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                .busy_timeout(Duration::ZERO)
                 .map_err(|e| self.err(e))?;
+            let truncated = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            self.conn
+                .busy_timeout(Duration::from_secs(60))
+                .map_err(|e| self.err(e))?;
+            if truncated.is_err() {
+                self.conn
+                    .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                    .map_err(|e| self.err(e))?;
+            }
             return Ok(done);
         }
         // Compaction also gives the WAL file back, waiting a moment for readers at most.

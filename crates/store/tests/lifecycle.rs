@@ -1578,3 +1578,53 @@ fn repack_in_small_commits_keeps_every_object_and_every_delete() {
     check(&store, "after rebuild");
     assert!(m.validate(&NoProgress).expect("validate").is_ok());
 }
+
+/// A repack rewrites most index pages, so it gives the WAL file back at its checkpoint, but
+/// never waits for a reader to do so: with one holding an old snapshot, the file stays.
+#[test]
+fn repack_cuts_the_wal_file_unless_a_reader_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = small_store(dir.path(), Compression::None);
+    let wal = store
+        .path()
+        .join(format!("{}-wal", basin_store::INDEX_FILE));
+    let wal_bytes = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let mut sources = (0..3000u64).map(|i| Ok(Source::Bytes(content(i, 100))));
+    let keys = m
+        .write_packed(&mut sources, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    let all = RepackOptions {
+        all: true,
+        ..RepackOptions::default()
+    };
+
+    // A reader in the middle of a read transaction, begun before the repack's commit.
+    let reader = open_index(store.path());
+    reader.execute_batch("BEGIN").expect("begin");
+    let rows: i64 = reader
+        .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 3000);
+    m.repack(&all, &NoProgress).expect("repack beside a reader");
+    assert!(wal_bytes() > 0, "the WAL was cut under a reader");
+    reader.execute_batch("COMMIT").expect("end the read");
+    drop(reader);
+
+    m.repack(&all, &NoProgress).expect("repack");
+    assert_eq!(wal_bytes(), 0, "a repack with no reader left its WAL file");
+    drop(m);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            store.get(k).expect("get"),
+            content(i as u64, 100),
+            "object {i}"
+        );
+    }
+    let v = store
+        .maintenance(LockWait::Fail)
+        .expect("lock")
+        .validate(&NoProgress)
+        .expect("validate");
+    assert!(v.is_ok(), "{:?}", v.problems);
+}
