@@ -132,6 +132,11 @@ pub(crate) struct Index {
     /// Whether any key was gone when the snapshot began: while none was, lookups in it skip
     /// the probe of `gone` (a tenth of a single read).
     snapshot_gone: bool,
+    /// The staged write transaction open on this connection, if any (see [`Index::stage`]):
+    /// the number it was begun with.
+    staged: Option<u64>,
+    /// Staged transactions begun so far on this connection: tells one from the next.
+    stages_begun: u64,
 }
 
 /// Device and inode of the file at `path`, if there is one.
@@ -374,6 +379,8 @@ impl Index {
             file_id,
             snapshot_since: None,
             snapshot_gone: true,
+            staged: None,
+            stages_begun: 0,
         };
         idx.setup(container_id).map_err(|e| match e {
             Error::Index { path, cause } if is_corruption(&cause) => Error::IndexCorrupt {
@@ -505,6 +512,7 @@ impl Index {
     /// [`Index::get_recent`] use it until it ages out.
     pub(crate) fn begin_snapshot(&mut self) -> Result<()> {
         self.end_snapshot()?;
+        self.drop_staged();
         self.conn.execute_batch("BEGIN").map_err(|e| self.err(e))?;
         self.snapshot_since = Some(Instant::now());
         // The read transaction starts here, so this holds for every read in it.
@@ -958,6 +966,7 @@ impl Index {
 
     pub(crate) fn begin(&mut self) -> Result<IndexTx<'_>> {
         self.end_snapshot()?;
+        self.drop_staged();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -966,15 +975,83 @@ impl Index {
                 cause: e,
             })?;
         Ok(IndexTx {
-            tx,
+            tx: TxHandle::Owned(tx),
             path: self.path.clone(),
         })
+    }
+
+    /// Writes `rows` (see [`IndexTx::write_rows`]) into this connection's staged transaction,
+    /// begun here if none is open, and leaves it open: the rows are neither visible to others
+    /// nor durable until [`Index::continue_staged`] commits them. Lets a caller do the index
+    /// work of a commit while it still waits on other work (a repack, on its writes), holding
+    /// the index's write lock meanwhile. Anything else that needs a transaction of its own on
+    /// this connection ([`Index::begin`], a read snapshot, a checkpoint) rolls the staged
+    /// one back first: its caller learns so from [`Index::staged`], and writes the rows again.
+    /// Returns the number of the staged transaction.
+    pub(crate) fn stage(&mut self, how: RowWrite, rows: &[(Key, IndexRow)]) -> Result<u64> {
+        self.end_snapshot()?;
+        let stage = match self.staged {
+            Some(n) => n,
+            None => {
+                self.conn
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .map_err(|e| self.err(e))?;
+                self.stages_begun += 1;
+                self.staged = Some(self.stages_begun);
+                self.stages_begun
+            }
+        };
+        let path = self.path.clone();
+        let tx = IndexTx {
+            tx: TxHandle::Staged(StagedTx {
+                conn: &self.conn,
+                staged: &mut self.staged,
+                kept: false,
+            }),
+            path,
+        };
+        // On an error the transaction is dropped here, which rolls it back.
+        tx.write_rows(how, rows)?;
+        if let TxHandle::Staged(mut staged) = tx.tx {
+            staged.kept = true;
+        }
+        Ok(stage)
+    }
+
+    /// The number of the staged transaction open on this connection, if one is.
+    pub(crate) fn staged(&self) -> Option<u64> {
+        self.staged
+    }
+
+    /// The staged transaction as an [`IndexTx`], to add to and commit; a new one if none is
+    /// open (see [`Index::stage`]).
+    pub(crate) fn continue_staged(&mut self) -> Result<IndexTx<'_>> {
+        if self.staged.is_none() {
+            return self.begin();
+        }
+        let path = self.path.clone();
+        Ok(IndexTx {
+            tx: TxHandle::Staged(StagedTx {
+                conn: &self.conn,
+                staged: &mut self.staged,
+                kept: false,
+            }),
+            path,
+        })
+    }
+
+    /// Rolls the staged transaction back, if one is open.
+    pub(crate) fn drop_staged(&mut self) {
+        if self.staged.take().is_some() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 
     /// Copies the WAL into the file; with `vacuum`, also gives free pages back to the file
     /// system, and rewrites the file when its pages are sparse.
     pub(crate) fn checkpoint_and_vacuum(&mut self, vacuum: bool) -> Result<Compaction> {
         self.end_snapshot()?;
+        self.drop_staged();
         let mut done = Compaction::default();
         if vacuum {
             let (free, total, page_bytes, auto_vacuum): (i64, i64, i64, i64) = self
@@ -1098,8 +1175,41 @@ impl Index {
 
 /// One index transaction; dropped without `commit` it rolls back.
 pub(crate) struct IndexTx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: TxHandle<'a>,
     path: PathBuf,
+}
+
+/// A transaction begun for one [`IndexTx`], or the connection's staged one (see
+/// [`Index::stage`]).
+enum TxHandle<'a> {
+    Owned(rusqlite::Transaction<'a>),
+    Staged(StagedTx<'a>),
+}
+
+impl std::ops::Deref for TxHandle<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            TxHandle::Owned(tx) => tx,
+            TxHandle::Staged(s) => s.conn,
+        }
+    }
+}
+
+/// The staged transaction in use: rolled back when dropped, unless kept open or committed.
+struct StagedTx<'a> {
+    conn: &'a Connection,
+    staged: &'a mut Option<u64>,
+    kept: bool,
+}
+
+impl Drop for StagedTx<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            *self.staged = None;
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 impl IndexTx<'_> {
@@ -1359,8 +1469,105 @@ impl IndexTx<'_> {
 
     pub(crate) fn commit(self) -> Result<()> {
         let path = self.path;
-        self.tx
-            .commit()
-            .map_err(|e| Error::Index { path, cause: e })
+        match self.tx {
+            TxHandle::Owned(tx) => tx.commit(),
+            TxHandle::Staged(mut staged) => staged.conn.execute_batch("COMMIT").map(|()| {
+                // Ended: nothing to roll back.
+                staged.kept = true;
+                *staged.staged = None;
+            }),
+        }
+        .map_err(|e| Error::Index { path, cause: e })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(first: u8, n: u8, pack: u64) -> Vec<(Key, IndexRow)> {
+        (first..first + n)
+            .map(|i| {
+                let row = IndexRow {
+                    pack,
+                    offset: 48 + u64::from(i) * 100,
+                    raw_len: 10,
+                    stored_len: 10,
+                    flags: 0,
+                };
+                (Key::from_bytes([i; KEY_BYTES]), row)
+            })
+            .collect()
+    }
+
+    /// What another connection sees: the rows committed, and nothing staged.
+    fn committed_rows(dir: &Path) -> i64 {
+        Connection::open(dir.join(INDEX_FILE))
+            .expect("open")
+            .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn staged_rows_commit_with_the_staged_transaction_and_go_when_another_begins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = Index::open(dir.path(), "store").expect("open");
+        let first = index
+            .stage(RowWrite::Replace, &rows(0, 10, 1))
+            .expect("stage");
+        assert_eq!(
+            index
+                .stage(RowWrite::Replace, &rows(10, 5, 1))
+                .expect("stage"),
+            first,
+            "a second batch began another staged transaction"
+        );
+        assert_eq!(index.staged(), Some(first));
+        assert_eq!(
+            committed_rows(dir.path()),
+            0,
+            "staged rows seen before the commit"
+        );
+        let tx = index.continue_staged().expect("continue");
+        tx.write_rows(RowWrite::Replace, &rows(15, 1, 1))
+            .expect("write");
+        tx.commit().expect("commit");
+        assert_eq!(index.staged(), None);
+        assert_eq!(committed_rows(dir.path()), 16);
+
+        // Staged rows moved to pack 2; a transaction of its own (a new pack's row, say) rolls
+        // them back, and the next staging is another transaction.
+        let second = index
+            .stage(RowWrite::Replace, &rows(0, 16, 2))
+            .expect("stage");
+        assert_ne!(second, first);
+        index.begin().expect("begin").commit().expect("commit");
+        assert_eq!(
+            index.staged(),
+            None,
+            "begin left the staged transaction open"
+        );
+        let row = index.get(&Key::from_bytes([3; KEY_BYTES])).expect("get");
+        assert_eq!(row.map(|r| r.pack), Some(1), "rolled-back move is visible");
+        let third = index
+            .stage(RowWrite::Replace, &rows(0, 1, 2))
+            .expect("stage");
+        assert_ne!(third, second);
+        // A read snapshot rolls it back too, and so does the end of a maintenance session.
+        index
+            .get_recent(&Key::from_bytes([0; KEY_BYTES]))
+            .expect("read");
+        assert_eq!(
+            index.staged(),
+            None,
+            "a read snapshot began inside the staged writes"
+        );
+        index
+            .stage(RowWrite::Replace, &rows(0, 1, 2))
+            .expect("stage");
+        index.drop_staged();
+        assert!(index.reusable(), "a rolled-back connection is not reusable");
+        let row = index.get(&Key::from_bytes([0; KEY_BYTES])).expect("get");
+        assert_eq!(row.map(|r| r.pack), Some(1));
     }
 }

@@ -53,6 +53,10 @@ const REPACK_SPAN_BYTES: u64 = 8 << 20;
 /// Index rows one pass of a repack gathers at most beyond those of its next commit: ~70 MB in
 /// memory (see `scan_len`).
 const REPACK_SCAN_ROWS_MAX: u64 = 1_000_000;
+/// Rows a repack stages into the index at once, unless [`RepackOptions::stage_rows_min`] says
+/// otherwise (see `Appender::stage`): about a write span's worth of small objects, so the index
+/// work of a commit goes on while the spans after them are written.
+const REPACK_STAGE_ROWS_MIN: usize = 2048;
 /// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
 const IN_MEMORY_OBJECT_BYTES_MAX: u64 = 16 << 20;
 
@@ -79,6 +83,8 @@ impl Drop for Maintenance<'_> {
     fn drop(&mut self) {
         let slot = self.index.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(mut index) = slot.take() {
+            // A staged transaction (see `Index::stage`) would hold the index's write lock.
+            index.drop_staged();
             if index.reusable() {
                 *self
                     .store
@@ -284,6 +290,10 @@ pub struct RepackOptions {
     /// so this also bounds the extra disk a repack holds at once; a commit rewrites most index
     /// pages when keys are random.
     pub commit_bytes: Option<u64>,
+    /// Rows of moved records written into the index at a time while the copy goes on,
+    /// uncommitted until the commit (which then has only the rest to write); `None`: 2048. The
+    /// index is locked for other writers from the first of them to the commit.
+    pub stage_rows_min: Option<usize>,
 }
 
 impl Default for RepackOptions {
@@ -295,6 +305,7 @@ impl Default for RepackOptions {
             bypass_page_cache: true,
             small_pack_bytes_max: None,
             commit_bytes: None,
+            stage_rows_min: None,
         }
     }
 }
@@ -598,6 +609,7 @@ impl<'s> Maintenance<'s> {
                 // Just written and about to be read: through the page cache.
                 bypass_page_cache: false,
                 commit_bytes: REPACK_COMMIT_BYTES,
+                stage_rows_min: REPACK_STAGE_ROWS_MIN,
             };
             self.rewrite_packs(&group, &all_packs, &how, &mut r, p)?
                 .wait()?;
@@ -904,6 +916,7 @@ impl<'s> Maintenance<'s> {
             compression: opts.compression,
             bypass_page_cache: opts.bypass_page_cache,
             commit_bytes: opts.commit_bytes.unwrap_or(REPACK_COMMIT_BYTES),
+            stage_rows_min: opts.stage_rows_min.unwrap_or(REPACK_STAGE_ROWS_MIN),
         };
         let unlinking = self.rewrite_packs(&candidates, &all_packs, &how, &mut report, p)?;
         let mut index = self.index();
@@ -931,6 +944,7 @@ impl<'s> Maintenance<'s> {
             compression,
             bypass_page_cache,
             commit_bytes,
+            stage_rows_min,
         } = *how;
         // Unlinks of packs by an earlier repack become durable now, before tombstones are
         // dropped because those packs are gone: a pack a crash brought back after that would
@@ -1039,6 +1053,12 @@ impl<'s> Maintenance<'s> {
                             }
                             if !run.is_empty() {
                                 append(&run, run_at..run_end)?;
+                            }
+                            // The rows of the records moved so far go into the index while
+                            // their bytes are still being written (a repack here waits on the
+                            // device): the commit is left with the last few.
+                            if app.unstaged_rows() >= stage_rows_min {
+                                app.stage(index)?;
                             }
                             Ok(())
                         },
@@ -1847,6 +1867,8 @@ struct Rewrite {
     bypass_page_cache: bool,
     /// Bytes of old packs per index commit.
     commit_bytes: u64,
+    /// Rows moved between two stagings (see [`RepackOptions::stage_rows_min`]).
+    stage_rows_min: usize,
 }
 
 /// Old pack files being unlinked on a thread of their own after the commit that moved their

@@ -427,6 +427,12 @@ pub(crate) struct Appender<'a> {
     /// wins, because a write batch may have committed the same key meanwhile and its record
     /// must stay the one live copy.
     moves: bool,
+    /// The index's staged transaction this appender wrote rows into (see
+    /// [`Appender::stage`]), and the range of `pending_rows` it holds.
+    staged: Option<(u64, std::ops::Range<usize>)>,
+    /// Where in `pending_rows` the next staging starts: rows of a staged transaction that was
+    /// rolled back are left to the commit, not staged again.
+    stage_next: usize,
 }
 
 /// Size of each write buffer. Three are in use at once (one filling, two with the write-behind
@@ -455,6 +461,8 @@ impl<'a> Appender<'a> {
             full: Vec::new(),
             behind: fsutil::WriteBehind::new(WRITE_BUFFER_BYTES),
             moves: false,
+            staged: None,
+            stage_next: 0,
         }
     }
 
@@ -472,6 +480,52 @@ impl<'a> Appender<'a> {
     /// Number of records waiting for the next commit.
     pub(crate) fn pending(&self) -> usize {
         self.pending_rows.len() + self.pending_tombstones.len()
+    }
+
+    /// The range of `pending_rows` the index's staged transaction holds: none when it holds
+    /// none of this appender's (another transaction on the connection rolled it back).
+    fn staged_rows(&self, index: &Index) -> Option<std::ops::Range<usize>> {
+        match (&self.staged, index.staged()) {
+            (Some((ours, rows)), Some(open)) if *ours == open => Some(rows.clone()),
+            _ => None,
+        }
+    }
+
+    /// Rows appended since the last staging (see [`Appender::stage`]).
+    pub(crate) fn unstaged_rows(&self) -> usize {
+        self.pending_rows.len() - self.stage_next
+    }
+
+    /// Writes the rows of records moved since the last call into the index's staged
+    /// transaction (see [`Index::stage`]): the next commit then has only the rest to write,
+    /// and still makes none of them durable before their bytes. For an appender that moves
+    /// records ([`Appender::set_moves`]), whose caller waits on its writes meanwhile; the
+    /// index stays locked for writers until that commit.
+    pub(crate) fn stage(&mut self, index: &mut Index) -> Result<()> {
+        if !self.moves {
+            return Err(Error::InvalidArgument(
+                "only an appender that moves records stages its rows".into(),
+            ));
+        }
+        let start = match self.staged_rows(index) {
+            Some(rows) => rows.start,
+            None => {
+                // A staged transaction that is not this appender's holds nothing it can use.
+                index.drop_staged();
+                self.stage_next
+            }
+        };
+        let batch = &mut self.pending_rows[self.stage_next..];
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // In key order, as at the commit. A repack moves each key once, so the order in which
+        // batches reach the index decides nothing.
+        batch.sort_unstable_by_key(|(key, row)| (*key, row.position()));
+        let stage = index.stage(RowWrite::Replace, batch)?;
+        self.stage_next = self.pending_rows.len();
+        self.staged = Some((stage, start..self.stage_next));
+        Ok(())
     }
 
     fn ensure_open(&mut self, index: &mut Index) -> Result<()> {
@@ -958,8 +1012,13 @@ impl<'a> Appender<'a> {
         index: &mut Index,
         extra: &mut dyn FnMut(&crate::index::IndexTx<'_>) -> Result<()>,
     ) -> Result<()> {
-        let tx = index.begin()?;
-        self.commit_in(tx, extra)?;
+        let staged = self.staged_rows(index);
+        let tx = if staged.is_some() {
+            index.continue_staged()?
+        } else {
+            index.begin()?
+        };
+        self.commit_rows_in(tx, staged.unwrap_or(0..0), extra)?;
         self.seal_filled(index)
     }
 
@@ -970,6 +1029,19 @@ impl<'a> Appender<'a> {
         tx: crate::index::IndexTx<'_>,
         extra: &mut dyn FnMut(&crate::index::IndexTx<'_>) -> Result<()>,
     ) -> Result<()> {
+        self.commit_rows_in(tx, 0..0, extra)
+    }
+
+    /// [`Appender::commit_in`], where `tx` already holds the `staged` range of the pending
+    /// rows.
+    fn commit_rows_in(
+        &mut self,
+        tx: crate::index::IndexTx<'_>,
+        staged: std::ops::Range<usize>,
+        extra: &mut dyn FnMut(&crate::index::IndexTx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.staged = None;
+        self.stage_next = 0;
         for p in self.full.iter_mut().chain(self.open.iter_mut()) {
             Self::flush_buf(&mut self.behind, p)?;
         }
@@ -977,11 +1049,14 @@ impl<'a> Appender<'a> {
         // In key order, each B-tree page is visited once per commit instead of once per row.
         // Ties (the same key appended twice) keep append order, as a stable sort would: the
         // unstable sort moves less memory, which mattered at a million rows.
-        self.pending_rows
-            .sort_unstable_by_key(|(key, row)| (*key, row.position()));
+        let (before, rest) = self.pending_rows.split_at_mut(staged.start);
+        let after = &mut rest[staged.len()..];
+        for rows in [&mut *before, &mut *after] {
+            rows.sort_unstable_by_key(|(key, row)| (*key, row.position()));
+        }
         let packs: Vec<&OpenPack> = self.full.iter().chain(self.open.iter()).collect();
         let (pending_rows, pending_tombstones, moves) =
-            (&self.pending_rows, &self.pending_tombstones, self.moves);
+            ([&*before, &*after], &self.pending_tombstones, self.moves);
         // The rows go into the (uncommitted) transaction while the pack bytes are synced on
         // another thread; the commit waits for the sync, so no row is durable before its bytes.
         std::thread::scope(|scope| -> Result<()> {
@@ -998,7 +1073,9 @@ impl<'a> Appender<'a> {
                     } else {
                         RowWrite::New
                     };
-                    tx.write_rows(how, pending_rows)?;
+                    for rows in pending_rows.into_iter().filter(|r| !r.is_empty()) {
+                        tx.write_rows(how, rows)?;
+                    }
                     tx.put_tombstones(pending_tombstones)?;
                     for p in &packs {
                         tx.put_pack(&PackRow {
@@ -1057,6 +1134,8 @@ impl<'a> Appender<'a> {
 
     /// Drops uncommitted records (on error): truncates the open pack back to its committed end.
     pub(crate) fn abandon(mut self, index: &mut Index) {
+        // Rows staged for records about to be dropped.
+        index.drop_staged();
         // Writes still in flight would land past the truncation.
         let _ = self.behind.drain();
         let packs = index.packs().unwrap_or_default();

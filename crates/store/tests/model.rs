@@ -319,6 +319,8 @@ impl Run {
                     bypass_page_cache: *bypass_page_cache,
                     // Every pack the model makes is far below this.
                     small_pack_bytes_max: merge_small.then_some(1 << 20),
+                    // Staged after every few records: a pack filling up rolls them back.
+                    stage_rows_min: Some(3),
                     ..RepackOptions::default()
                 };
                 self.maint().repack(&opts, &NoProgress).expect("repack");

@@ -650,6 +650,11 @@ fn random_repack_options(rng: &mut StdRng) -> RepackOptions {
         commit_bytes: rng
             .random_bool(0.3)
             .then(|| *[16 << 10, 256 << 10].choose(rng).expect("non-empty")),
+        // Rows staged into the index after every few records: killed with a staged
+        // transaction open.
+        stage_rows_min: rng
+            .random_bool(0.5)
+            .then(|| *[1, 16].choose(rng).expect("non-empty")),
     }
 }
 

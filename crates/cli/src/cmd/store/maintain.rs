@@ -120,6 +120,7 @@ pub fn repack(args: RepackArgs, global: &Global) -> anyhow::Result<ExitCode> {
         bypass_page_cache: !args.through_page_cache,
         small_pack_bytes_max: args.merge_below,
         commit_bytes: None,
+        stage_rows_min: None,
     };
     let store = open_store(global)?;
     let maintenance = store.maintenance(args.lock.lock_wait())?;
