@@ -296,6 +296,16 @@ pub fn encode_record(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) {
 /// its header and payload slice. Verifies magic, both checksums and the lengths.
 pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError> {
     let header = RecordHeader::decode(b)?;
+    let payload = check_record_checksum(b, &header)?;
+    Ok((header, payload))
+}
+
+/// [`decode_record`] for a record whose header was decoded (and so checked) from these same
+/// bytes already: checks the lengths and the record checksum, and returns the payload.
+pub fn check_record_checksum<'b>(
+    b: &'b [u8],
+    header: &RecordHeader,
+) -> Result<&'b [u8], FormatError> {
     let total = header.record_len();
     if (b.len() as u64) < total {
         return Err(FormatError::Truncated {
@@ -309,7 +319,7 @@ pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8]), FormatError> {
     if sum.finalize() != u32_at(b, payload_end) {
         return Err(FormatError::RecordChecksum);
     }
-    Ok((header, &b[RECORD_HEADER_BYTES..payload_end]))
+    Ok(&b[RECORD_HEADER_BYTES..payload_end])
 }
 
 /// Position in the store's write order: records written later have larger positions, because
