@@ -1047,8 +1047,9 @@ impl Index {
         }
     }
 
-    /// Copies the WAL into the file; with `vacuum`, also gives free pages back to the file
-    /// system, and rewrites the file when its pages are sparse.
+    /// Copies the WAL into the file and cuts the WAL file (unless readers hold it); with
+    /// `vacuum`, also gives free pages back to the file system, and rewrites the file when its
+    /// pages are sparse.
     pub(crate) fn checkpoint_and_vacuum(&mut self, vacuum: bool) -> Result<Compaction> {
         self.end_snapshot()?;
         self.drop_staged();
@@ -1109,28 +1110,21 @@ impl Index {
                 };
             }
         }
-        if !vacuum {
-            // Never wait on readers here: a steady reader would stall maintenance. With none
-            // in the way, the WAL file is cut too (TRUNCATE does what PASSIVE does, and reports
-            // readers in the way as busy instead of failing).
-            self.conn
-                .busy_timeout(Duration::ZERO)
-                .map_err(|e| self.err(e))?;
-            let truncated = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-            self.conn
-                .busy_timeout(Duration::from_secs(60))
-                .map_err(|e| self.err(e))?;
-            if truncated.is_err() {
-                self.conn
-                    .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
-                    .map_err(|e| self.err(e))?;
-            }
-            return Ok(done);
-        }
-        // Compaction also gives the WAL file back, waiting a moment for readers at most.
-        self.conn
-            .busy_timeout(Duration::from_secs(1))
-            .map_err(|e| self.err(e))?;
+        // Never wait on readers without vacuum: a steady reader would stall maintenance.
+        // Compaction waits a moment for them at most.
+        self.checkpoint_truncate(if vacuum {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        })?;
+        Ok(done)
+    }
+
+    /// Copies the WAL into the file and cuts the WAL file to nothing, waiting at most `wait`
+    /// for readers in the way; with some still there, copies what it can (TRUNCATE does what
+    /// PASSIVE does, and reports readers in the way as busy instead of failing).
+    fn checkpoint_truncate(&mut self, wait: Duration) -> Result<()> {
+        self.conn.busy_timeout(wait).map_err(|e| self.err(e))?;
         let truncated = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
         self.conn
             .busy_timeout(Duration::from_secs(60))
@@ -1140,7 +1134,7 @@ impl Index {
                 .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
                 .map_err(|e| self.err(e))?;
         }
-        Ok(done)
+        Ok(())
     }
 
     /// `PRAGMA quick_check`: the first problems SQLite itself finds, empty when fine.

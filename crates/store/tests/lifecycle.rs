@@ -36,6 +36,15 @@ fn put_loose(
         .collect()
 }
 
+/// `repack --all` with every other option at its default.
+fn repack_all(m: &basin_store::Maintenance<'_>) -> basin_store::RepackReport {
+    let opts = RepackOptions {
+        all: true,
+        ..RepackOptions::default()
+    };
+    m.repack(&opts, &NoProgress).expect("repack --all")
+}
+
 fn small_store(dir: &std::path::Path, compression: Compression) -> Store {
     let opts = InitOptions {
         pack_size_target_bytes: 64 << 10,
@@ -275,15 +284,7 @@ fn objects_larger_than_memory_paths_go_through_pack_repack_validate_and_rebuild(
         assert_eq!((r.packed, r.corrupt.len()), (2, 0), "{r:?}");
         assert_eq!(store.get(&key).expect("get"), big);
         m.delete(&[corrupt_victim]).expect("delete");
-        let rp = m
-            .repack(
-                &RepackOptions {
-                    all: true,
-                    ..RepackOptions::default()
-                },
-                &NoProgress,
-            )
-            .expect("repack");
+        let rp = repack_all(&m);
         assert_eq!(rp.objects_moved, 1, "{rp:?}");
         let v = m.validate(&NoProgress).expect("validate");
         assert!(v.is_ok(), "{compression}: {:?}", v.problems);
@@ -1658,15 +1659,7 @@ fn repack_staging_rows_keeps_every_object_whether_or_not_a_pack_fills_up() {
             .expect("write_packed");
         let deleted: Vec<Key> = keys.iter().step_by(7).copied().collect();
         m.delete(&deleted).expect("delete");
-        let report = m
-            .repack(
-                &RepackOptions {
-                    all: true,
-                    ..RepackOptions::default()
-                },
-                &NoProgress,
-            )
-            .expect("repack");
+        let report = repack_all(&m);
         assert_eq!(
             report.objects_moved,
             (keys.len() - deleted.len()) as u64,
