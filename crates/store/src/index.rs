@@ -887,8 +887,12 @@ impl Index {
                 gone.insert(self.key_ref(r.get_ref(0).map_err(|e| self.err(e))?)?);
             }
         }
-        let mut by_pack: std::collections::HashMap<u64, PackRows> =
-            packs.iter().map(|&p| (p, PackRows::default())).collect();
+        // Found through a sorted list of the few pack ids rather than a hash map: hashing the
+        // pack of every row was most of what this loop did besides stepping SQLite.
+        let mut ids: Vec<u64> = packs.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut found: Vec<PackRows> = ids.iter().map(|_| PackRows::default()).collect();
         // One pack is a filter SQLite applies as it walks the rows; several are looked up here.
         let (sql, one) = match packs {
             [one] => (
@@ -908,7 +912,10 @@ impl Index {
         .map_err(|e| self.err(e))?;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let pack: i64 = r.get(1).map_err(|e| self.err(e))?;
-            let Some((out, dead)) = u64::try_from(pack).ok().and_then(|p| by_pack.get_mut(&p))
+            let Some((out, dead)) = u64::try_from(pack)
+                .ok()
+                .and_then(|p| ids.binary_search(&p).ok())
+                .and_then(|slot| found.get_mut(slot))
             else {
                 continue;
             };
@@ -926,10 +933,12 @@ impl Index {
             )?;
             out.push((key, row));
         }
-        for (out, _) in by_pack.values_mut() {
-            out.sort_by_key(|(_, r)| r.offset);
+        // A pack has one record per offset: the unstable sort orders them the same way, and
+        // moves less memory.
+        for (out, _) in &mut found {
+            out.sort_unstable_by_key(|(_, r)| r.offset);
         }
-        Ok(by_pack)
+        Ok(ids.into_iter().zip(found).collect())
     }
 
     pub(crate) fn tombstones(&mut self) -> Result<Vec<TombstoneRow>> {
