@@ -1010,21 +1010,25 @@ impl Index {
                 self.stages_begun
             }
         };
-        let path = self.path.clone();
-        let tx = IndexTx {
-            tx: TxHandle::Staged(StagedTx {
-                conn: &self.conn,
-                staged: &mut self.staged,
-                kept: false,
-            }),
-            path,
-        };
+        let tx = self.staged_tx();
         // On an error the transaction is dropped here, which rolls it back.
         tx.write_rows(how, rows)?;
         if let TxHandle::Staged(mut staged) = tx.tx {
             staged.kept = true;
         }
         Ok(stage)
+    }
+
+    /// The open staged transaction as an [`IndexTx`] (rolled back if dropped uncommitted).
+    fn staged_tx(&mut self) -> IndexTx<'_> {
+        IndexTx {
+            tx: TxHandle::Staged(StagedTx {
+                conn: &self.conn,
+                staged: &mut self.staged,
+                kept: false,
+            }),
+            path: self.path.clone(),
+        }
     }
 
     /// The number of the staged transaction open on this connection, if one is.
@@ -1038,15 +1042,7 @@ impl Index {
         if self.staged.is_none() {
             return self.begin();
         }
-        let path = self.path.clone();
-        Ok(IndexTx {
-            tx: TxHandle::Staged(StagedTx {
-                conn: &self.conn,
-                staged: &mut self.staged,
-                kept: false,
-            }),
-            path,
-        })
+        Ok(self.staged_tx())
     }
 
     /// Rolls the staged transaction back, if one is open.
