@@ -48,8 +48,9 @@ const WRITE_PACKED_CACHED_BYTES: u64 = 256 << 20;
 const PARALLEL_CHUNK_OBJECTS: usize = 512;
 /// Old packs of up to this many bytes in all are rewritten under one index commit.
 const REPACK_COMMIT_BYTES: u64 = 512 << 20;
-/// Largest read repack makes to fetch a run of live records.
-const REPACK_SPAN_BYTES: u64 = 8 << 20;
+/// Largest read repack makes to fetch a run of live records (see `pack::SPAN_BUFFERS` for why
+/// not larger).
+const REPACK_SPAN_BYTES: u64 = 1 << 20;
 /// Index rows one pass of a repack gathers at most beyond those of its next commit: ~70 MB in
 /// memory (see `scan_len`).
 const REPACK_SCAN_ROWS_MAX: u64 = 1_000_000;

@@ -730,7 +730,7 @@ fn repack_moves_runs_across_read_spans_and_stops_at_a_damaged_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::init(&dir.path().join("s"), &InitOptions::default()).expect("init");
     let m = store.maintenance(LockWait::Fail).expect("lock");
-    // 2400 × 5000 bytes: 12 MB, more than one 8 MiB read span.
+    // 2400 × 5000 bytes: 12 MB, many 1 MiB read spans.
     let objects: Vec<Vec<u8>> = (0..2400).map(|i| content(70_000 + i, 5000)).collect();
     let mut it = objects.iter().map(|c| Ok(Source::Bytes(c.clone())));
     let keys = m
