@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Two basin-bench binaries on the same workload, runs interleaved (A B A B ...), per-step medians:
-# on a noisy machine, the way to tell whether a change moved a step.
+# Two basin-bench binaries on the same workload, runs interleaved (A B A B ...), per-step medians
+# of wall time and of CPU time: on a noisy machine, the way to tell whether a change moved a step.
 #
 #   bench/store/ab.sh RUNS DATA BIN_A BIN_B [workload|million]
 #
@@ -21,7 +21,7 @@ for _ in $(seq 1 "$runs"); do
         rm -rf "$work/store"
         "$bin" "$scenario" --data "$data" --dir "$work/store" "${extra[@]}" 2>/dev/null |
             python3 -c 'import json, sys; d = json.load(sys.stdin)
-print(sys.argv[1], " ".join("%s=%s" % (k, v["seconds"]) for k, v in d["steps"].items()))' "$bin" >>"$out"
+print(sys.argv[1], " ".join("%s=%s,%s" % (k, v["seconds"], v.get("cpu_seconds", 0)) for k, v in d["steps"].items()))' "$bin" >>"$out"
     done
 done
 rm -rf "$work/store"
@@ -29,14 +29,22 @@ python3 - "$out" "$a" "$b" <<'PY'
 import statistics, sys
 from collections import defaultdict
 steps = defaultdict(lambda: defaultdict(list))
+cpu = defaultdict(lambda: defaultdict(list))
 for line in open(sys.argv[1]):
     bin_, *pairs = line.split()
     for p in pairs:
         k, v = p.split('=')
-        steps[k][bin_].append(float(v))
+        wall, cpu_s = v.split(',')
+        steps[k][bin_].append(float(wall))
+        cpu[k][bin_].append(float(cpu_s))
 a, b = sys.argv[2], sys.argv[3]
-print(f"{'step':28} {'A median s':>11} {'B median s':>11} {'B/A':>6}   (A={a}, B={b})")
+ratio = lambda x, y: f"{y / x:6.2f}" if x else f"{'–':>6}"
+# CPU time (every thread of the process) moves less with the machine's noise than wall time:
+# a change that does less work shows there first. Steps without a CPU figure print '–'.
+print(f"{'step':28} {'A median s':>11} {'B median s':>11} {'B/A':>6}  {'A CPU s':>8} {'B CPU s':>8} {'B/A':>6}"
+      f"   (A={a}, B={b})")
 for k, per in steps.items():
     ma, mb = statistics.median(per[a]), statistics.median(per[b])
-    print(f"{k:28} {ma:11.4f} {mb:11.4f} {mb / ma if ma else float('nan'):6.2f}")
+    ca, cb = statistics.median(cpu[k][a]), statistics.median(cpu[k][b])
+    print(f"{k:28} {ma:11.4f} {mb:11.4f} {ratio(ma, mb)}  {ca:8.4f} {cb:8.4f} {ratio(ca, cb)}")
 PY
