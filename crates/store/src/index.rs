@@ -989,15 +989,15 @@ impl Index {
         })
     }
 
-    /// Writes `rows` (see [`IndexTx::write_rows`]) into this connection's staged transaction,
-    /// begun here if none is open, and leaves it open: the rows are neither visible to others
-    /// nor durable until [`Index::continue_staged`] commits them. Lets a caller do the index
-    /// work of a commit while it still waits on other work (a repack, on its writes), holding
-    /// the index's write lock meanwhile. Anything else that needs a transaction of its own on
-    /// this connection ([`Index::begin`], a read snapshot, a checkpoint) rolls the staged
-    /// one back first: its caller learns so from [`Index::staged`], and writes the rows again.
-    /// Returns the number of the staged transaction.
-    pub(crate) fn stage(&mut self, how: RowWrite, rows: &[(Key, IndexRow)]) -> Result<u64> {
+    /// Does `write` (rows, say: [`IndexTx::write_rows`]) in this connection's staged
+    /// transaction, begun here if none is open, and leaves it open: what it wrote is neither
+    /// visible to others nor durable until [`Index::continue_staged`] commits it. Lets a
+    /// caller do the index work of a commit while it still waits on other work (a repack, on
+    /// its writes), holding the index's write lock meanwhile. Anything else that needs a
+    /// transaction of its own on this connection ([`Index::begin`], a read snapshot, a
+    /// checkpoint) rolls the staged one back first: its caller learns so from
+    /// [`Index::staged`], and writes again. Returns the number of the staged transaction.
+    pub(crate) fn stage(&mut self, write: impl FnOnce(&IndexTx<'_>) -> Result<()>) -> Result<u64> {
         self.end_snapshot()?;
         let stage = match self.staged {
             Some(n) => n,
@@ -1012,7 +1012,7 @@ impl Index {
         };
         let tx = self.staged_tx();
         // On an error the transaction is dropped here, which rolls it back.
-        tx.write_rows(how, rows)?;
+        write(&tx)?;
         if let TxHandle::Staged(mut staged) = tx.tx {
             staged.kept = true;
         }
@@ -1512,11 +1512,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut index = Index::open(dir.path(), "store").expect("open");
         let first = index
-            .stage(RowWrite::Replace, &rows(0, 10, 1))
+            .stage(|tx| tx.write_rows(RowWrite::Replace, &rows(0, 10, 1)))
             .expect("stage");
         assert_eq!(
             index
-                .stage(RowWrite::Replace, &rows(10, 5, 1))
+                .stage(|tx| tx.write_rows(RowWrite::Replace, &rows(10, 5, 1)))
                 .expect("stage"),
             first,
             "a second batch began another staged transaction"
@@ -1537,7 +1537,7 @@ mod tests {
         // Staged rows moved to pack 2; a transaction of its own (a new pack's row, say) rolls
         // them back, and the next staging is another transaction.
         let second = index
-            .stage(RowWrite::Replace, &rows(0, 16, 2))
+            .stage(|tx| tx.write_rows(RowWrite::Replace, &rows(0, 16, 2)))
             .expect("stage");
         assert_ne!(second, first);
         index.begin().expect("begin").commit().expect("commit");
@@ -1549,7 +1549,7 @@ mod tests {
         let row = index.get(&Key::from_bytes([3; KEY_BYTES])).expect("get");
         assert_eq!(row.map(|r| r.pack), Some(1), "rolled-back move is visible");
         let third = index
-            .stage(RowWrite::Replace, &rows(0, 1, 2))
+            .stage(|tx| tx.write_rows(RowWrite::Replace, &rows(0, 1, 2)))
             .expect("stage");
         assert_ne!(third, second);
         // A read snapshot rolls it back too, and so does the end of a maintenance session.
@@ -1562,7 +1562,7 @@ mod tests {
             "a read snapshot began inside the staged writes"
         );
         index
-            .stage(RowWrite::Replace, &rows(0, 1, 2))
+            .stage(|tx| tx.write_rows(RowWrite::Replace, &rows(0, 1, 2)))
             .expect("stage");
         index.drop_staged();
         assert!(index.reusable(), "a rolled-back connection is not reusable");

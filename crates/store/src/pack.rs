@@ -507,14 +507,11 @@ impl<'a> Appender<'a> {
                 "only an appender that moves records stages its rows".into(),
             ));
         }
-        let start = match self.staged_rows(index) {
-            Some(rows) => rows.start,
-            None => {
-                // A staged transaction that is not this appender's holds nothing it can use.
-                index.drop_staged();
-                self.stage_next
-            }
-        };
+        // A staged transaction that is not this appender's holds none of its rows (the
+        // caller's own staged writes, if any): these go in with them.
+        let start = self
+            .staged_rows(index)
+            .map_or(self.stage_next, |rows| rows.start);
         let batch = &mut self.pending_rows[self.stage_next..];
         if batch.is_empty() {
             return Ok(());
@@ -522,7 +519,7 @@ impl<'a> Appender<'a> {
         // In key order, as at the commit. A repack moves each key once, so the order in which
         // batches reach the index decides nothing.
         batch.sort_unstable_by_key(|(key, row)| (*key, row.position()));
-        let stage = index.stage(RowWrite::Replace, batch)?;
+        let stage = index.stage(|tx| tx.write_rows(RowWrite::Replace, batch))?;
         self.stage_next = self.pending_rows.len();
         self.staged = Some((stage, start..self.stage_next));
         Ok(())
@@ -1006,18 +1003,16 @@ impl<'a> Appender<'a> {
     }
 
     /// Makes everything appended so far durable, then commits the index rows pointing at it
-    /// (plus whatever `extra` does in the same transaction). Seals packs that filled up.
+    /// (plus whatever `extra` does in the same transaction). Seals packs that filled up. The
+    /// index's staged transaction, when one is open, is the one that commits: with the rows of
+    /// this appender it holds, and whatever the caller staged in it besides.
     pub(crate) fn commit(
         &mut self,
         index: &mut Index,
         extra: &mut dyn FnMut(&crate::index::IndexTx<'_>) -> Result<()>,
     ) -> Result<()> {
         let staged = self.staged_rows(index);
-        let tx = if staged.is_some() {
-            index.continue_staged()?
-        } else {
-            index.begin()?
-        };
+        let tx = index.continue_staged()?;
         self.commit_rows_in(tx, staged.unwrap_or(0..0), extra)?;
         self.seal_filled(index)
     }

@@ -1681,6 +1681,15 @@ fn repack_staging_rows_keeps_every_object_whether_or_not_a_pack_fills_up() {
         check(&store);
         let v = m.validate(&NoProgress).expect("validate");
         assert!(v.is_ok(), "{:?}", v.problems);
+        // The rows of the deleted keys went with their packs, whether their drop was staged in
+        // a transaction that committed, or done again after one was rolled back.
+        let cleaned = m
+            .clean(&CleanOptions::default(), &NoProgress)
+            .expect("clean");
+        assert_eq!(
+            cleaned.deleted_rows_folded, 0,
+            "target {pack_size_target_bytes}: rows of deleted keys left behind"
+        );
         m.rebuild_index(&NoProgress).expect("rebuild");
         check(&store);
         // Nothing left holding the index: a batch from another handle commits at once.
