@@ -45,6 +45,18 @@ fn repack_all(m: &basin_store::Maintenance<'_>) -> basin_store::RepackReport {
     m.repack(&opts, &NoProgress).expect("repack --all")
 }
 
+/// A repack drops the rows of deleted keys with the packs they point into: `clean` then finds
+/// none left to fold.
+fn assert_repack_left_no_dead_rows(m: &basin_store::Maintenance<'_>, what: &str) {
+    let cleaned = m
+        .clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean");
+    assert_eq!(
+        cleaned.deleted_rows_folded, 0,
+        "{what}: the repack left rows of deleted keys: {cleaned:?}"
+    );
+}
+
 fn small_store(dir: &std::path::Path, compression: Compression) -> Store {
     let opts = InitOptions {
         pack_size_target_bytes: 64 << 10,
@@ -1062,13 +1074,7 @@ fn deleted_keys_wait_in_gone_for_maintenance_and_come_back_when_written_again() 
     let repacked = m.repack(&all, &NoProgress).expect("repack");
     assert!(repacked.packs_rewritten > 0, "{repacked:?}");
     check(&store, "after repack", 9);
-    let cleaned = m
-        .clean(&CleanOptions::default(), &NoProgress)
-        .expect("clean 3");
-    assert_eq!(
-        cleaned.deleted_rows_folded, 0,
-        "repack --all left dead rows: {cleaned:?}"
-    );
+    assert_repack_left_no_dead_rows(&m, "repack --all");
     let v = m.validate(&NoProgress).expect("validate");
     assert!(v.is_ok(), "after repack: {:?}", v.problems);
     m.rebuild_index(&NoProgress).expect("rebuild");
@@ -1681,15 +1687,9 @@ fn repack_staging_rows_keeps_every_object_whether_or_not_a_pack_fills_up() {
         check(&store);
         let v = m.validate(&NoProgress).expect("validate");
         assert!(v.is_ok(), "{:?}", v.problems);
-        // The rows of the deleted keys went with their packs, whether their drop was staged in
-        // a transaction that committed, or done again after one was rolled back.
-        let cleaned = m
-            .clean(&CleanOptions::default(), &NoProgress)
-            .expect("clean");
-        assert_eq!(
-            cleaned.deleted_rows_folded, 0,
-            "target {pack_size_target_bytes}: rows of deleted keys left behind"
-        );
+        // Whether their drop was staged in a transaction that committed, or done again after
+        // one was rolled back.
+        assert_repack_left_no_dead_rows(&m, &format!("target {pack_size_target_bytes}"));
         m.rebuild_index(&NoProgress).expect("rebuild");
         check(&store);
         // Nothing left holding the index: a batch from another handle commits at once.
