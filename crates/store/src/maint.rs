@@ -55,8 +55,8 @@ const REPACK_SPAN_BYTES: u64 = 1 << 20;
 /// memory (see `scan_len`).
 const REPACK_SCAN_ROWS_MAX: u64 = 1_000_000;
 /// Rows a repack stages into the index at once, unless [`RepackOptions::stage_rows_min`] says
-/// otherwise (see `Appender::stage`): about a write span's worth of small objects, so the index
-/// work of a commit goes on while the spans after them are written.
+/// otherwise (see `Appender::stage`): 9 MiB of the benchmark's 1-8 KiB objects, a few ms of
+/// writes, so the index work of a commit goes on while the spans after them are written.
 const REPACK_STAGE_ROWS_MIN: usize = 2048;
 /// Objects at most this big are read into memory whole for direct-to-pack; bigger ones stream.
 const IN_MEMORY_OBJECT_BYTES_MAX: u64 = 16 << 20;
@@ -1135,7 +1135,7 @@ impl<'s> Maintenance<'s> {
                 let staged_now = index.staged();
                 app.commit(index, &mut |tx| {
                     for old in &rewritten {
-                        if old.dead_staged_in.is_none() || old.dead_staged_in != staged_now {
+                        if staged_now.is_none() || old.dead_staged_in != staged_now {
                             tx.drop_dead_rows(old.id, &old.dead)?;
                         }
                         tx.remove_pack(old.id)?;
