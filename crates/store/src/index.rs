@@ -1142,6 +1142,16 @@ impl Index {
         Ok(())
     }
 
+    /// Rows in `objects`, dead ones too (counted from the pages, without decoding a row).
+    pub(crate) fn row_count(&mut self) -> Result<u64> {
+        self.end_snapshot()?;
+        let rows: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        nonneg(rows, "row count", &self.path)
+    }
+
     /// `PRAGMA quick_check`: the first problems SQLite itself finds, empty when fine.
     pub(crate) fn quick_check(&mut self) -> Result<Vec<String>> {
         self.end_snapshot()?;

@@ -254,9 +254,12 @@ type Span = (u64, RecordHeader, std::ops::Range<usize>);
 /// What the index says, read while the packs are scanned.
 struct IndexSide {
     problems: Vec<Problem>,
-    /// Every indexed key, sorted.
-    indexed: Vec<Key>,
-    rows_by_pack: HashMap<u64, Vec<(Key, IndexRow)>>,
+    /// Every live row, in key order. One allocation of the right size: growing per-pack lists
+    /// row by row touched twice their size of fresh memory, which costs more than the rows'
+    /// reading on these VMs (see bench/store/README.md, "Noise").
+    rows: Vec<(Key, IndexRow)>,
+    /// Per pack, where its rows are in `rows` (so in key order too).
+    rows_by_pack: HashMap<u64, Vec<usize>>,
     tombstones: Vec<TombstoneRow>,
     /// Packs the index lists once the rows are read (published ones and reservations).
     packs_after_rows: HashSet<u64>,
@@ -364,34 +367,30 @@ impl Maintenance<'_> {
         // The index's own check and rows are read while the packs are scanned: the scan needs
         // only the pack list, and the rows are needed only to compare with its results.
         p.start("validate packs", Some(packs.len() as u64), Unit::Packs);
-        // On a thread of its own (not one of rayon's): the scan keeps both of rayon's threads
-        // for hashing, and the OS shares the cores.
+        // By one of the scan's own threads, before it joins the scan: a thread of its own made
+        // one more runnable thread than cores, and a scan thread preempted while it held the
+        // cursor held up the others (e 0.95x wall, 14 interleaved runs of `bench/store/ab.sh`).
         let index = std::sync::Mutex::new(&mut *index);
         let read_index = || {
             let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
             read_index_side(&mut index)
         };
-        let scan_packs = || scan_packs(store, &packs, &disk, p);
-        let (side, scans) = std::thread::scope(|s| {
-            let reader = std::thread::Builder::new()
-                .name("basin-validate-index".into())
-                .spawn_scoped(s, read_index);
-            match reader {
-                Ok(handle) => {
-                    let scans = scan_packs();
-                    let side = handle
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (side, scans)
-                }
-                Err(_) => (read_index(), scan_packs()),
-            }
-        });
+        let side_slot = std::sync::Mutex::new(None);
+        let side_job = || {
+            let side = read_index();
+            *side_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(side);
+        };
+        let scans = scan_packs(store, &packs, &disk, p, &side_job);
+        // Read here when the scan ended before any thread took the job (an error).
+        let side = match side_slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(side) => side,
+            None => read_index(),
+        };
         p.finish();
         let scans = scans?;
         let IndexSide {
             problems: index_problems,
-            indexed,
+            rows,
             mut rows_by_pack,
             tombstones,
             packs_after_rows,
@@ -408,7 +407,12 @@ impl Maintenance<'_> {
         for (row, scan) in packs.iter().zip(scans) {
             let Some(scan) = scan else {
                 let mut missing = vec![Problem::PackMissing { pack: row.id }];
-                for (key, r) in rows_by_pack.get(&row.id).into_iter().flatten() {
+                for (key, r) in rows_by_pack
+                    .get(&row.id)
+                    .into_iter()
+                    .flatten()
+                    .map(|&i| &rows[i])
+                {
                     missing.push(Problem::RowWithoutRecord {
                         key: *key,
                         pack: r.pack,
@@ -418,7 +422,7 @@ impl Maintenance<'_> {
                 checks.push(Err(missing));
                 continue;
             };
-            let rows = rows_by_pack.remove(&row.id).unwrap_or_default();
+            let mine = rows_by_pack.remove(&row.id).unwrap_or_default();
             let tomb_here: HashSet<u64> = tombstones
                 .iter()
                 .filter(|t| t.at.pack == row.id)
@@ -426,13 +430,13 @@ impl Maintenance<'_> {
                 .collect();
             report.objects_checked += scan.objects;
             report.bytes_checked += scan.bytes;
-            checks.push(Ok((row.id, scan, rows, tomb_here)));
+            checks.push(Ok((row.id, scan, mine, tomb_here)));
         }
         let checked: Vec<Vec<Problem>> = checks
             .into_par_iter()
             .map(|check| match check {
-                Ok((id, scan, rows, tomb_here)) => {
-                    check_rows(id, scan, rows, &tomb_here, &indexed, &kills)
+                Ok((id, scan, mine, tomb_here)) => {
+                    check_rows(id, scan, &rows, mine, &tomb_here, &kills)
                 }
                 Err(missing) => missing,
             })
@@ -440,13 +444,13 @@ impl Maintenance<'_> {
         report.problems.extend(checked.into_iter().flatten());
         // Rows pointing at packs the index does not list. A write batch may have published a
         // pack since the pack list was read: its rows are for the next validate.
-        for (pack_id, rows) in rows_by_pack {
+        for (pack_id, mine) in rows_by_pack {
             if packs_after_rows.contains(&pack_id) {
                 continue;
             }
-            for (key, r) in rows {
+            for (key, r) in mine.into_iter().map(|i| &rows[i]) {
                 report.problems.push(Problem::RowWithoutRecord {
-                    key,
+                    key: *key,
                     pack: pack_id,
                     offset: r.offset,
                 });
@@ -465,13 +469,30 @@ fn read_index_side(index: &mut Index) -> IndexSide {
             detail: e.to_string(),
         }),
     }
+    // Sized by a count of the rows first (a count reads the pages without decoding any row,
+    // and warms them for the scan); a count that is off only costs a reallocation.
+    let mut rows: Vec<(Key, IndexRow)> =
+        Vec::with_capacity(index.row_count().unwrap_or(0).try_into().unwrap_or(0));
+    let scanned = index.for_each(&mut |k, row| {
+        rows.push((k, row));
+        Ok(())
+    });
+    if let Err(e) = scanned {
+        problems.push(Problem::IndexCheck {
+            detail: e.to_string(),
+        });
+    }
+    // Rows come in key order; a damaged index may not keep it, and the lookups and the merge
+    // with each sealed table need it.
+    let order = |(k, r): &(Key, IndexRow)| (*k, r.offset);
+    if !rows.is_sorted_by_key(order) {
+        rows.sort_unstable_by_key(order);
+    }
     // Grouped by pack through a sorted list of the few pack ids instead of a hash map: hashing
     // the pack id of every row was a tenth of this thread's time.
     let mut pack_ids: Vec<u64> = Vec::new();
-    let mut groups: Vec<Vec<(Key, IndexRow)>> = Vec::new();
-    let mut indexed: Vec<Key> = Vec::new();
-    let scanned = index.for_each(&mut |k, row| {
-        indexed.push(k);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, (_, row)) in rows.iter().enumerate() {
         let slot = match pack_ids.binary_search(&row.pack) {
             Ok(slot) => slot,
             Err(slot) => {
@@ -480,24 +501,14 @@ fn read_index_side(index: &mut Index) -> IndexSide {
                 slot
             }
         };
-        groups[slot].push((k, row));
-        Ok(())
-    });
-    let rows_by_pack: HashMap<u64, Vec<(Key, IndexRow)>> =
-        pack_ids.into_iter().zip(groups).collect();
-    if let Err(e) = scanned {
-        problems.push(Problem::IndexCheck {
-            detail: e.to_string(),
-        });
+        groups[slot].push(i);
     }
-    // Rows come in key order; sorting again costs one pass and keeps lookups exact regardless.
-    indexed.sort_unstable();
-    indexed.dedup();
+    let rows_by_pack: HashMap<u64, Vec<usize>> = pack_ids.into_iter().zip(groups).collect();
     let tombstones = index.tombstones().unwrap_or_default();
     let packs_after_rows = index.pack_ids().unwrap_or_default().into_iter().collect();
     IndexSide {
         problems,
-        indexed,
+        rows,
         rows_by_pack,
         tombstones,
         packs_after_rows,
@@ -836,12 +847,13 @@ struct RoundDone {
 /// key; `None` for packs not on disk. Every thread of the pool runs the same loop: take the next
 /// round (read it and walk its headers, under the cursor's lock, as where a round ends decides
 /// where the next begins), then check its records on the same thread, from its own cache, while
-/// the other threads read and check theirs.
+/// the other threads read and check theirs. One thread runs `side_job` first.
 fn scan_packs(
     store: &crate::store::Store,
     packs: &[crate::index::PackRow],
     disk: &HashSet<u64>,
     p: &dyn Progress,
+    side_job: &(dyn Fn() + Sync),
 ) -> Result<Vec<Option<PackScan>>> {
     let hash = store.config().hash;
     let start = PACK_HEADER_BYTES as u64;
@@ -937,7 +949,12 @@ fn scan_packs(
         }
     };
     let mut rounds = Vec::new();
-    for r in rayon::broadcast(|_| work()) {
+    for r in rayon::broadcast(|ctx| {
+        if ctx.index() + 1 == ctx.num_threads() {
+            side_job();
+        }
+        work()
+    }) {
         rounds.extend(r?);
     }
     rounds.sort_unstable_by_key(|r| r.seq);
@@ -983,14 +1000,15 @@ fn scan_packs(
     Ok(out)
 }
 
-/// Compares a scanned pack with the index rows that point into it (sorted here by offset) and
-/// returns every problem of the pack, the scan's own first.
+/// Compares a scanned pack with the index rows that point into it (`mine`: where they are in
+/// `rows`, every live row in key order) and returns every problem of the pack, the scan's own
+/// first.
 fn check_rows(
     id: u64,
     scan: PackScan,
-    mut rows: Vec<(Key, IndexRow)>,
+    rows: &[(Key, IndexRow)],
+    mut mine: Vec<usize>,
     tombstones_here: &HashSet<u64>,
-    indexed: &[Key],
     kills: &Kills,
 ) -> Vec<Problem> {
     let mut out = scan.problems;
@@ -1006,14 +1024,8 @@ fn check_rows(
     // order and the table is in key and offset order, so one merge finds those it lacks.
     let mut not_in_table = Vec::new();
     if let Some(t) = &scan.table {
-        let by_key = |a: &(Key, IndexRow), b: &(Key, IndexRow)| {
-            a.0.cmp(&b.0).then(a.1.offset.cmp(&b.1.offset))
-        };
-        if !rows.is_sorted_by(|a, b| by_key(a, b).is_le()) {
-            rows.sort_unstable_by(by_key);
-        }
         let mut entries = t.iter().peekable();
-        for (key, r) in &rows {
+        for (key, r) in mine.iter().map(|&i| &rows[i]) {
             let want = (*key, r.offset);
             while entries.next_if(|e| **e < want).is_some() {}
             if entries.peek() != Some(&&want) {
@@ -1024,12 +1036,12 @@ fn check_rows(
             }
         }
     }
-    rows.sort_unstable_by_key(|(_, r)| r.offset);
+    mine.sort_unstable_by_key(|&i| rows[i].1.offset);
     // Records a row of the same key points at: indexed without a lookup.
     let mut reached = vec![false; records.len()];
     let mut cursor = 0usize;
     let mut prev: Option<(Key, u64)> = None;
-    for (key, r) in &rows {
+    for (key, r) in mine.iter().map(|&i| &rows[i]) {
         if let Some((pk, pend)) = prev {
             if r.offset < pend {
                 out.push(Problem::OverlappingRows {
@@ -1096,7 +1108,7 @@ fn check_rows(
         };
         if h.kind == RecordKind::Object
             && !reached
-            && indexed.binary_search(&h.key).is_err()
+            && rows.binary_search_by(|(k, _)| k.cmp(&h.key)).is_err()
             && !kills.kills(&h.key, pos)
         {
             out.push(Problem::RecordNotIndexed {
