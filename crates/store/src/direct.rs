@@ -52,7 +52,7 @@ struct Target {
     direct: Option<File>,
     path: PathBuf,
     /// Where the next byte of the run goes while it is still short of `base` (those bytes are
-    /// written through the page cache at once).
+    /// written through the page cache at once); equal to `base` once the head is written.
     head_at: u64,
     /// File offset of the window's first byte: the first block boundary at or after the run's
     /// start.
@@ -121,6 +121,10 @@ impl DirectRuns {
                 let window = &self.buf[self.window..self.window + DIRECT_STAGE_BYTES];
                 write_block_aligned(t, window)?;
                 t.base += DIRECT_STAGE_BYTES as u64;
+                // The head stays written: left behind, it made `next_at` point back at it, and
+                // every run ended at its first window (an 8 KiB direct write and two through
+                // the page cache every 4 MiB).
+                t.head_at = t.base;
                 t.staged = 0;
             }
         }
@@ -245,6 +249,43 @@ mod tests {
         expected[4000..4009].copy_from_slice(b"elsewhere");
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         assert!(runs.into_buffer().len() >= DIRECT_STAGE_BYTES);
+    }
+
+    #[test]
+    fn a_run_written_in_pieces_stays_one_run_past_its_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pack");
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let mut runs = DirectRuns::new(Vec::new());
+        // Starts mid-block, in pieces that end mid-block, for two and a half windows.
+        let start = 100u64;
+        let piece = 1000usize;
+        let total = 2 * DIRECT_STAGE_BYTES + DIRECT_STAGE_BYTES / 2;
+        let bytes: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        for (i, chunk) in bytes.chunks(piece).enumerate() {
+            runs.write(&file, &path, start + (i * piece) as u64, chunk)
+                .unwrap();
+        }
+        // One run: its head, then two whole windows written, and the rest staged.
+        let t = runs.target.as_ref().expect("a run in progress");
+        let head = DIRECT_ALIGN_BYTES as u64 - start;
+        assert_eq!(t.base, start + head + 2 * DIRECT_STAGE_BYTES as u64);
+        assert_eq!(
+            t.staged as u64,
+            total as u64 - head - 2 * DIRECT_STAGE_BYTES as u64
+        );
+        runs.finish().unwrap();
+        let mut expected = vec![0u8; start as usize];
+        expected.extend_from_slice(&bytes);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 
     #[test]
