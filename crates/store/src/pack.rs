@@ -1326,9 +1326,13 @@ pub(crate) fn for_each_span_read_ahead(
         let failed = &write_failed;
         // After a failed write the writer still hands every buffer back (unwritten): a buffer
         // it kept could be the one the reader waits for while this thread waits for the reader.
-        let stage = pool.pop().unwrap_or_default();
-        let writer = scope.spawn(move || -> (Result<()>, Vec<u8>) {
-            let mut runs = DirectRuns::new(stage);
+        let windows = if bypass_page_cache {
+            crate::direct::take_windows(pool)
+        } else {
+            Vec::new()
+        };
+        let writer = scope.spawn(move || -> (Result<()>, Vec<Vec<u8>>) {
+            let mut runs = DirectRuns::new(windows);
             let mut result = Ok(());
             for (buf, writes) in jobs {
                 if result.is_ok() {
@@ -1344,7 +1348,7 @@ pub(crate) fn for_each_span_read_ahead(
             if result.is_ok() {
                 result = runs.finish();
             }
-            (result, runs.into_buffer())
+            (result, runs.into_buffers())
         });
         for _ in 0..SPAN_BUFFERS {
             let _ = emptied.send(pool.pop().unwrap_or_default());
@@ -1373,8 +1377,8 @@ pub(crate) fn for_each_span_read_ahead(
         drop(emptied);
         drop(filled);
         let written = match writer.join() {
-            Ok((written, stage)) => {
-                pool.push(stage);
+            Ok((written, windows)) => {
+                pool.extend(windows);
                 written
             }
             Err(_) => Err(Error::InvalidArgument("pack write thread panicked".into())),
@@ -1522,10 +1526,11 @@ mod tests {
                 std::fs::read(&dst_path).unwrap() == expected,
                 "bypass_page_cache {bypass_page_cache}: the file holds what was written"
             );
+            // The writer stages only for direct writes (one window here: none fills up).
             assert_eq!(
                 pool.len(),
-                SPAN_BUFFERS + 1,
-                "every buffer (and the writer's staging buffer) comes back to the pool"
+                SPAN_BUFFERS + usize::from(bypass_page_cache),
+                "every buffer (and the writer's staging window) comes back to the pool"
             );
         }
     }
