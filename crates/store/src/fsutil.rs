@@ -309,7 +309,8 @@ impl WriteBehind {
             .spawn(move || {
                 // Its staging buffer is allocated at the first direct write. Bytes still staged
                 // when the owner lets go are dropped, never written: they were not committed,
-                // and another process may append to the file next.
+                // and another process may append to the file next. A full window already being
+                // written lands before this thread ends, so before the owner lets go too.
                 let mut runs = crate::direct::DirectRuns::new(Vec::new());
                 for job in jobs {
                     let result = match job {
