@@ -253,6 +253,7 @@ impl DirectRuns {
                 t.direct = None;
             }
             self.buf = l.buf;
+            self.spare = self.spare.take().or(next);
         } else {
             self.buf = next.unwrap_or_default();
             self.place_window();
