@@ -1070,10 +1070,7 @@ impl Index {
                 )
                 .map_err(|e| self.err(e))?;
             // Dead rows count too: they take room until folded (clean folds them first).
-            let rows: i64 = self
-                .conn
-                .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
+            let rows = i64::try_from(self.row_count()?).unwrap_or(i64::MAX);
             let incremental = auto_vacuum == AUTO_VACUUM_INCREMENTAL;
             // Rewriting the whole file pays when random-order inserts left pages half full (a
             // compact index is ~50 B/object). A file made before stores set auto_vacuum is
