@@ -128,6 +128,20 @@ impl Lander {
         })
     }
 
+    /// Sends `landing` to the thread; back when the thread is gone.
+    fn hand_over(&mut self, landing: Landing) -> Option<Landing> {
+        let Some(to_land) = &self.to_land else {
+            return Some(landing);
+        };
+        match to_land.send(landing) {
+            Ok(()) => {
+                self.in_flight = true;
+                None
+            }
+            Err(returned) => Some(returned.0),
+        }
+    }
+
     /// Waits for the window in flight, if any: its allocation, and whether the direct write
     /// was refused.
     fn wait(&mut self) -> Option<Landed> {
@@ -234,19 +248,11 @@ impl DirectRuns {
             file: t.file.clone(),
             path: t.path.clone(),
         };
-        let landing = match self.lander.as_mut().and_then(|l| l.to_land.as_ref()) {
-            Some(to_land) => match to_land.send(landing) {
-                Ok(()) => {
-                    if let Some(l) = self.lander.as_mut() {
-                        l.in_flight = true;
-                    }
-                    None
-                }
-                Err(returned) => Some(returned.0),
-            },
+        let unsent = match self.lander.as_mut() {
+            Some(lander) => lander.hand_over(landing),
             None => Some(landing),
         };
-        if let Some(l) = landing {
+        if let Some(l) = unsent {
             // No thread to write it: written here, before the next window fills.
             let blocks = &l.buf[l.window..l.window + DIRECT_STAGE_BYTES];
             if land_blocks(l.direct.as_deref(), &l.file, &l.path, blocks, l.at)? {
