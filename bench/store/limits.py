@@ -10,6 +10,9 @@
 - git anchor: `git fast-import` of the same blobs into a bare repository with core.compression 0 and
   pack.compression 0, then `git cat-file --batch` reading them in the benchmark's random order (c_order).
 
+With --between-runs, only the durable write, warm read and removal of the payload size: run.sh takes
+these after every run of the workload, as the disk's speed drifts within minutes.
+
 Prints one JSON object (also written to --json-out). Uses only the standard library and dd/git.
 """
 
@@ -132,6 +135,10 @@ def main() -> None:
     ap.add_argument('--dir', required=True, help='scratch folder on the same file system as the stores')
     ap.add_argument('--size', action='append', default=[], help='NAME=BYTES: also time a durable write of BYTES')
     ap.add_argument('--no-git', action='store_true')
+    ap.add_argument('--between-runs', action='store_true',
+                    help='only the limits the workload steps are judged by (durable write, warm read, '
+                         'removal of the payload size): taken after each run of the workload, so that '
+                         'the report compares the median of the steps with the median of their limits')
     ap.add_argument('--json-out', default=None)
     args = ap.parse_args()
 
@@ -139,9 +146,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (blobs, _blobs2), (_a2, c_order, *_rest) = read_data(Path(args.data))
     payload = sum(map(len, blobs))
-    result: dict = {'payload_bytes': payload, 'fsync_probe_ms': fsync_probe_ms(work / 'probe')}
-
     target = work / 'dd.payload'
+    if args.between_runs:
+        result: dict = {'payload_bytes': payload, 'dd_write_s': {'payload': dd_write_seconds(target, payload)}}
+        dd_read_seconds(target)
+        result['warm_read_s'] = statistics.median(dd_read_seconds(target) for _ in range(3))
+        result['remove_s'] = remove_seconds(target)
+        write_result(result, args.json_out)
+        return
+    result = {'payload_bytes': payload, 'fsync_probe_ms': fsync_probe_ms(work / 'probe')}
     result['dd_write_s'] = {'payload': dd_write_seconds(target, payload)}
     for spec in args.size:
         name, _, size = spec.partition('=')
@@ -157,9 +170,13 @@ def main() -> None:
     result['remove_s'] = remove_seconds(target)
     if not args.no_git:
         result['git'] = git_anchor(work, blobs, c_order)
+    write_result(result, args.json_out)
+
+
+def write_result(result: dict, json_out: str | None) -> None:
     text = json.dumps(result, indent=1)
-    if args.json_out:
-        Path(args.json_out).write_text(text + '\n', encoding='utf8')
+    if json_out:
+        Path(json_out).write_text(text + '\n', encoding='utf8')
     print(text)
 
 

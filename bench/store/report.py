@@ -51,6 +51,27 @@ def load(path: Path) -> dict | None:
     return merged
 
 
+def with_limits_between_runs(limits: dict, results: Path) -> dict:
+    """The limits the workload's steps are judged by (durable write, warm read, removal of the
+    payload size), as the median of the measurement at the end and those taken after each run of
+    the workload (`limits_between.N.json`), when there are any: the steps are medians of runs, and
+    the disk's speed drifts within minutes. Each merged limit keeps its samples under `samples`."""
+    between = [json.loads(p.read_text(encoding='utf8')) for p in sorted(results.glob('limits_between.*.json'))]
+    if not between:
+        return limits
+    merged = dict(limits, dd_write_s=dict(limits['dd_write_s']), samples={})
+    for name, get, put in (
+            ('dd_write_s', lambda r: r['dd_write_s']['payload'],
+             lambda v: merged['dd_write_s'].__setitem__('payload', v)),
+            ('warm_read_s', lambda r: r['warm_read_s'], lambda v: merged.__setitem__('warm_read_s', v)),
+            ('remove_s', lambda r: r.get('remove_s'), lambda v: merged.__setitem__('remove_s', v))):
+        samples = [v for v in (get(r) for r in [limits, *between]) if v is not None]
+        if samples:
+            put(statistics.median(samples))
+            merged['samples'][name] = samples
+    return merged
+
+
 def fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return '–'
@@ -151,6 +172,7 @@ def build(results: Path) -> str:
     big = load(results / 'basin_big.json')
     if not (dos and limits):
         raise SystemExit(f'{results}: dos.json and limits.json are needed')
+    limits = with_limits_between_runs(limits, results)
     # A failed basin scenario leaves its JSON absent: its rows then show '–' and count as missed.
     basin = basin or {'steps': {}, 'failed': True}
     t = Table(limits)
@@ -265,6 +287,16 @@ def build(results: Path) -> str:
                  + (f"cold read {fmt_s(limits['cold_read_s'])} s; " if limits.get('cold_read_s') is not None
                     else f"cold read: {limits.get('cold_read_note', 'not measured')}; ")
                  + f"warm read {fmt_s(limits['warm_read_s'])} s; fsync probe {limits['fsync_probe_ms']:.2f} ms.")
+    samples = limits.get('samples', {})
+    if samples:
+        def spread(name: str, label: str) -> str:
+            got = samples.get(name, [])
+            return f'{label} {fmt_s(min(got))}–{fmt_s(max(got))} s' if got else f'{label} –'
+        lines.append(f"- The durable write, warm read and removal of the payload size are medians of "
+                     f"{len(samples['dd_write_s'])} measurements, one after each run of the workload and one at "
+                     f"the end (a's and d's limits use the first, f2's all three): "
+                     + '; '.join([spread('dd_write_s', 'dd'), spread('warm_read_s', 'warm read'),
+                                  spread('remove_s', 'removal')]) + '.')
     for name, seconds in limits['dd_write_s'].items():
         if name != 'payload':
             size = limits['sizes'][name]

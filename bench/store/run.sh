@@ -73,6 +73,10 @@ for run in $(seq 1 "$runs"); do
     rm -rf "$work/basin-store" "$work/basin-store.single-puts"
     "$bench" workload --data "$work/data.bin" --dir "$work/basin-store" --json-out "$results/basin.$run.json" \
         >/dev/null || echo "!! basin workload failed (exit $?)" >&2
+    # The limits the workload's steps are judged by, once per run like the steps themselves: the
+    # disk's speed drifts within minutes, and one sample against a median of runs is a coin toss.
+    python3 "$here/limits.py" --data "$work/data.bin" --dir "$work/limits" --between-runs \
+        --json-out "$results/limits_between.$run.json" >/dev/null
 done
 
 echo "== basin: $million_n small objects direct to pack" >&2
