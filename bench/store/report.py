@@ -60,15 +60,17 @@ def with_limits_between_runs(limits: dict, results: Path) -> dict:
     if not between:
         return limits
     merged = dict(limits, dd_write_s=dict(limits['dd_write_s']), samples={})
-    for name, get, put in (
-            ('dd_write_s', lambda r: r['dd_write_s']['payload'],
-             lambda v: merged['dd_write_s'].__setitem__('payload', v)),
-            ('warm_read_s', lambda r: r['warm_read_s'], lambda v: merged.__setitem__('warm_read_s', v)),
-            ('remove_s', lambda r: r.get('remove_s'), lambda v: merged.__setitem__('remove_s', v))):
-        samples = [v for v in (get(r) for r in [limits, *between]) if v is not None]
-        if samples:
-            put(statistics.median(samples))
-            merged['samples'][name] = samples
+    for name in ('dd_write_s', 'warm_read_s', 'remove_s'):
+        # dd_write_s holds one time per size; the payload size is the one measured between runs.
+        seconds = [r[name]['payload'] if name == 'dd_write_s' else r.get(name) for r in [limits, *between]]
+        samples = [v for v in seconds if v is not None]
+        if not samples:
+            continue
+        merged['samples'][name] = samples
+        if name == 'dd_write_s':
+            merged['dd_write_s']['payload'] = statistics.median(samples)
+        else:
+            merged[name] = statistics.median(samples)
     return merged
 
 
