@@ -391,6 +391,7 @@ fn land_blocks(
     if blocks.is_empty() {
         return Ok(false);
     }
+    fsutil::reserve_ahead(file, at, blocks.len() as u64);
     if let Some(direct) = direct {
         match direct.write_all_at(blocks, at) {
             Ok(()) => return Ok(false),

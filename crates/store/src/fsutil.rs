@@ -97,6 +97,58 @@ pub(crate) fn remove_files(paths: &[PathBuf]) -> u64 {
     removed.into_inner()
 }
 
+/// Bytes of a file reserved at a time ahead of its writes (see [`reserve_ahead`]).
+const RESERVE_STEP_BYTES: u64 = 16 << 20;
+
+/// Reserves the blocks of a file for a write of `len` bytes at `at` and for a step of
+/// [`RESERVE_STEP_BYTES`] past it, without changing the file's size (`FALLOC_FL_KEEP_SIZE`).
+/// ext4 otherwise reserves each 4 KiB block as the page cache takes it (delayed allocation)
+/// and allocates the blocks when they are written back; a write into blocks already reserved
+/// does neither (the benchmark's bulk import of 92 MB took 0.90× the time, and of a million
+/// small objects 0.85–0.92×). Only a write that starts within the first step or reaches into
+/// a new one asks, so that a run of writes asks once per step. For the packs an appender
+/// writes, which end up large: the blocks reserved past the end of a file go with it, or when
+/// it is cut to its own length, as a pack is when it is sealed and the open pack by `clean`.
+/// (A write batch's pack gets none: giving 16 MiB back at every commit cost more than the
+/// reservation saved.) Failure (a file system without `fallocate`) only loses the head start.
+#[cfg(target_os = "linux")]
+pub(crate) fn reserve_ahead(f: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let end = at.saturating_add(len);
+    if at >= RESERVE_STEP_BYTES && at / RESERVE_STEP_BYTES == end / RESERVE_STEP_BYTES {
+        return;
+    }
+    let to = (end / RESERVE_STEP_BYTES + 2).saturating_mul(RESERVE_STEP_BYTES);
+    let (Ok(offset), Ok(reserved)) = (i64::try_from(at), i64::try_from(to - at)) else {
+        return;
+    };
+    // SAFETY: plain syscall on an open descriptor; it changes no byte of the file.
+    unsafe {
+        libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, reserved);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn reserve_ahead(_f: &File, _at: u64, _len: u64) {}
+
+/// Gives back the blocks [`reserve_ahead`] left past the end of the file at `path` (its length,
+/// `len`, is unchanged), if it holds more than a step's worth of blocks beyond it. Cutting a file
+/// to its own length frees what lies past the end.
+pub(crate) fn release_reserved(path: &Path, len: u64) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).at("stat", path)?;
+    // Blocks are counted in 512-byte units, the file system's own (extent tree) among them.
+    if meta.blocks().saturating_mul(512) <= len.saturating_add(RESERVE_STEP_BYTES) {
+        return Ok(());
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .at("open", path)?
+        .set_len(len)
+        .at("give back the blocks reserved past the end of", path)
+}
+
 /// Starts writeback of a file range without waiting, so that a later fdatasync finds most of
 /// the bytes already on their way and the disk works while the CPU keeps appending.
 #[cfg(target_os = "linux")]
@@ -326,6 +378,7 @@ impl WriteBehind {
                             } else {
                                 // Staged direct bytes lie before these: they land first.
                                 runs.finish().and_then(|()| {
+                                    reserve_ahead(&file, at, buf.len() as u64);
                                     flush_write_buffer(&file, &path, &mut buf, &mut at)
                                 })
                             };

@@ -1246,6 +1246,10 @@ impl<'s> Maintenance<'s> {
                     .at("truncate crash tail of", &path)?;
                 fsutil::datasync(&f, &path)?;
                 report.tail_bytes_truncated += len - row.end_bytes;
+            } else if !row.sealed && len == row.end_bytes {
+                // The pack still open may hold blocks reserved for its next records; a pack
+                // gives them back when it is sealed, this one now.
+                fsutil::release_reserved(&path, len)?;
             }
         }
         // Pack rows whose file was never created (a crash right after registering a new

@@ -663,6 +663,7 @@ impl<'a> Appender<'a> {
     fn open_for_direct_write(&mut self, index: &mut Index) -> Result<&mut OpenPack> {
         self.ensure_open(index)?;
         let open = self.open_pack()?;
+        fsutil::reserve_ahead(&open.file, open.buf_at, open.buf.len() as u64);
         fsutil::flush_write_buffer(&open.file, &open.path, &mut open.buf, &mut open.buf_at)?;
         Ok(open)
     }
@@ -768,6 +769,7 @@ impl<'a> Appender<'a> {
             let file = &open.file;
             let path = &open.path;
             let mut sink = |chunk: &[u8]| -> Result<()> {
+                fsutil::reserve_ahead(file, payload_at + written, chunk.len() as u64);
                 file.write_all_at(chunk, payload_at + written)
                     .at("write pack", path)?;
                 crc.update(chunk);
@@ -1419,6 +1421,7 @@ fn write_span_cached(buf: &[u8], writes: &[SpanWrite]) -> Result<()> {
             to += bytes.len() as u64;
             i += 1;
         }
+        fsutil::reserve_ahead(file, from, to - from);
         fsutil::write_all_vectored_at(file, &parts, from).at("write pack", path)?;
         fsutil::start_writeback(file, from, to - from);
     }

@@ -1701,3 +1701,71 @@ fn repack_staging_rows_keeps_every_object_whether_or_not_a_pack_fills_up() {
         assert_eq!(store.get(&after).expect("get"), b"after the repack");
     }
 }
+
+/// The packs an appender writes go into blocks reserved ahead of them (`FALLOC_FL_KEEP_SIZE`,
+/// 16 MiB at a time): a sealed pack keeps none past its end, nor does a batch pack (written
+/// without). Only the pack still open may, until it is sealed or `clean` runs.
+#[test]
+fn packs_keep_no_blocks_reserved_past_their_end_once_sealed_or_cleaned() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = InitOptions {
+        pack_size_target_bytes: 24 << 20,
+        ..InitOptions::default()
+    };
+    let store = Store::init(&dir.path().join("s"), &opts).expect("init");
+    let object_bytes = 64 << 10;
+    // 20 MiB through one write batch: one batch pack, published.
+    let mut batch = store.batch().expect("batch");
+    for i in 0..320 {
+        batch.put(&content(i, object_bytes)).expect("batch put");
+    }
+    batch.commit().expect("batch commit");
+    // 30 MiB direct to pack: the first pack fills up past 24 MiB and is sealed, the rest stays
+    // in the open pack.
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let mut sources = (1000..1480).map(|i| Ok(Source::Bytes(content(i, object_bytes))));
+    m.write_packed(&mut sources, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    let packs_now = || {
+        let mut packs: Vec<(u64, std::fs::Metadata)> =
+            std::fs::read_dir(store.path().join("packs"))
+                .expect("list packs")
+                .map(|e| {
+                    let e = e.expect("pack entry");
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let id = name
+                        .strip_suffix(".pack")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| panic!("unexpected file {name} in packs/"));
+                    (id, e.metadata().expect("stat pack"))
+                })
+                .collect();
+        packs.sort_by_key(|(id, _)| *id);
+        packs
+    };
+    let assert_no_reserve = |packs: &[(u64, std::fs::Metadata)], when: &str| {
+        for (id, meta) in packs {
+            // Allocated blocks, the extent tree's own included, against the length.
+            let allocated = meta.blocks() * 512;
+            assert!(
+                allocated <= meta.len() + (256 << 10),
+                "{when}: pack {id}: {allocated} bytes allocated for {} bytes",
+                meta.len()
+            );
+        }
+    };
+    let packs = packs_now();
+    assert_eq!(packs.len(), 3, "a batch pack, a sealed pack, the open pack");
+    assert!(
+        packs[0].1.len() > 20 << 20 && packs[1].1.len() > 24 << 20,
+        "packs of the expected sizes: {:?}",
+        packs.iter().map(|(_, m)| m.len()).collect::<Vec<_>>()
+    );
+    assert_no_reserve(&packs[..2], "after the writes");
+    m.clean(&CleanOptions::default(), &NoProgress)
+        .expect("clean");
+    assert_no_reserve(&packs_now(), "after clean");
+    let report = m.validate(&NoProgress).expect("validate");
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
