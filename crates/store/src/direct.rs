@@ -92,6 +92,20 @@ struct Landing {
     path: PathBuf,
 }
 
+impl Landing {
+    /// Writes the window; returns whether the direct write was refused.
+    fn land(&self) -> Result<bool> {
+        let blocks = &self.buf[self.window..self.window + DIRECT_STAGE_BYTES];
+        land_blocks(
+            self.direct.as_deref(),
+            &self.file,
+            &self.path,
+            blocks,
+            self.at,
+        )
+    }
+}
+
 /// A landed window: its allocation back, and whether the direct write was refused.
 type Landed = (Vec<u8>, Result<bool>);
 
@@ -112,8 +126,7 @@ impl Lander {
             .name("basin-direct-write".into())
             .spawn(move || {
                 for l in landings {
-                    let blocks = &l.buf[l.window..l.window + DIRECT_STAGE_BYTES];
-                    let refused = land_blocks(l.direct.as_deref(), &l.file, &l.path, blocks, l.at);
+                    let refused = l.land();
                     if done.send((l.buf, refused)).is_err() {
                         break;
                     }
@@ -254,8 +267,7 @@ impl DirectRuns {
         };
         if let Some(l) = unsent {
             // No thread to write it: written here, before the next window fills.
-            let blocks = &l.buf[l.window..l.window + DIRECT_STAGE_BYTES];
-            if land_blocks(l.direct.as_deref(), &l.file, &l.path, blocks, l.at)? {
+            if l.land()? {
                 t.direct = None;
             }
             self.buf = l.buf;
@@ -310,20 +322,19 @@ impl DirectRuns {
         if let Some(buf) = self.wait_landed()? {
             self.spare = Some(buf);
         }
-        let Some(mut t) = self.target.take() else {
+        let Some(t) = self.target.take() else {
             return Ok(());
         };
         let whole = t.staged - t.staged % DIRECT_ALIGN_BYTES;
         let window = &self.buf[self.window..self.window + t.staged];
-        if land_blocks(
+        // The run ends here: whether the direct write was refused matters no more.
+        land_blocks(
             t.direct.as_deref(),
             &t.file,
             &t.path,
             &window[..whole],
             t.base,
-        )? {
-            t.direct = None;
-        }
+        )?;
         let tail = &window[whole..];
         if !tail.is_empty() {
             let at = t.base + whole as u64;
