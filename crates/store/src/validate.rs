@@ -522,8 +522,9 @@ struct PackScan {
     problems: Vec<Problem>,
     /// The pack could not be read at all: there is nothing to compare rows with.
     unreadable: bool,
-    /// Every valid record, in offset order.
-    records: Vec<(u64, RecordHeader)>,
+    /// Every valid record, in offset order, as the rounds of the scan found them: copied into
+    /// one list, they touched their size of fresh memory again, on one thread, after the scan.
+    records: Vec<Vec<(u64, RecordHeader)>>,
     records_end: u64,
     /// A sealed pack's table (sorted by key and offset, as its decoder checks).
     table: Option<Vec<(Key, u64)>>,
@@ -675,19 +676,23 @@ fn check_group(
     pack: u64,
     hash: crate::key::HashAlgorithm,
 ) -> Vec<Problem> {
-    let mut problems: Vec<Option<Problem>> = Vec::with_capacity(spans.len());
+    // (record, its problem): a list of the few problems rather than a slot per record, which
+    // made every group allocate and walk room for a problem per record.
+    let mut problems: Vec<(usize, Problem)> = Vec::new();
     let mut contents: Vec<(usize, Content<'_>)> = Vec::with_capacity(spans.len());
     for (i, (offset, h, range)) in spans.iter().enumerate() {
-        problems.push(None);
         // The walk decoded (and checked) this header from these bytes already.
         let payload = match crate::format::check_record_checksum(&buf[range.clone()], h) {
             Ok(p) => p,
             Err(reason) => {
-                problems[i] = Some(Problem::RecordCorrupt {
-                    pack,
-                    offset: *offset,
-                    detail: reason.to_string(),
-                });
+                problems.push((
+                    i,
+                    Problem::RecordCorrupt {
+                        pack,
+                        offset: *offset,
+                        detail: reason.to_string(),
+                    },
+                ));
                 continue;
             }
         };
@@ -700,13 +705,14 @@ fn check_group(
         }
         match crate::compress::decompress_all(payload, h.raw_len) {
             Ok(c) => contents.push((i, Content::Decompressed(c))),
-            Err(detail) => {
-                problems[i] = Some(Problem::RecordCorrupt {
+            Err(detail) => problems.push((
+                i,
+                Problem::RecordCorrupt {
                     pack,
                     offset: *offset,
                     detail,
-                })
-            }
+                },
+            )),
         }
     }
     let slices: Vec<&[u8]> = contents
@@ -719,15 +725,20 @@ fn check_group(
     for ((i, _), actual) in contents.iter().zip(hash.hash_all(&slices)) {
         let (offset, h, _) = &spans[*i];
         if actual != h.key {
-            problems[*i] = Some(Problem::RecordHashMismatch {
-                key: h.key,
-                pack,
-                offset: *offset,
-                actual,
-            });
+            problems.push((
+                *i,
+                Problem::RecordHashMismatch {
+                    key: h.key,
+                    pack,
+                    offset: *offset,
+                    actual,
+                },
+            ));
         }
     }
-    problems.into_iter().flatten().collect()
+    // In record order; a record has one problem at most.
+    problems.sort_by_key(|(i, _)| *i);
+    problems.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Opens one pack and reads its header and its footer and table (sealed) or the extent its
@@ -789,7 +800,6 @@ fn open_pack(
     let records_end = if row.sealed {
         match pack::read_sealed_table(&file, id, file_len) {
             Ok(Some((footer, t))) => {
-                out.records.reserve(t.len());
                 out.table = Some(t);
                 footer.table_offset
             }
@@ -965,13 +975,13 @@ fn scan_packs(
             continue;
         };
         out.problems.extend(r.problems);
-        for (offset, header) in r.records {
+        for (_, header) in &r.records {
             if header.kind == RecordKind::Object {
                 out.objects += 1;
                 out.bytes += header.raw_len;
             }
-            out.records.push((offset, header));
         }
+        out.records.push(r.records);
         walked_to[r.pack] = r.walked_to;
     }
     let mut out = Vec::with_capacity(scans.len());
@@ -1007,7 +1017,7 @@ fn check_rows(
     id: u64,
     scan: PackScan,
     rows: &[(Key, IndexRow)],
-    mut mine: Vec<usize>,
+    mine: Vec<usize>,
     tombstones_here: &HashSet<u64>,
     kills: &Kills,
 ) -> Vec<Problem> {
@@ -1015,7 +1025,8 @@ fn check_rows(
     if scan.unreadable {
         return out;
     }
-    let records = scan.records;
+    // The records in one list of references, built here on the thread that checks this pack.
+    let records: Vec<&(u64, RecordHeader)> = scan.records.iter().flatten().collect();
     let records_end = scan.records_end;
     // Records come in offset order from the walk; rows are put in offset order here, so each
     // row finds its record by advancing one cursor.
@@ -1023,12 +1034,20 @@ fn check_rows(
     // A sealed table must list every live row of its pack: rows come from the index in key
     // order and the table is in key and offset order, so one merge finds those it lacks.
     let mut not_in_table = Vec::new();
+    // The table entry each row matched (in `mine`'s key order), if any.
+    let mut entry_of_row: Vec<Option<usize>> = Vec::new();
     if let Some(t) = &scan.table {
-        let mut entries = t.iter().peekable();
+        entry_of_row.reserve(mine.len());
+        let mut at = 0usize;
         for (key, r) in mine.iter().map(|&i| &rows[i]) {
             let want = (*key, r.offset);
-            while entries.next_if(|e| **e < want).is_some() {}
-            if entries.peek() != Some(&&want) {
+            while t.get(at).is_some_and(|e| *e < want) {
+                at += 1;
+            }
+            if t.get(at) == Some(&want) {
+                entry_of_row.push(Some(at));
+            } else {
+                entry_of_row.push(None);
                 not_in_table.push(Problem::TableMismatch {
                     pack: id,
                     detail: format!("row {key} at {} missing from the table", r.offset),
@@ -1036,12 +1055,22 @@ fn check_rows(
             }
         }
     }
-    mine.sort_unstable_by_key(|&i| rows[i].1.offset);
+    // Rows in offset order, sorted as (offset, place in `mine`) pairs: a sort that reads each
+    // row through its index jumps about the whole of `rows` on every comparison.
+    let mut by_offset: Vec<(u64, usize)> = mine
+        .iter()
+        .enumerate()
+        .map(|(m, &i)| (rows[i].1.offset, m))
+        .collect();
+    by_offset.sort_unstable();
+    // Table entries a row has matched at a record of the row's key: checked once that is known.
+    let mut entry_checked = vec![false; scan.table.as_ref().map_or(0, Vec::len)];
     // Records a row of the same key points at: indexed without a lookup.
     let mut reached = vec![false; records.len()];
     let mut cursor = 0usize;
     let mut prev: Option<(Key, u64)> = None;
-    for (key, r) in mine.iter().map(|&i| &rows[i]) {
+    for &(_, m) in &by_offset {
+        let (key, r) = &rows[mine[m]];
         if let Some((pk, pend)) = prev {
             if r.offset < pend {
                 out.push(Problem::OverlappingRows {
@@ -1097,7 +1126,12 @@ fn check_rows(
                     ),
                 })
             }
-            Some(_) => reached[cursor] = true,
+            Some(_) => {
+                reached[cursor] = true;
+                if let Some(e) = entry_of_row.get(m).copied().flatten() {
+                    entry_checked[e] = true;
+                }
+            }
         }
     }
     // Records that nothing reaches although they are live.
@@ -1125,7 +1159,8 @@ fn check_rows(
             });
         }
     }
-    // Every entry of a sealed table must be at a record with its key.
+    // Every entry of a sealed table must be at a record with its key (those a row reached at
+    // such a record are known to be).
     if let Some(t) = scan.table {
         let record_key = |off: u64| {
             records
@@ -1133,8 +1168,8 @@ fn check_rows(
                 .ok()
                 .map(|i| records[i].1.key)
         };
-        for (key, off) in &t {
-            if record_key(*off) != Some(*key) {
+        for ((key, off), checked) in t.iter().zip(&entry_checked) {
+            if !checked && record_key(*off) != Some(*key) {
                 out.push(Problem::TableMismatch {
                     pack: id,
                     detail: format!("entry {key} at {off} has no such record"),
@@ -1294,5 +1329,95 @@ mod tests {
                 .collect();
             assert_eq!(found, expected, "{hash:?}");
         }
+    }
+
+    /// A sealed table is checked against the records: entries a row reached at a record of the
+    /// row's key pass without a lookup, and every other entry is looked up, so an entry at no
+    /// record or at a record of another key is reported whether or not a row shares it.
+    #[test]
+    fn table_entries_at_no_record_or_another_key_are_reported_with_or_without_a_row() {
+        let hash = HashAlgorithm::Blake3;
+        let key = |n: u8| hash.hash(&[n]);
+        let record = |offset: u64, k: Key| {
+            (
+                offset,
+                RecordHeader {
+                    kind: RecordKind::Object,
+                    flags: 0,
+                    hash,
+                    raw_len: 1,
+                    stored_len: 1,
+                    key: k,
+                },
+            )
+        };
+        let row = |k: Key, offset: u64| {
+            (
+                k,
+                IndexRow {
+                    pack: 7,
+                    offset,
+                    raw_len: 1,
+                    stored_len: 1,
+                    flags: 0,
+                },
+            )
+        };
+        // Records 1, 2, 3 at 100, 200, 300. The table adds 4 at 400 (no record), 5 at 200 (the
+        // record there is 2's) and 6 at 300 (the record there is 3's, and a row says 6 too).
+        let mut table = vec![
+            (key(1), 100),
+            (key(2), 200),
+            (key(3), 300),
+            (key(4), 400),
+            (key(5), 200),
+            (key(6), 300),
+        ];
+        table.sort_unstable();
+        let scan = PackScan {
+            objects: 3,
+            bytes: 3,
+            problems: Vec::new(),
+            unreadable: false,
+            records: vec![
+                vec![record(100, key(1)), record(200, key(2))],
+                vec![record(300, key(3))],
+            ],
+            records_end: 400,
+            table: Some(table),
+        };
+        let mut rows = vec![
+            row(key(1), 100),
+            row(key(2), 200),
+            row(key(3), 300),
+            row(key(6), 300),
+        ];
+        rows.sort_unstable_by_key(|(k, r)| (*k, r.offset));
+        let mine: Vec<usize> = (0..rows.len()).collect();
+        let problems = check_rows(7, scan, &rows, mine, &HashSet::new(), &Kills::new(&[]));
+        let mut table_problems: Vec<String> = problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::TableMismatch { pack: 7, detail } => Some(detail.clone()),
+                _ => None,
+            })
+            .collect();
+        table_problems.sort();
+        let mut want = vec![
+            format!("entry {} at 400 has no such record", key(4)),
+            format!("entry {} at 200 has no such record", key(5)),
+            format!("entry {} at 300 has no such record", key(6)),
+        ];
+        want.sort();
+        assert_eq!(table_problems, want, "all problems: {problems:?}");
+        assert!(
+            problems.iter().any(|p| *p
+                == Problem::RowWithoutRecord {
+                    key: key(6),
+                    pack: 7,
+                    offset: 300
+                }),
+            "the row for 6 at 300 is reported: {problems:?}"
+        );
     }
 }
