@@ -786,6 +786,61 @@ fn b11_read_many_visits_each_once_in_pack_order() {
     assert_eq!(packed_order.len(), packed_keys.len());
 }
 
+/// As b11 with more keys than `read_many` sorts on one core (its sorts of keys and of rows
+/// run on every core from 65,536 items on): still each key once, in pack/offset order.
+#[test]
+fn b11_read_many_of_many_keys_visits_each_once_in_pack_order() {
+    let seed = seed("b11-many");
+    let mut rng = rng(seed);
+    let t = new_small_store();
+    let s = &t.store;
+    let packed: Vec<Vec<u8>> = (0..70_000u32)
+        .map(|i| {
+            let mut c = i.to_le_bytes().to_vec();
+            c.resize(4 + (i as usize * 7) % 40, (i % 251) as u8);
+            c
+        })
+        .collect();
+    let packed_keys = write_packed(s, &packed, None);
+    let content: HashMap<Key, &Vec<u8>> = packed_keys.iter().copied().zip(&packed).collect();
+    let missing: Vec<Key> = (0..3).map(absent_key).collect();
+    let mut request: Vec<Key> = packed_keys.iter().chain(&missing).copied().collect();
+    request.extend_from_slice(&packed_keys[..1000]);
+    request.shuffle(&mut rng);
+    let mut visits: Vec<(Key, bool)> = Vec::new();
+    s.read_many(&request, &mut |k, r| {
+        let right = match (content.get(&k), r) {
+            (Some(c), Ok(b)) => b == c.as_slice(),
+            (None, Err(e)) => e.is_not_found(),
+            _ => false,
+        };
+        visits.push((k, right));
+        Ok(())
+    })
+    .expect("read_many");
+    assert_eq!(visits.len(), content.len() + missing.len(), "visits");
+    let wrong: Vec<&Key> = visits.iter().filter(|v| !v.1).map(|v| &v.0).collect();
+    assert!(wrong.is_empty(), "wrong answers for {wrong:?}");
+    let distinct: std::collections::HashSet<&Key> = visits.iter().map(|v| &v.0).collect();
+    assert_eq!(
+        distinct.len(),
+        visits.len(),
+        "a key was visited more than once"
+    );
+    let packed_order: Vec<(u64, u64)> = visits
+        .iter()
+        .filter(|(k, _)| content.contains_key(k))
+        .map(|(k, _)| match location(s, k) {
+            Location::Packed { pack, offset } => (pack, offset),
+            Location::Loose => panic!("{k} is loose"),
+        })
+        .collect();
+    assert!(
+        packed_order.windows(2).all(|w| w[0] < w[1]),
+        "not in pack/offset order"
+    );
+}
+
 #[test]
 fn b12_missing_keys() {
     let t = new_small_store();
