@@ -636,28 +636,49 @@ impl Index {
         scanned
     }
 
+    /// Feeds every row of `sql` (key, pack, offset, raw_len, stored_len, flags) to `visit`,
+    /// each column checked for its type as rusqlite's typed getters would.
     fn scan_rows(
         &self,
         sql: &str,
         visit: &mut dyn FnMut(Key, IndexRow) -> Result<()>,
     ) -> Result<()> {
-        let mut st = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-        let mut rows = st.query([]).map_err(|e| self.err(e))?;
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let cols = (|| {
-                Ok::<_, rusqlite::Error>((
-                    r.get_ref(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })()
-            .map_err(|e| self.err(e))?;
-            let (key, pack, offset, raw, stored, flags) = cols;
-            let key = self.key_ref(key)?;
-            visit(key, self.row(pack, offset, raw, stored, flags)?)?;
+        let mut rows = RawRows::prepare(&self.conn, sql).map_err(|e| self.err(e))?;
+        let wrong_type = |column: &str, rows: &RawRows<'_>, at: i32| Error::IndexCorrupt {
+            path: self.path.clone(),
+            detail: format!(
+                "{column} of type {}, expected an integer",
+                rows.type_name(at)
+            ),
+        };
+        while rows.step().map_err(|e| self.err(e))? {
+            let key = match rows.blob(0) {
+                Some(b) => Key::from_slice(b).ok_or_else(|| Error::IndexCorrupt {
+                    path: self.path.clone(),
+                    detail: format!("key of {} bytes, expected {KEY_BYTES}", b.len()),
+                })?,
+                None => {
+                    return Err(Error::IndexCorrupt {
+                        path: self.path.clone(),
+                        detail: format!("key of type {}, expected a blob", rows.type_name(0)),
+                    })
+                }
+            };
+            let int =
+                |at: i32, column: &str| rows.int(at).ok_or_else(|| wrong_type(column, &rows, at));
+            let stored = if rows.is_null(4) {
+                None
+            } else {
+                Some(int(4, "stored_len")?)
+            };
+            let row = self.row(
+                int(1, "pack")?,
+                int(2, "offset")?,
+                int(3, "raw_len")?,
+                stored,
+                int(5, "flags")?,
+            )?;
+            visit(key, row)?;
         }
         Ok(())
     }
@@ -1487,6 +1508,138 @@ impl IndexTx<'_> {
     }
 }
 
+/// The rows of one query stepped through SQLite's C interface, for the scans of every row of
+/// the index: rusqlite's typed getters ask SQLite for each column's type and then its value,
+/// with checks of their own around both, which made reading a row's six columns cost more than
+/// stepping to it (40,000 rows: 8.5 ms against 5.5 ms read here, types still checked).
+struct RawRows<'c> {
+    stmt: std::ptr::NonNull<rusqlite::ffi::sqlite3_stmt>,
+    /// The statement belongs to this connection, which must outlive it.
+    _conn: std::marker::PhantomData<&'c Connection>,
+}
+
+impl<'c> RawRows<'c> {
+    fn prepare(conn: &'c Connection, sql: &str) -> rusqlite::Result<RawRows<'c>> {
+        use rusqlite::ffi;
+        let len = std::os::raw::c_int::try_from(sql.len()).map_err(|_| {
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None)
+        })?;
+        let mut stmt = std::ptr::null_mut();
+        // SAFETY: `handle` is the open connection `conn` owns, alive for 'c; SQLite reads `len`
+        // bytes of `sql` (no terminating NUL needed with an explicit length) and writes the
+        // statement pointer.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v2(
+                conn.handle(),
+                sql.as_ptr().cast(),
+                len,
+                &mut stmt,
+                std::ptr::null_mut(),
+            )
+        };
+        match std::ptr::NonNull::new(stmt) {
+            Some(stmt) if rc == ffi::SQLITE_OK => Ok(RawRows {
+                stmt,
+                _conn: std::marker::PhantomData,
+            }),
+            other => {
+                if let Some(stmt) = other {
+                    // SAFETY: a statement SQLite returned, finalized once.
+                    unsafe { ffi::sqlite3_finalize(stmt.as_ptr()) };
+                }
+                Err(Self::error(conn, rc))
+            }
+        }
+    }
+
+    /// The error SQLite reported on `conn` for `rc`.
+    fn error(conn: &Connection, rc: std::os::raw::c_int) -> rusqlite::Error {
+        use rusqlite::ffi;
+        // SAFETY: `handle` is the open connection; the message is a NUL-terminated string
+        // SQLite owns, copied before any other call on the connection.
+        let message = unsafe {
+            let m = ffi::sqlite3_errmsg(conn.handle());
+            (!m.is_null()).then(|| std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned())
+        };
+        rusqlite::Error::SqliteFailure(ffi::Error::new(rc), message)
+    }
+
+    /// Moves to the next row: `false` once there are no more.
+    fn step(&mut self) -> rusqlite::Result<bool> {
+        use rusqlite::ffi;
+        // SAFETY: a prepared statement of a live connection.
+        match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
+            ffi::SQLITE_ROW => Ok(true),
+            ffi::SQLITE_DONE => Ok(false),
+            rc => {
+                // SAFETY: the statement's own connection.
+                let db = unsafe { ffi::sqlite3_db_handle(self.stmt.as_ptr()) };
+                // SAFETY: as in `error`.
+                let message = unsafe {
+                    let m = ffi::sqlite3_errmsg(db);
+                    (!m.is_null())
+                        .then(|| std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned())
+                };
+                Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), message))
+            }
+        }
+    }
+
+    fn column_type(&self, at: i32) -> i32 {
+        // SAFETY: called only while the statement is on a row (after `step` said so); a column
+        // index out of range gives SQLITE_NULL.
+        unsafe { rusqlite::ffi::sqlite3_column_type(self.stmt.as_ptr(), at) }
+    }
+
+    fn type_name(&self, at: i32) -> &'static str {
+        use rusqlite::ffi;
+        match self.column_type(at) {
+            ffi::SQLITE_INTEGER => "integer",
+            ffi::SQLITE_FLOAT => "real",
+            ffi::SQLITE_TEXT => "text",
+            ffi::SQLITE_BLOB => "blob",
+            _ => "null",
+        }
+    }
+
+    fn is_null(&self, at: i32) -> bool {
+        self.column_type(at) == rusqlite::ffi::SQLITE_NULL
+    }
+
+    /// The column's value if it is an integer.
+    fn int(&self, at: i32) -> Option<i64> {
+        (self.column_type(at) == rusqlite::ffi::SQLITE_INTEGER)
+            // SAFETY: as in `column_type`.
+            .then(|| unsafe { rusqlite::ffi::sqlite3_column_int64(self.stmt.as_ptr(), at) })
+    }
+
+    /// The column's bytes if it is a blob, valid until the next step.
+    fn blob(&self, at: i32) -> Option<&[u8]> {
+        use rusqlite::ffi;
+        if self.column_type(at) != ffi::SQLITE_BLOB {
+            return None;
+        }
+        // SAFETY: as in `column_type`. The pointer is asked for before the length, as SQLite
+        // requires, and stays valid until the statement steps or is finalized, which needs
+        // `&mut self` or `self`, so not while the slice borrows it.
+        unsafe {
+            let p = ffi::sqlite3_column_blob(self.stmt.as_ptr(), at).cast::<u8>();
+            let n = usize::try_from(ffi::sqlite3_column_bytes(self.stmt.as_ptr(), at)).ok()?;
+            if p.is_null() || n == 0 {
+                return Some(&[]);
+            }
+            Some(std::slice::from_raw_parts(p, n))
+        }
+    }
+}
+
+impl Drop for RawRows<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the statement is finalized once, here, while its connection is alive.
+        unsafe { rusqlite::ffi::sqlite3_finalize(self.stmt.as_ptr()) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1512,6 +1665,88 @@ mod tests {
             .expect("open")
             .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
             .expect("count")
+    }
+
+    /// The scan of every row gives back what was written (a stored length equal to the raw one
+    /// is kept as NULL), and a column of the wrong type, or a key of the wrong length, is an
+    /// `IndexCorrupt` naming it, as rusqlite's typed getters made it before.
+    #[test]
+    fn the_row_scan_reads_each_row_back_and_names_a_column_of_the_wrong_type() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = Index::open(dir.path(), "store").expect("open");
+        let mut written = rows(1, 20, 3);
+        written[4].1.stored_len = 7;
+        written[5].1.flags = 1;
+        let tx = index.begin().expect("begin");
+        tx.write_rows(RowWrite::Replace, &written).expect("write");
+        tx.commit().expect("commit");
+        let mut read = Vec::new();
+        index
+            .for_each(&mut |k, r| {
+                read.push((k, r));
+                Ok(())
+            })
+            .expect("scan");
+        assert_eq!(read, written);
+        // Closed, the index is checkpointed into its one file, which the cases copy.
+        drop(index);
+
+        let cases = [
+            (
+                "UPDATE objects SET pack = 'three' WHERE key = ?1",
+                "pack of type text",
+            ),
+            (
+                "UPDATE objects SET offset = 1.5 WHERE key = ?1",
+                "offset of type real",
+            ),
+            (
+                "UPDATE objects SET raw_len = x'00' WHERE key = ?1",
+                "raw_len of type blob",
+            ),
+            (
+                "UPDATE objects SET stored_len = 'x' WHERE key = ?1",
+                "stored_len of type text",
+            ),
+            (
+                "UPDATE objects SET flags = NULL WHERE key = ?1",
+                "flags of type null",
+            ),
+            (
+                "UPDATE objects SET key = x'0102' WHERE key = ?1",
+                "key of 2 bytes",
+            ),
+            (
+                "UPDATE objects SET key = 12 WHERE key = ?1",
+                "key of type integer",
+            ),
+        ];
+        for (update, want) in cases {
+            let copy = tempfile::tempdir().expect("tempdir");
+            std::fs::copy(dir.path().join(INDEX_FILE), copy.path().join(INDEX_FILE)).expect("copy");
+            let conn = Connection::open(copy.path().join(INDEX_FILE)).expect("open copy");
+            // The table's NOT NULL would refuse the NULL: rewrite it without, as damage might.
+            conn.execute_batch("PRAGMA writable_schema = ON")
+                .expect("schema");
+            conn.execute(
+                "UPDATE sqlite_schema SET sql = replace(sql, 'flags INTEGER NOT NULL', 'flags INTEGER') WHERE name = 'objects'",
+                [],
+            )
+            .expect("relax");
+            drop(conn);
+            let conn = Connection::open(copy.path().join(INDEX_FILE)).expect("reopen copy");
+            let changed = conn
+                .execute(update, [written[7].0.as_bytes().as_slice()])
+                .expect(update);
+            assert_eq!(changed, 1, "{update}");
+            drop(conn);
+            let mut damaged = Index::open(copy.path(), "store").expect("open damaged");
+            let e = damaged.for_each(&mut |_, _| Ok(())).expect_err(update);
+            let Error::IndexCorrupt { detail, .. } = &e else {
+                panic!("{update}: {e:?}");
+            };
+            assert!(detail.starts_with(want), "{update}: {detail}");
+        }
     }
 
     #[test]
