@@ -101,6 +101,10 @@ class Table:
     def read_limit(self, size_bytes: int) -> float:
         return self.limits['warm_read_s'] * size_bytes / self.payload
 
+    def cold_read_limit(self, size_bytes: int) -> float | None:
+        cold = self.limits.get('cold_read_s')
+        return None if cold is None else cold * size_bytes / self.payload
+
     def row(self, label: str, dos_s: float | None, basin_s: float | None, target: str, met: bool | None,
             limit_s: float | None) -> None:
         ratio = f'{dos_s / basin_s:.1f}×' if dos_s and basin_s else '–'
@@ -242,6 +246,10 @@ def build(results: Path) -> str:
                       m['seconds'], t.write_limit(m['bytes'], 'million'))
         t.speed_row(f'm2. {label} read back (read_many){note}', step(dos_m, 'm2_million_read_many'),
                     step(basin_m, 'm2_million_read_many'), TEN_X, t.read_limit(m['bytes']))
+        if step(basin_m, 'm2c_million_read_many_uncached') is not None:
+            t.speed_row(f'm2c. the same read-back, the packs dropped from the page cache first{note}',
+                        step(dos_m, 'm2c_million_read_many_uncached'),
+                        step(basin_m, 'm2c_million_read_many_uncached'), TEN_X, t.cold_read_limit(m['bytes']))
 
     def index_row(label: str, dos_sizes: dict | None, basin_sizes: dict) -> None:
         ours = basin_sizes['index_bytes_per_object']

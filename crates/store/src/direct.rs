@@ -30,7 +30,7 @@ use crate::fsutil;
 
 /// Block size direct writes are aligned to (offset, length and memory): the logical block size
 /// of any common device divides it.
-const DIRECT_ALIGN_BYTES: usize = 4096;
+pub(crate) const DIRECT_ALIGN_BYTES: usize = 4096;
 
 /// Bytes staged between two direct writes.
 pub(crate) const DIRECT_STAGE_BYTES: usize = 4 << 20;

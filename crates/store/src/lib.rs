@@ -31,6 +31,7 @@ mod blake3_batch;
 mod compress;
 mod config;
 mod direct;
+mod direct_read;
 mod error;
 pub mod format;
 mod fsutil;

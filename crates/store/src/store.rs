@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rayon::slice::ParallelSliceMut;
 
 use crate::config::{self, InitOptions, StoreConfig};
+use crate::direct_read::SpanReads;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::index::{Index, IndexRow, INDEX_FILE};
@@ -674,8 +675,9 @@ impl Store {
             && self.read_spans_pipelined(&found, &spans, &mut rest, visit)?;
         if !pipelined {
             let mut buf = Vec::new();
+            let mut reads = SpanReads::new(&self.root);
             for span in &spans {
-                let fetched = self.fetch_span(&found, span, &mut buf)?;
+                let fetched = self.fetch_span(&found, span, &mut reads, &mut buf)?;
                 visit_span(&found, span, &buf, fetched, &mut rest, visit)?;
             }
         }
@@ -688,11 +690,13 @@ impl Store {
         Ok(())
     }
 
-    /// Reads one span of records into `buf` and verifies each record.
+    /// Reads one span of records into `buf` (around the page cache where it holds none of it,
+    /// see [`SpanReads`]) and verifies each record.
     fn fetch_span(
         &self,
         found: &[(Key, IndexRow)],
         span: &SpanRead,
+        reads: &mut SpanReads,
         buf: &mut Vec<u8>,
     ) -> Result<Fetched> {
         let Some(file) = self.pack_handle(span.pack)? else {
@@ -700,19 +704,24 @@ impl Store {
             return Ok(Fetched::Unreadable);
         };
         let first = &found[span.items.start].1;
-        let read = pack::check_fits(&file, first, span.end - span.start).and_then(|()| {
-            buf.resize((span.end - span.start) as usize, 0);
-            pack::read_exact_at(&file, buf, span.start, span.pack)
+        let len = span.end - span.start;
+        let read = pack::check_fits(&file, first, len).and_then(|()| {
+            let len = usize::try_from(len).map_err(|_| Error::CorruptRecord {
+                pack: span.pack,
+                offset: span.start,
+                reason: crate::format::FormatError::Truncated { need: len, have: 0 },
+            })?;
+            reads.read(&file, span.pack, span.start, len, buf)
         });
-        if read.is_err() {
+        let Ok(base) = read else {
             // A short or unreadable pack: each key gets its own answer.
             return Ok(Fetched::Unreadable);
-        }
+        };
         Ok(Fetched::Records(
             found[span.items.clone()]
                 .iter()
                 .map(|(key, row)| {
-                    let off = (row.offset - span.start) as usize;
+                    let off = base + (row.offset - span.start) as usize;
                     let rec = &buf[off..off + record_len(row) as usize];
                     decode_packed(key, row, rec).map(|d| match d {
                         Decoded::Borrowed((a, b)) => Decoded::Borrowed((off + a, off + b)),
@@ -742,6 +751,7 @@ impl Store {
                 .name("basin-read-many".into())
                 .spawn_scoped(s, move || {
                     let mut buffers = 0usize;
+                    let mut reads = SpanReads::new(&self.root);
                     for span in spans {
                         let mut buf = match free_rx.try_recv() {
                             Ok(b) => b,
@@ -754,7 +764,7 @@ impl Store {
                                 Err(_) => return,
                             },
                         };
-                        let fetched = self.fetch_span(found, span, &mut buf);
+                        let fetched = self.fetch_span(found, span, &mut reads, &mut buf);
                         let stop = fetched.is_err();
                         if full_tx.send(fetched.map(|f| (buf, f))).is_err() || stop {
                             return;

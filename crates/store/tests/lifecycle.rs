@@ -1769,3 +1769,110 @@ fn packs_keep_no_blocks_reserved_past_their_end_once_sealed_or_cleaned() {
     let report = m.validate(&NoProgress).expect("validate");
     assert!(report.is_ok(), "{:?}", report.problems);
 }
+
+/// Pages of `path` the page cache holds, through `cachestat` (Linux 6.5); `None` without it.
+fn cached_pages(path: &std::path::Path) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open pack");
+    let range = [0u64, 0]; // offset 0, length 0: the whole file
+    let mut stat = [0u64; 5];
+    // SAFETY: the kernel reads `range` and writes `stat`, both live and of its layout.
+    let rc = unsafe {
+        libc::syscall(
+            451,
+            libc::c_long::from(file.as_raw_fd()),
+            range.as_ptr(),
+            stat.as_mut_ptr(),
+            0 as libc::c_long,
+        )
+    };
+    (rc == 0).then_some(stat[0])
+}
+
+/// Drops the clean cached pages of `path` in `from..from + len` (0: to the end).
+fn drop_cached(path: &std::path::Path, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open pack");
+    file.sync_all().expect("sync pack");
+    // SAFETY: plain syscall on an open descriptor.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            from as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+/// A bulk read of packs the page cache does not hold reads them around it, and of packs it
+/// holds in part, each span one way or the other: every object comes back right either way,
+/// records at any offset and the last one of the pack included, and the pages read around the
+/// cache are not left in it.
+#[test]
+fn read_many_reads_what_the_page_cache_lacks_around_it_and_returns_the_same_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::init(&dir.path().join("s"), &InitOptions::default()).expect("init");
+    // 12 MiB of objects of odd sizes (records start anywhere in their blocks), one zstd'd.
+    let objects: Vec<Vec<u8>> = (0..3000u64)
+        .map(|i| content(5000 + i, 1 + (i as usize * 4099) % 8000))
+        .collect();
+    let m = store.maintenance(LockWait::Fail).expect("lock");
+    let mut sources = objects.iter().map(|c| Ok(Source::Bytes(c.clone())));
+    let keys = m
+        .write_packed(&mut sources, &PackOptions::default(), &NoProgress)
+        .expect("write_packed");
+    let text: Vec<u8> = b"compressible ".repeat(4000);
+    let mut sources = std::iter::once(Ok(Source::Bytes(text.clone())));
+    let opts = PackOptions {
+        compression: Some(Compression::Zstd { level: 3 }),
+        ..PackOptions::default()
+    };
+    let text_key = m
+        .write_packed(&mut sources, &opts, &NoProgress)
+        .expect("write_packed")[0];
+    drop(m);
+    let pack = std::fs::read_dir(store.path().join("packs"))
+        .expect("list packs")
+        .map(|e| e.expect("entry").path())
+        .next()
+        .expect("a pack");
+    let pack_bytes = std::fs::metadata(&pack).expect("stat").len();
+    let mut wanted: Vec<Key> = keys.clone();
+    wanted.push(text_key);
+    wanted.reverse();
+    let check = |what: &str| {
+        let mut seen = 0usize;
+        store
+            .read_many(&wanted, &mut |k, r| {
+                let bytes = r.expect("read_many item");
+                let want = if k == text_key {
+                    &text
+                } else {
+                    &objects[keys.iter().position(|x| *x == k).expect("a written key")]
+                };
+                assert!(bytes == want.as_slice(), "{what}: wrong bytes for {k}");
+                seen += 1;
+                Ok(())
+            })
+            .expect("read_many");
+        assert_eq!(seen, wanted.len(), "{what}: objects visited");
+    };
+
+    drop_cached(&pack, 0, 0);
+    let before = cached_pages(&pack);
+    check("nothing cached");
+    match (before, cached_pages(&pack)) {
+        (Some(before), Some(after)) => assert!(
+            after <= before + 2,
+            "the read left {after} pages of the pack cached (before: {before})"
+        ),
+        _ => println!("no cachestat on this kernel: spans were read through the page cache"),
+    }
+    // Every page cached (read whole), then the first and last thirds only.
+    std::fs::read(&pack).expect("read the pack");
+    check("all cached");
+    drop_cached(&pack, pack_bytes / 3, pack_bytes / 3);
+    check("the middle third dropped");
+}
