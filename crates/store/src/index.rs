@@ -1547,18 +1547,22 @@ impl<'c> RawRows<'c> {
                     // SAFETY: a statement SQLite returned, finalized once.
                     unsafe { ffi::sqlite3_finalize(stmt.as_ptr()) };
                 }
-                Err(Self::error(conn, rc))
+                // SAFETY: the open connection `conn` owns.
+                Err(unsafe { Self::error(conn.handle(), rc) })
             }
         }
     }
 
-    /// The error SQLite reported on `conn` for `rc`.
-    fn error(conn: &Connection, rc: std::os::raw::c_int) -> rusqlite::Error {
+    /// The error SQLite reported on connection `db` for `rc`.
+    ///
+    /// # Safety
+    /// `db` must be an open connection.
+    unsafe fn error(db: *mut rusqlite::ffi::sqlite3, rc: std::os::raw::c_int) -> rusqlite::Error {
         use rusqlite::ffi;
-        // SAFETY: `handle` is the open connection; the message is a NUL-terminated string
-        // SQLite owns, copied before any other call on the connection.
+        // SAFETY: the message is a NUL-terminated string SQLite owns, copied before any other
+        // call on the connection.
         let message = unsafe {
-            let m = ffi::sqlite3_errmsg(conn.handle());
+            let m = ffi::sqlite3_errmsg(db);
             (!m.is_null()).then(|| std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned())
         };
         rusqlite::Error::SqliteFailure(ffi::Error::new(rc), message)
@@ -1571,17 +1575,8 @@ impl<'c> RawRows<'c> {
         match unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) } {
             ffi::SQLITE_ROW => Ok(true),
             ffi::SQLITE_DONE => Ok(false),
-            rc => {
-                // SAFETY: the statement's own connection.
-                let db = unsafe { ffi::sqlite3_db_handle(self.stmt.as_ptr()) };
-                // SAFETY: as in `error`.
-                let message = unsafe {
-                    let m = ffi::sqlite3_errmsg(db);
-                    (!m.is_null())
-                        .then(|| std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned())
-                };
-                Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), message))
-            }
+            // SAFETY: the statement's own connection, open while the statement lives.
+            rc => Err(unsafe { Self::error(ffi::sqlite3_db_handle(self.stmt.as_ptr()), rc) }),
         }
     }
 

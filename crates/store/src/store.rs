@@ -690,8 +690,8 @@ impl Store {
         Ok(())
     }
 
-    /// Reads one span of records into `buf` (around the page cache where it holds none of it,
-    /// see [`SpanReads`]) and verifies each record.
+    /// Reads one span of records into `buf` (around the page cache where it does not hold all
+    /// of it, see [`SpanReads`]) and verifies each record.
     fn fetch_span(
         &self,
         found: &[(Key, IndexRow)],
@@ -704,13 +704,8 @@ impl Store {
             return Ok(Fetched::Unreadable);
         };
         let first = &found[span.items.start].1;
-        let len = span.end - span.start;
-        let read = pack::check_fits(&file, first, len).and_then(|()| {
-            let len = usize::try_from(len).map_err(|_| Error::CorruptRecord {
-                pack: span.pack,
-                offset: span.start,
-                reason: crate::format::FormatError::Truncated { need: len, have: 0 },
-            })?;
+        let read = pack::check_fits(&file, first, span.end - span.start).and_then(|()| {
+            let len = (span.end - span.start) as usize;
             reads.read(&file, span.pack, span.start, len, buf)
         });
         let Ok(base) = read else {
