@@ -22,7 +22,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{IoContext, Result};
@@ -202,7 +202,7 @@ impl DirectRuns {
     pub(crate) fn write(
         &mut self,
         file: &Arc<File>,
-        path: &PathBuf,
+        path: &Path,
         at: u64,
         mut bytes: &[u8],
     ) -> Result<()> {
@@ -302,12 +302,12 @@ impl DirectRuns {
 
     /// Starts a run at `at`: its bytes up to the next block boundary go through the page
     /// cache, the window starts at that boundary.
-    fn start(&mut self, file: &Arc<File>, path: &PathBuf, at: u64) {
+    fn start(&mut self, file: &Arc<File>, path: &Path, at: u64) {
         self.place_window();
         self.target = Some(Target {
             file: file.clone(),
-            direct: open_direct(path).map(Arc::new),
-            path: path.clone(),
+            direct: open_direct(path, true).map(Arc::new),
+            path: path.to_path_buf(),
             head_at: at,
             base: at.next_multiple_of(DIRECT_ALIGN_BYTES as u64),
             staged: 0,
@@ -373,19 +373,21 @@ fn no_run() -> crate::error::Error {
     crate::error::Error::InvalidArgument("direct write without a run".into())
 }
 
-/// Opens `path` for direct writes; `None` where the file system refuses.
+/// Opens `path` with `O_DIRECT`, for reading or for writing; `None` where the file system
+/// refuses (or elsewhere than Linux).
 #[cfg(target_os = "linux")]
-fn open_direct(path: &PathBuf) -> Option<File> {
+pub(crate) fn open_direct(path: &Path, write: bool) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
-        .write(true)
+        .read(!write)
+        .write(write)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &PathBuf) -> Option<File> {
+pub(crate) fn open_direct(_path: &Path, _write: bool) -> Option<File> {
     None
 }
 

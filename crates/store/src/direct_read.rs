@@ -25,7 +25,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::direct::DIRECT_ALIGN_BYTES;
+use crate::direct::{open_direct, DIRECT_ALIGN_BYTES};
 use crate::error::Result;
 use crate::pack;
 
@@ -74,7 +74,7 @@ impl SpanReads {
         let root = &self.root;
         self.direct
             .entry(pack)
-            .or_insert_with(|| open_direct(&pack::pack_path(root, pack)))
+            .or_insert_with(|| open_direct(&pack::pack_path(root, pack), false))
             .as_ref()
     }
 }
@@ -171,20 +171,4 @@ fn read_direct(direct: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -> Dir
         }
     }
     Direct::Read(at + (offset - first_block) as usize)
-}
-
-/// Opens `path` for direct reads; `None` where the file system refuses.
-#[cfg(target_os = "linux")]
-fn open_direct(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path) -> Option<File> {
-    None
 }
