@@ -652,18 +652,7 @@ impl Index {
             ),
         };
         while rows.step().map_err(|e| self.err(e))? {
-            let key = match rows.blob(0) {
-                Some(b) => Key::from_slice(b).ok_or_else(|| Error::IndexCorrupt {
-                    path: self.path.clone(),
-                    detail: format!("key of {} bytes, expected {KEY_BYTES}", b.len()),
-                })?,
-                None => {
-                    return Err(Error::IndexCorrupt {
-                        path: self.path.clone(),
-                        detail: format!("key of type {}, expected a blob", rows.type_name(0)),
-                    })
-                }
-            };
+            let key = self.key_of(rows.blob(0).ok_or(rows.type_name(0)))?;
             let int =
                 |at: i32, column: &str| rows.int(at).ok_or_else(|| wrong_type(column, &rows, at));
             let stored = if rows.is_null(4) {
@@ -714,16 +703,21 @@ impl Index {
     /// A key column read in place (no copy into a fresh buffer per row).
     fn key_ref(&self, v: rusqlite::types::ValueRef<'_>) -> Result<Key> {
         match v {
-            rusqlite::types::ValueRef::Blob(b) => {
-                Key::from_slice(b).ok_or_else(|| Error::IndexCorrupt {
-                    path: self.path.clone(),
-                    detail: format!("key of {} bytes, expected {KEY_BYTES}", b.len()),
-                })
-            }
-            other => Err(Error::IndexCorrupt {
-                path: self.path.clone(),
-                detail: format!("key of type {:?}, expected a blob", other.data_type()),
-            }),
+            rusqlite::types::ValueRef::Blob(b) => self.key_of(Ok(b)),
+            other => self.key_of(Err(&format!("{:?}", other.data_type()))),
+        }
+    }
+
+    /// The key in a key column: its blob, or the name of the type it has instead.
+    fn key_of(&self, column: std::result::Result<&[u8], &str>) -> Result<Key> {
+        let corrupt = |detail: String| Error::IndexCorrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        match column {
+            Ok(b) => Key::from_slice(b)
+                .ok_or_else(|| corrupt(format!("key of {} bytes, expected {KEY_BYTES}", b.len()))),
+            Err(type_name) => Err(corrupt(format!("key of type {type_name}, expected a blob"))),
         }
     }
 
