@@ -31,9 +31,10 @@ const BULK_READ_SPAN_BYTES: u64 = 512 << 10;
 /// Loose prefix length from which `list` reads loose/ and the index at once (16^2 = 256 prefix
 /// folders take about a millisecond to read, more than starting a thread costs).
 const LIST_OVERLAP_PREFIX_LEN_MIN: u8 = 2;
-/// Items from which `read_many` sorts on every core: its sorts of a million keys and rows were
-/// a fifth of its time before any byte was read.
-const PARALLEL_SORT_ITEMS_MIN: usize = 1 << 16;
+/// Items from which `read_many` and an index commit sort on every core: `read_many`'s sorts of
+/// a million keys and rows were a fifth of its time before any byte was read, and a commit of a
+/// million rows sorted them on one thread while the other core was idle.
+pub(crate) const PARALLEL_SORT_ITEMS_MIN: usize = 1 << 16;
 /// Bytes a `read_many` must read before a second thread pays for its start.
 const READ_MANY_PIPELINE_BYTES_MIN: u64 = 2 * BULK_READ_SPAN_BYTES;
 /// Span buffers of a pipelined `read_many`: one being filled, one queued, one being visited.
