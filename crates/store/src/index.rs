@@ -161,6 +161,10 @@ const SNAPSHOT_AGE_MAX: Duration = Duration::from_millis(20);
 /// time and a million-object import 0.80x, for 1.5 % more index bytes; 16 KiB pages left the
 /// bench's index sparse enough that `clean` rewrote it.
 const INDEX_PAGE_BYTES: u32 = 8192;
+/// Fewest bytes of the index file an `objects` row can take: its cell holds the 32-byte key
+/// plus at least a length byte, a record header of 7 bytes, and a 2-byte pointer to it (the
+/// integers 0 and 1 take no bytes of the record).
+const OBJECT_ROW_BYTES_MIN: u64 = 40;
 /// Page cache of a maintenance connection (see [`Index::use_bulk_cache`]).
 const BULK_CACHE_BYTES: u64 = 512 << 20;
 
@@ -1152,6 +1156,20 @@ impl Index {
                 .map_err(|e| self.err(e))?;
         }
         Ok(())
+    }
+
+    /// An upper bound on the rows in `objects`, from the size of the index file alone (no page
+    /// is read): no row takes fewer than [`OBJECT_ROW_BYTES_MIN`] bytes of it.
+    pub(crate) fn rows_at_most(&mut self) -> Result<u64> {
+        let bytes: i64 = self
+            .conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(nonneg(bytes, "index size", &self.path)? / OBJECT_ROW_BYTES_MIN)
     }
 
     /// Rows in `objects`, dead ones too (counted from the pages, without decoding a row).
