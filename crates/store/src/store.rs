@@ -634,6 +634,7 @@ impl Store {
         let mut rest: Vec<Key> = Vec::new();
         {
             let mut index = self.index();
+            // Smaller requests never scan: they need not ask the index's size.
             if wanted.len() >= BULK_SCAN_KEYS_MIN
                 && scans_index(wanted.len(), index.rows_at_most()?)
             {
@@ -983,7 +984,7 @@ mod tests {
     use super::{scans_index, PackCache, BULK_SCAN_KEYS_MIN, PACK_HANDLES_MAX};
 
     /// read_many scans the index only for many keys that are a fair share of its rows: a few
-    /// thousand keys of a hundred million rows are looked up, whatever their number.
+    /// thousand keys of a hundred million rows are looked up one by one.
     #[test]
     fn read_many_scans_the_index_only_for_a_fair_share_of_its_rows() {
         let cases = [
