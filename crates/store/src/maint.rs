@@ -709,7 +709,7 @@ impl<'s> Maintenance<'s> {
         let mut hashed: Option<ReadChunk> = match take_chunk(sources, taken_objects)? {
             Some(t) => {
                 taken_objects += t.n;
-                Some(t.hash_here(hash, policy))
+                Some(t.hash_here(hash, policy)?)
             }
             None => None,
         };
@@ -728,7 +728,7 @@ impl<'s> Maintenance<'s> {
                     // Called from one of rayon's own threads, this one would block waiting for
                     // a task queued behind it: hash in place instead, without the overlap.
                     Some(if rayon::current_thread_index().is_some() {
-                        Hashing::Done(t.hash_here(hash, policy))
+                        Hashing::Done(t.hash_here(hash, policy)?)
                     } else {
                         Hashing::OnPool(t.hash_on_pool(hash, policy))
                     })
@@ -1753,11 +1753,26 @@ enum Hashing {
     Done(ReadChunk),
 }
 
-/// One chunk of input taken from the sources: small objects read into memory, not yet hashed.
+/// A small object taken from the sources: its bytes, or the file they are still to be read from.
+enum Small {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Small {
+    fn into_bytes(self) -> Result<Vec<u8>> {
+        match self {
+            Small::Bytes(b) => Ok(b),
+            Small::File(path) => fs::read(&path).at("read", &path),
+        }
+    }
+}
+
+/// One chunk of input taken from the sources: small objects (files not read yet), not hashed.
 struct TakenChunk {
     base: usize,
     n: usize,
-    small: Vec<(usize, Vec<u8>)>,
+    small: Vec<(usize, Small)>,
     large: Vec<(usize, Source)>,
 }
 
@@ -1767,18 +1782,18 @@ struct HashingChunk {
     base: usize,
     n: usize,
     large: Vec<(usize, Source)>,
-    prepared: std::sync::mpsc::Receiver<Vec<PreparedObject>>,
+    prepared: std::sync::mpsc::Receiver<Result<Vec<PreparedObject>>>,
 }
 
 impl TakenChunk {
     /// Hashes and encodes the small objects on every core, and waits for them.
-    fn hash_here(self, hash: crate::key::HashAlgorithm, policy: Compression) -> ReadChunk {
-        ReadChunk {
+    fn hash_here(self, hash: crate::key::HashAlgorithm, policy: Compression) -> Result<ReadChunk> {
+        Ok(ReadChunk {
             base: self.base,
             n: self.n,
-            prepared: prepare_small(self.small, hash, policy),
+            prepared: prepare_small(self.small, hash, policy)?,
             large: self.large,
-        }
+        })
     }
 
     /// Starts hashing and encoding the small objects on rayon's threads and returns at once,
@@ -1803,7 +1818,7 @@ impl HashingChunk {
     fn wait(self) -> Result<ReadChunk> {
         let prepared = self.prepared.recv().map_err(|_| {
             Error::InvalidArgument("write_packed: a hashing task ended without its result".into())
-        })?;
+        })??;
         Ok(ReadChunk {
             base: self.base,
             n: self.n,
@@ -1819,15 +1834,15 @@ fn take_chunk(
     sources: &mut dyn Iterator<Item = Result<Source>>,
     base: usize,
 ) -> Result<Option<TakenChunk>> {
-    let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut small: Vec<(usize, Small)> = Vec::new();
     let mut large: Vec<(usize, Source)> = Vec::new();
     for (i, src) in sources.take(PARALLEL_CHUNK_OBJECTS).enumerate() {
         match src? {
-            Source::Bytes(b) => small.push((base + i, b)),
+            Source::Bytes(b) => small.push((base + i, Small::Bytes(b))),
             Source::File(path) => {
                 let len = fs::metadata(&path).at("stat", &path)?.len();
                 if len <= IN_MEMORY_OBJECT_BYTES_MAX {
-                    small.push((base + i, fs::read(&path).at("read", &path)?));
+                    small.push((base + i, Small::File(path)));
                 } else {
                     large.push((base + i, Source::File(path)));
                 }
@@ -1838,7 +1853,7 @@ fn take_chunk(
             Source::Reader { mut reader, .. } => {
                 let mut b = Vec::new();
                 reader.read_to_end(&mut b).at("read source", "reader")?;
-                small.push((base + i, b));
+                small.push((base + i, Small::Bytes(b)));
             }
         }
     }
@@ -1858,17 +1873,26 @@ fn take_chunk(
 /// `HashAlgorithm::hash_groups` (objects hashed together fill the SIMD lanes that one small
 /// object leaves empty).
 fn prepare_small(
-    small: Vec<(usize, Vec<u8>)>,
+    small: Vec<(usize, Small)>,
     hash: crate::key::HashAlgorithm,
     policy: Compression,
-) -> Vec<PreparedObject> {
+) -> Result<Vec<PreparedObject>> {
+    // Files are read here, on the pool's threads, several at once: read one after another on
+    // the caller's thread, a tree not in the page cache was imported at the pace of one read in
+    // flight (60,000 files of 1-16 KiB: 5.0 s, against 4.8 s for `cat` of them all).
+    let read = |(i, s): (usize, Small)| s.into_bytes().map(|b| (i, b));
+    let small: Vec<(usize, Vec<u8>)> = if small.iter().any(|(_, s)| matches!(s, Small::File(_))) {
+        small.into_par_iter().map(read).collect::<Result<_>>()?
+    } else {
+        small.into_iter().map(read).collect::<Result<_>>()?
+    };
     let ranges = crate::key::HashAlgorithm::hash_groups(small.iter().map(|(_, b)| b.len()));
     let mut objects = small.into_iter();
     let groups: Vec<Vec<(usize, Vec<u8>)>> = ranges
         .iter()
         .map(|r| objects.by_ref().take(r.len()).collect())
         .collect();
-    groups
+    Ok(groups
         .into_par_iter()
         .flat_map_iter(|group| {
             let keys = hash.hash_all(&group.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>());
@@ -1884,7 +1908,7 @@ fn prepare_small(
                 (i, key, raw_len, enc)
             })
         })
-        .collect()
+        .collect())
 }
 
 /// How `rewrite_packs` writes the records it moves.

@@ -663,6 +663,61 @@ fn b10_round_trip_every_path() {
     }
 }
 
+/// A file `write_packed` cannot read fails the call with an error naming it, whether it is in
+/// the first chunk (read and hashed before anything is appended) or a later one (read on the
+/// pool while the chunk before is appended), and nothing of that call becomes visible.
+#[test]
+fn b10_write_packed_names_a_file_it_cannot_read() {
+    for bad_at in [3usize, 700] {
+        let t = new_small_store();
+        let s = &t.store;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A folder passes the size check and then cannot be read as a file.
+        let bad = dir.path().join("not-a-file");
+        fs::create_dir(&bad).expect("mkdir");
+        let good = dir.path().join("good");
+        fs::write(&good, b"a readable file").expect("write");
+        let contents: Vec<Vec<u8>> = (0..1000)
+            .map(|i| format!("object {i} of {bad_at}").into_bytes())
+            .collect();
+        let mut sources: Vec<Source> = contents.iter().cloned().map(Source::Bytes).collect();
+        sources.insert(1, Source::File(good.clone()));
+        sources.insert(bad_at, Source::File(bad.clone()));
+        let m = maint(s);
+        let err = m
+            .write_packed(
+                &mut sources.into_iter().map(Ok),
+                &PackOptions::default(),
+                &NoProgress,
+            )
+            .expect_err("write_packed of a folder as a file");
+        drop(m);
+        assert!(
+            err.to_string().contains(&bad.display().to_string()),
+            "file at {bad_at}: the error must name the file: {err}"
+        );
+        for c in contents
+            .iter()
+            .take(10)
+            .chain([&b"a readable file".to_vec()])
+        {
+            assert!(
+                !s.has(&key_of(s, c)).expect("has"),
+                "file at {bad_at}: an object of the failed call is visible"
+            );
+        }
+        // The store takes the same objects afterwards, whole.
+        let keys = write_packed(s, &contents, None);
+        check_reads(
+            s,
+            &keys,
+            &contents,
+            &format!("file at {bad_at}: after the failure"),
+        );
+        assert_valid(s);
+    }
+}
+
 fn check_reads(s: &Store, keys: &[Key], contents: &[Vec<u8>], what: &str) {
     for (k, c) in keys.iter().zip(contents) {
         assert!(
@@ -813,7 +868,7 @@ fn b11_read_many_of_many_keys_visits_each_once_in_pack_order() {
         .copied()
         .collect();
     few.extend_from_slice(&missing);
-    few.extend_from_slice(&few[..100].to_vec());
+    few.extend_from_within(..100);
     for (what, mut request) in [("every key", every), ("4,500 keys", few)] {
         request.shuffle(&mut rng);
         let expected: std::collections::HashSet<Key> = request.iter().copied().collect();
