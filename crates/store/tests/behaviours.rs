@@ -718,6 +718,52 @@ fn b10_write_packed_names_a_file_it_cannot_read() {
     }
 }
 
+/// write_packed holds a bounded amount in memory whatever its sources say: a reader far longer
+/// than its size hint is streamed whole, and objects of a megabyte go in rounds of a few dozen;
+/// every key comes back in input order and every object reads back.
+#[test]
+fn b10_write_packed_bounds_what_it_holds_and_keeps_input_order() {
+    let t = new_small_store();
+    let s = &t.store;
+    let seed = seed("b10-bounded");
+    let mut rng = rng(seed);
+    let mut contents: Vec<Vec<u8>> = (0..70)
+        .map(|_| {
+            let mut c = vec![0u8; (1 << 20) + rng.random_range(0..4096)];
+            rng.fill(&mut c[..]);
+            c
+        })
+        .collect();
+    let mut long = vec![0u8; (17 << 20) + 5];
+    rng.fill(&mut long[..]);
+    contents.insert(41, long);
+    let sources: Vec<Source> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match i % 2 {
+            0 => Source::Bytes(c.clone()),
+            // Claims ten bytes.
+            _ => Source::Reader {
+                reader: Box::new(std::io::Cursor::new(c.clone())),
+                size_hint: 10,
+            },
+        })
+        .collect();
+    let m = maint(s);
+    let keys = m
+        .write_packed(
+            &mut sources.into_iter().map(Ok),
+            &PackOptions::default(),
+            &NoProgress,
+        )
+        .expect("write_packed");
+    drop(m);
+    let want: Vec<Key> = contents.iter().map(|c| key_of(s, c)).collect();
+    assert!(keys == want, "seed {seed}: keys not in input order");
+    check_reads(s, &keys, &contents, &format!("seed {seed}"));
+    assert_valid(s);
+}
+
 fn check_reads(s: &Store, keys: &[Key], contents: &[Vec<u8>], what: &str) {
     for (k, c) in keys.iter().zip(contents) {
         assert!(
