@@ -71,6 +71,15 @@ fn maint(store: &Store) -> Maintenance<'_> {
     store.maintenance(LockWait::Fail).expect("maintenance lock")
 }
 
+/// `write_packed` of `sources` with the default options, under a lock held for the call only.
+fn write_packed_sources(store: &Store, sources: Vec<Source>) -> Result<Vec<Key>> {
+    maint(store).write_packed(
+        &mut sources.into_iter().map(Ok),
+        &PackOptions::default(),
+        &NoProgress,
+    )
+}
+
 fn pack_with(store: &Store, sel: PackSelection, compression: Option<Compression>) -> PackReport {
     maint(store)
         .pack_loose(
@@ -683,15 +692,7 @@ fn b10_write_packed_names_a_file_it_cannot_read() {
         let mut sources: Vec<Source> = contents.iter().cloned().map(Source::Bytes).collect();
         sources.insert(1, Source::File(good.clone()));
         sources.insert(bad_at, Source::File(bad.clone()));
-        let m = maint(s);
-        let err = m
-            .write_packed(
-                &mut sources.into_iter().map(Ok),
-                &PackOptions::default(),
-                &NoProgress,
-            )
-            .expect_err("write_packed of a folder as a file");
-        drop(m);
+        let err = write_packed_sources(s, sources).expect_err("write_packed of a folder as a file");
         assert!(
             err.to_string().contains(&bad.display().to_string()),
             "file at {bad_at}: the error must name the file: {err}"
@@ -749,15 +750,7 @@ fn b10_write_packed_bounds_what_it_holds_and_keeps_input_order() {
             },
         })
         .collect();
-    let m = maint(s);
-    let keys = m
-        .write_packed(
-            &mut sources.into_iter().map(Ok),
-            &PackOptions::default(),
-            &NoProgress,
-        )
-        .expect("write_packed");
-    drop(m);
+    let keys = write_packed_sources(s, sources).expect("write_packed");
     let want: Vec<Key> = contents.iter().map(|c| key_of(s, c)).collect();
     assert!(keys == want, "seed {seed}: keys not in input order");
     check_reads(s, &keys, &contents, &format!("seed {seed}"));
