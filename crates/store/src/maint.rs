@@ -1593,7 +1593,8 @@ fn take_loose_chunk<'k>(store: &Store, rest: &mut &'k [Key]) -> &'k [Key] {
 
 /// How many of the objects of `sizes` (bytes each) one round takes: all of them, or up to the
 /// one that brings the bytes held in memory to [`CHUNK_IN_MEMORY_BYTES_MAX`]; objects too large
-/// for memory are streamed and count for nothing. Takes one at least.
+/// for memory are streamed and count for nothing. A round of a non-empty list takes one at
+/// least.
 fn in_memory_chunk_len(sizes: &[u64]) -> usize {
     let mut held = 0u64;
     for (i, &size) in sizes.iter().enumerate() {
@@ -1943,7 +1944,8 @@ fn prepare_small(
 ) -> Result<Vec<PreparedObject>> {
     // Files are read here, on the pool's threads, several at once: read one after another on
     // the caller's thread, a tree not in the page cache was imported at the pace of one read in
-    // flight (60,000 files of 1-16 KiB: 5.0 s, against 4.8 s for `cat` of them all).
+    // flight (60,000 files of 1-16 KiB: 5.0 s, against 4.8 s for `cat` of them all; read
+    // here, 3.7-4.0 s).
     let read = |(i, s): (usize, Small)| s.into_bytes().map(|b| (i, b));
     let small: Vec<(usize, Vec<u8>)> = if small.iter().any(|(_, s)| matches!(s, Small::File(_))) {
         small.into_par_iter().map(read).collect::<Result<_>>()?

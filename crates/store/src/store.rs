@@ -29,8 +29,9 @@ const BULK_SCAN_KEYS_MIN: usize = 4096;
 /// every row, lookups cost every key several times more. In an index of a million rows (its
 /// pages cached), 4,096 keys took 163 ms by scan and 45 ms by lookups, 65,536 keys 180 and
 /// 106 ms, 262,144 keys 228 and 257 ms. The rows are bounded from above by the file's size
-/// (`Index::rows_at_most`, 1.4-2.7x the true count), so with 8 the scan starts at a sixth to a
-/// third of the rows.
+/// (`Index::rows_at_most`: 1.4x the true count for a compact index of ~55 B per row, up to
+/// 2.7x for pages left half empty), so with 8 the scan starts at a sixth to a third of the
+/// rows.
 const BULK_SCAN_ROWS_PER_KEY_MAX: u64 = 8;
 /// Largest span of a pack read in one call by bulk reads. Small enough that a span read on one
 /// core is still in cache when the caller visits it on the other (measured: 512 KiB beat 2 and
