@@ -477,10 +477,11 @@ impl<'s> Maintenance<'s> {
             let mut pending_bytes = 0u64;
             let mut rest: &[Key] = &keys;
             while !rest.is_empty() {
-                let chunk = take_loose_chunk(store, &mut rest);
+                let (chunk, sizes) = take_loose_chunk(store, &mut rest);
                 let prepared: Vec<(Key, std::result::Result<Option<Prepared>, String>)> = chunk
                     .par_iter()
-                    .map(|k| (*k, prepare_loose(store, k, policy)))
+                    .zip(sizes)
+                    .map(|(k, size)| (*k, prepare_loose(store, k, size, policy)))
                     .collect();
                 for (key, prep) in prepared {
                     match prep {
@@ -1578,17 +1579,20 @@ fn verified_record<'b>(
 
 /// Splits off the front of `rest` the loose objects to read in one round: up to
 /// [`PARALLEL_CHUNK_OBJECTS`], ending at the one whose file brings the round's bytes to
-/// [`CHUNK_IN_MEMORY_BYTES_MAX`] (their sizes asked of the file system, in parallel).
-fn take_loose_chunk<'k>(store: &Store, rest: &mut &'k [Key]) -> &'k [Key] {
+/// [`CHUNK_IN_MEMORY_BYTES_MAX`] (their sizes asked of the file system, in parallel), with
+/// each one's size (`None` where the file system could not say).
+fn take_loose_chunk<'k>(store: &Store, rest: &mut &'k [Key]) -> (&'k [Key], Vec<Option<u64>>) {
     let candidates = &rest[..rest.len().min(PARALLEL_CHUNK_OBJECTS)];
-    // A file that cannot be asked counts as empty: reading it fails the same way later.
-    let sizes: Vec<u64> = candidates
+    let mut sizes: Vec<Option<u64>> = candidates
         .par_iter()
-        .map(|k| fs::metadata(store.loose_path(k)).map_or(0, |m| m.len()))
+        .map(|k| fs::metadata(store.loose_path(k)).ok().map(|m| m.len()))
         .collect();
-    let (chunk, after) = rest.split_at(in_memory_chunk_len(&sizes));
+    // A file that cannot be asked counts as empty here; `prepare_loose` asks again and says why.
+    let len = in_memory_chunk_len(&sizes.iter().map(|s| s.unwrap_or(0)).collect::<Vec<_>>());
+    sizes.truncate(len);
+    let (chunk, after) = rest.split_at(len);
     *rest = after;
-    chunk
+    (chunk, sizes)
 }
 
 /// How many of the objects of `sizes` (bytes each) one round takes: all of them, or up to the
@@ -1608,17 +1612,22 @@ fn in_memory_chunk_len(sizes: &[u64]) -> usize {
     sizes.len()
 }
 
+/// Reads, checks and encodes one loose object; `size` is its file's size where already known
+/// (asked again otherwise, to say why it cannot be).
 fn prepare_loose(
     store: &Store,
     key: &Key,
+    size: Option<u64>,
     policy: Compression,
 ) -> std::result::Result<Option<Prepared>, String> {
     let path = store.loose_path(key);
-    match fs::metadata(&path) {
-        Ok(m) if m.len() > IN_MEMORY_OBJECT_BYTES_MAX => return Ok(Some(Prepared::Large { path })),
-        Ok(_) => {}
+    let size = match size.map_or_else(|| fs::metadata(&path).map(|m| m.len()), Ok) {
+        Ok(size) => size,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    if size > IN_MEMORY_OBJECT_BYTES_MAX {
+        return Ok(Some(Prepared::Large { path }));
     }
     let bytes = match fs::read(&path) {
         Ok(b) => b,
